@@ -1,0 +1,56 @@
+# The single entry point for developers, operators and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
+CONFIG ?= examples/demo/broker.toml
+
+.PHONY: help run test lint proto proto-check bench mlserver-env install clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the broker with its development tools
+
+$(MLSERVER_STAMP): examples/mlserver/requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r examples/mlserver/requirements.txt
+	@touch $@
+
+mlserver-env: $(MLSERVER_STAMP) ## Create .venv-mlserver (MLServer + scikit-learn, kept apart from the broker)
+
+run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServer iris model, dev token issuer)
+	$(BIN)/broker demo --config $(CONFIG)
+
+test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Ruff, formatting check and mypy (strict)
+	$(BIN)/ruff check broker tests scripts
+	$(BIN)/ruff format --check broker tests scripts
+	$(BIN)/mypy broker
+
+proto: $(STAMP) ## Regenerate broker/_proto from proto/
+	$(BIN)/python scripts/gen_proto.py
+
+proto-check: proto ## Fail if the committed generated code differs from a fresh `make proto`
+	@git diff --exit-code -- broker/_proto || (echo "broker/_proto is stale: run make proto and commit" && exit 1)
+
+bench: $(STAMP) ## Measure the broker against a direct call and a bare gRPC proxy hop
+	$(BIN)/python -m bench
+
+clean: ## Remove virtual environments and local data
+	rm -rf $(VENV) $(MLSERVER_VENV) var .pytest_cache .mypy_cache .ruff_cache

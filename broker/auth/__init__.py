@@ -1,0 +1,1 @@
+"""Bearer tokens -> principals (tenant, subject, roles)."""

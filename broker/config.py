@@ -1,0 +1,195 @@
+"""Broker configuration: one TOML file, overridden by environment variables.
+
+``broker serve --config broker.toml`` reads the file; any setting can then be overridden by an
+environment variable ``BROKER__<SECTION>__<KEY>`` (double underscores separate levels), for
+example ``BROKER__SERVER__LISTEN=0.0.0.0:50051``. Values in the environment are parsed as JSON
+when they parse (numbers, booleans, lists) and taken as strings otherwise.
+
+Every setting has a default that starts a working single node: listen on 127.0.0.1:50051,
+data under ``./var``, SQLite in WAL mode. Unknown keys are errors, so a typo never silently
+leaves a security setting at its default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "BROKER__"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Section):
+    """Server TLS, and mutual TLS when ``client_ca_file`` is set."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class ServerConfig(_Section):
+    """The gRPC listener."""
+
+    listen: str = "127.0.0.1:50051"
+    max_workers: int = Field(default=16, ge=1, le=1024)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    reflection: bool = True
+    tls: TlsConfig | None = None
+
+
+class LimitsConfig(_Section):
+    """Limits on what one call may carry and how many calls one tenant may run at once."""
+
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=2)
+    max_depth: int = Field(default=64, ge=1, le=1000)
+    max_fields: int = Field(default=10_000, ge=1)
+    tenant_concurrency: int = Field(default=64, ge=1)
+
+
+class IssuerConfig(_Section):
+    """One trusted token issuer.
+
+    Keys come from a JWKS file, from PEM public key files, or (HS256 only) from a shared secret
+    read from a file or an environment variable. ``algorithms`` is the explicit allow-list; HS256
+    is accepted only for an issuer that has a secret, and never together with public keys.
+    """
+
+    issuer: str
+    audience: str
+    algorithms: list[Literal["RS256", "ES256", "EdDSA", "HS256"]] = Field(min_length=1)
+    jwks_file: Path | None = None
+    public_key_files: dict[str, Path] = Field(
+        default_factory=dict, description="kid -> PEM public key file"
+    )
+    hs256_secret_file: Path | None = None
+    hs256_secret_env: str | None = None
+    typ: str | None = Field(default=None, description="required JOSE typ header, e.g. 'at+jwt'")
+
+
+class DevIssuerConfig(_Section):
+    """A development token issuer whose keys live under the data directory. Never for production."""
+
+    enabled: bool = False
+    issuer: str = "https://dev-issuer.broker.invalid"
+    audience: str = "model-broker"
+
+
+class AuthConfig(_Section):
+    """How bearer tokens become principals."""
+
+    issuers: list[IssuerConfig] = Field(default_factory=list)
+    dev_issuer: DevIssuerConfig = DevIssuerConfig()
+    roles_claim: str = "roles"
+    tenant_claim: str = "tenant"
+    leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    max_token_bytes: int = Field(default=8 * 1024, ge=256)
+    cache_size: int = Field(default=10_000, ge=0)
+
+
+class DatabaseConfig(_Section):
+    """Where state lives: SQLite by default, PostgreSQL for several replicas."""
+
+    url: str = ""
+    auto_migrate: bool = True
+    echo: bool = False
+
+
+class BackendsConfig(_Section):
+    """Outbound connections to remote model endpoints."""
+
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    default_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_answer_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class LoggingConfig(_Section):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_output: bool = True
+
+
+class Config(_Section):
+    """The whole broker configuration."""
+
+    data_dir: Path = Path("var")
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    backends: BackendsConfig = BackendsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _not_empty(cls, value: Path) -> Path:
+        if str(value).strip() == "":
+            raise ValueError("data_dir must name a directory")
+        return value
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.database.url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if given), apply environment overrides, and validate.
+
+    Raises ConfigError naming the file and the offending setting.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _apply_env_overrides(raw, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration{where}: {problems}") from exc
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name} overrides a non-table setting")
+            node = child
+        node[keys[-1]] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

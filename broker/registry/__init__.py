@@ -1,0 +1,1 @@
+"""Model registry: vendors publish model versions; buyers resolve references to them."""

@@ -1,0 +1,1 @@
+"""gRPC servicers and interceptors: thin layers that translate and delegate."""
