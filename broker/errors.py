@@ -21,6 +21,7 @@ the model reference, and nothing the caller sent as data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import grpc
@@ -31,14 +32,23 @@ class BrokerError(Exception):
 
     ``message`` is what the caller sees; ``log_reason`` (optional) is extra detail that goes to
     the structured log only, for errors whose precise cause must not reach the caller.
+    ``details`` (optional) travel to the caller in a ``google.rpc.ErrorInfo`` status detail, for
+    machine-readable reasons such as a policy's deny reasons; they must hold no payload values.
     """
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, log_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        log_reason: str | None = None,
+        details: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.log_reason = log_reason
+        self.details: Mapping[str, str] = details or {}
 
 
 class InvalidArgument(BrokerError):

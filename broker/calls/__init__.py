@@ -1,1 +1,1 @@
-"""calls."""
+"""The path of one call: parse and bound the payload, resolve the model, dispatch, answer."""

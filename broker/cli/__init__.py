@@ -1,1 +1,1 @@
-"""cli."""
+"""The ``broker`` command."""

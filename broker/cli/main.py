@@ -1,0 +1,57 @@
+"""``broker``: one command for operators, vendors, buyers and security teams.
+
+    broker serve [--config FILE]            run a broker node
+    broker demo  [--config FILE]            run a node with MLServer and a demo model
+    broker call MODEL [--payload FILE|-]    call a model, print the answer
+    broker models list|mine|register|retire manage and browse models
+    broker token mint --tenant T --role R   mint a development token (dev issuer only)
+
+Errors are printed as one line that says what to do, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from broker.cli import calls, models, serve, tokens
+from broker.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="broker", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.register(sub)
+    calls.register(sub)
+    models.register(sub)
+    tokens.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"broker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code().name  # type: ignore[attr-defined]
+        print(f"broker: {code}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The one boundary where RPCs are authenticated, errors become statuses, and calls are logged.
+
+``BoundaryInterceptor`` wraps every method handler of the broker's own services so that, in the
+worker thread that serves the RPC:
+
+1. the bearer token is verified and the principal is made available to the servicer through
+   ``broker.server.context`` (health checking and reflection stay unauthenticated);
+2. a ``BrokerError`` raised anywhere below becomes its gRPC status, with a
+   ``google.rpc.ErrorInfo`` detail; any other exception becomes a bare INTERNAL whose cause
+   goes only to the log;
+3. exactly one structured ``rpc`` event is logged per call, with method, tenant, subject,
+   status and latency, plus whatever the servicer bound (call id, model). Never a payload value.
+
+Authentication happens in the worker thread, not in grpcio's polling thread, so token
+verification runs in parallel across calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from broker.auth.principal import Principal
+from broker.errors import BrokerError, Unauthenticated
+from broker.logging import get_logger
+from broker.server.context import principal_var
+
+_log = get_logger(__name__)
+
+PUBLIC_SERVICE_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+ERROR_DOMAIN = "broker.v1"
+
+Authenticator = Callable[[tuple[tuple[str, str | bytes], ...]], Principal]
+
+
+class BoundaryInterceptor(grpc.ServerInterceptor):
+    """Authenticate, map errors to statuses, and log one event per RPC."""
+
+    def __init__(self, authenticate: Authenticator) -> None:
+        self._authenticate = authenticate
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming methods: none exist in broker.v1
+
+    def _wrap_unary(
+        self, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            with _RpcScope(self._authenticate, method, context) as scope:
+                return scope.run(lambda: behavior(request, context))
+
+        return wrapped
+
+    def _wrap_stream(
+        self, method: str, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _RpcScope(self._authenticate, method, context) as scope:
+                iterator = scope.run(lambda: iter(behavior(request, context)))
+                while True:
+                    item = scope.run(lambda: next(iterator, _END))
+                    if item is _END:
+                        return
+                    yield item
+
+        return wrapped
+
+
+_END = object()
+
+
+class _RpcScope:
+    """Everything the boundary does around one RPC, as a context manager."""
+
+    def __init__(
+        self, authenticate: Authenticator, method: str, context: grpc.ServicerContext
+    ) -> None:
+        self._authenticate = authenticate
+        self._method = method
+        self._context = context
+        self._started = time.perf_counter()
+        self._status = grpc.StatusCode.OK
+        self._principal_token: Any = None
+
+    def __enter__(self) -> _RpcScope:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(method=self._method)
+        try:
+            principal = self._authenticate(tuple(self._context.invocation_metadata()))
+        except Unauthenticated as exc:
+            self._fail(exc)
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant, subject=principal.subject)
+        self._principal_token = principal_var().set(principal)
+        return self
+
+    def run(self, step: Callable[[], Any]) -> Any:
+        """Run one step of the servicer, translating its errors."""
+        try:
+            return step()
+        except BrokerError as exc:
+            self._fail(exc)
+        except Exception:  # noqa: BLE001 - the boundary: anything unexpected becomes INTERNAL
+            _log.exception("rpc_internal_error")
+            self._fail(BrokerError("internal error in the broker; the operator's log has details"))
+
+    def _fail(self, exc: BrokerError) -> NoReturn:
+        self._status = exc.code
+        if exc.log_reason:
+            structlog.contextvars.bind_contextvars(reason=exc.log_reason)
+        self._context.abort_with_status(_to_status(exc))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._principal_token is not None:
+            principal_var().reset(self._principal_token)
+        if exc_type is not None and self._status is grpc.StatusCode.OK:
+            self._status = grpc.StatusCode.CANCELLED if not self._context.is_active() else (
+                grpc.StatusCode.UNKNOWN
+            )
+        _log.info(
+            "rpc",
+            status=self._status.name,
+            latency_ms=round((time.perf_counter() - self._started) * 1000, 3),
+        )
+        structlog.contextvars.clear_contextvars()
+
+
+def _to_status(exc: BrokerError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=type(exc).__name__, domain=ERROR_DOMAIN, metadata=dict(exc.details)
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail])
+    return rpc_status.to_status(status)
