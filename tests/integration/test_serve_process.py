@@ -1,0 +1,233 @@
+"""``broker serve`` as an operator runs it: a real process, signals, logs, TLS."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from broker.auth.dev_issuer import DevIssuer
+from broker.client import BrokerClient
+from broker.config import DevIssuerConfig
+from tests.integration.harness import FakeBackend, echo_model, start_fake_backend
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    backend = start_fake_backend()
+    yield backend
+    backend.server.stop(0)
+
+
+class ServeProcess:
+    """``python -m broker.cli.main serve`` with its JSON log captured to a file."""
+
+    def __init__(self, data_dir: Path, database_url: str, extra_env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / "broker.log"
+        env = {
+            **os.environ,
+            "BROKER__DATA_DIR": str(data_dir),
+            "BROKER__SERVER__LISTEN": "127.0.0.1:0",
+            "BROKER__DATABASE__URL": database_url,
+            "BROKER__AUTH__DEV_ISSUER__ENABLED": "true",
+            **extra_env,
+        }
+        self._log_file = self.log_path.open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "broker.cli.main", "serve"],
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = self._wait_for_port()
+        self.issuer = DevIssuer(data_dir, DevIssuerConfig(enabled=True))
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if event.get("event") == "server_started":
+                    return int(event["port"])
+            if self.process.poll() is not None:
+                raise AssertionError(f"broker exited early:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"broker did not start:\n{self.log_path.read_text()}")
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def client(self, tenant: str, role: str, **kwargs: object) -> BrokerClient:
+        token = self.issuer.mint(subject=f"{tenant}-svc", tenant=tenant, roles=[role])
+        return BrokerClient(f"127.0.0.1:{self.port}", token=token, **kwargs)  # type: ignore[arg-type]
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._log_file.close()
+        return code
+
+
+def test_sigterm_drains_in_flight_calls(
+    tmp_path: Path, database_url: str, backend: FakeBackend
+) -> None:
+    node = ServeProcess(tmp_path / "var", database_url, {})
+    with node.client("acme-models", "vendor") as vendor:
+        vendor.register_model(echo_model(backend.target))
+    backend.log.delay_seconds = 1.5
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        with node.client("bank", "buyer") as buyer:
+            outcome["answer"] = buyer.invoke("acme-models/echo@1.0.0", {"text": "x"}).answer
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not backend.log.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert node.terminate() == 0
+    thread.join()
+    assert outcome["answer"] == {"echo": "x"}
+    names = [event["event"] for event in node.events()]
+    assert names.index("server_draining") < names.index("server_stopped")
+
+
+def test_one_log_event_per_call_and_no_payload_value_anywhere(
+    tmp_path: Path, database_url: str, backend: FakeBackend
+) -> None:
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    node = ServeProcess(tmp_path / "var", database_url, {})
+    try:
+        with node.client("acme-models", "vendor") as vendor:
+            vendor.register_model(echo_model(backend.target))
+        with node.client("bank", "buyer") as buyer:
+            assert buyer.invoke("acme-models/echo@1.0.0", {"text": canary}).answer == {
+                "echo": canary
+            }
+            failures = [
+                b'{"text": "' + canary.encode() + b'", broken',
+                ('{"text": "' + canary + '", "x": ' + "[" * 80 + "]" * 80 + "}").encode(),
+            ]
+            for payload in failures:
+                with pytest.raises(grpc.RpcError) as exc:
+                    buyer.invoke("acme-models/echo@1.0.0", payload)
+                assert canary not in str(exc.value.details())  # type: ignore[attr-defined]
+            backend.server.stop(0)
+            with pytest.raises(grpc.RpcError) as exc:
+                buyer.invoke("acme-models/echo@1.0.0", {"text": canary})
+            assert canary not in str(exc.value.details())  # type: ignore[attr-defined]
+    finally:
+        node.terminate()
+    log_text = node.log_path.read_text(errors="replace")
+    assert canary not in log_text
+    for path in node.data_dir.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), f"canary found in {path}"
+    invokes = [e for e in node.events() if e.get("event") == "rpc" and "Invoke" in str(e["method"])]
+    assert len(invokes) == 4
+    ok = [e for e in invokes if e["status"] == "OK"]
+    assert len(ok) == 1
+    assert ok[0]["tenant"] == "bank"
+    assert ok[0]["model"] == "acme-models/echo@1.0.0"
+    assert len(str(ok[0]["call_id"])) == 32
+    assert isinstance(ok[0]["latency_ms"], float)
+
+
+def _make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, common_name: str
+) -> tuple[bytes, bytes]:
+    import ipaddress  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_mutual_tls(tmp_path: Path) -> None:
+    ca_key, ca = _make_ca()
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    server_key, server_cert = _issue(ca_key, ca, "broker")
+    client_key, client_cert = _issue(ca_key, ca, "buyer-service")
+    files = {"ca.pem": ca_pem, "server.key": server_key, "server.pem": server_cert}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    node = ServeProcess(
+        tmp_path / "var",
+        f"sqlite:///{tmp_path / 'broker.db'}",
+        {
+            "BROKER__SERVER__TLS__CERT_FILE": str(tmp_path / "server.pem"),
+            "BROKER__SERVER__TLS__KEY_FILE": str(tmp_path / "server.key"),
+            "BROKER__SERVER__TLS__CLIENT_CA_FILE": str(tmp_path / "ca.pem"),
+        },
+    )
+    try:
+        with node.client(
+            "bank", "buyer", root_certificates=ca_pem, client_certificate=(client_key, client_cert)
+        ) as client:
+            assert list(client.list_models(timeout=10)) == []
+        with node.client("bank", "buyer", root_certificates=ca_pem, max_attempts=1) as client:
+            with pytest.raises(grpc.RpcError) as exc:
+                list(client.list_models(timeout=5))
+            assert exc.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        with node.client("bank", "buyer", max_attempts=1) as client:
+            with pytest.raises(grpc.RpcError):
+                list(client.list_models(timeout=5))
+    finally:
+        assert node.terminate() == 0
