@@ -5,6 +5,7 @@
     broker call MODEL [--payload FILE|-]    call a model, print the answer
     broker models list|mine|register|retire manage and browse models
     broker token mint --tenant T --role R   mint a development token (dev issuer only)
+    broker health                           health check and service list of a running broker
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import calls, models, serve, tokens
+from broker.cli import calls, health, models, serve, tokens
 from broker.config import ConfigError
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     calls.register(sub)
     models.register(sub)
     tokens.register(sub)
+    health.register(sub)
     return parser
 
 
