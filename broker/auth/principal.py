@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import PermissionDenied
+
+#: What a tenant id may look like. Tenants end up in log fields, database keys and key ids, so
+#: the charset is narrow on purpose: no separators, no whitespace, nothing to escape.
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def is_valid_tenant(value: object) -> bool:
+    """True if ``value`` is a string that matches :data:`TENANT_PATTERN` in full."""
+    return isinstance(value, str) and TENANT_PATTERN.fullmatch(value) is not None
 
 
 class Role(enum.StrEnum):
