@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import grpc
+import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -55,6 +56,7 @@ class BrokerServer:
     port: int
     health: health.HealthServicer
     runtimes: dict[Runtime, RuntimeClient]
+    engine: sa.Engine
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -75,6 +77,7 @@ class BrokerServer:
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         for runtime in self.runtimes.values():
             runtime.close()
+        self.engine.dispose()
         _log.info("server_stopped")
 
     def serve_forever(self) -> None:
@@ -136,6 +139,7 @@ def build_server(config: Config) -> BrokerServer:
         port=port,
         health=health_servicer,
         runtimes=runtimes,
+        engine=engine,
         grace_seconds=config.server.shutdown_grace_seconds,
     )
 

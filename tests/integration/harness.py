@@ -118,9 +118,10 @@ class BrokerHarness:
         return grpc.insecure_channel(self.target)
 
     def stop(self) -> None:
+        """Stop the server first (draining calls in flight), then close the test's clients."""
+        self.server.stop(grace=5.0)
         for client in self.clients:
             client.close()
-        self.server.stop(grace=1.0)
 
 
 def start_broker(data_dir: Path, database_url: str, **env: str) -> BrokerHarness:

@@ -118,7 +118,7 @@ def test_one_log_event_per_call_and_no_payload_value_anywhere(
     try:
         with node.client("acme-models", "vendor") as vendor:
             vendor.register_model(echo_model(backend.target))
-        with node.client("bank", "buyer") as buyer:
+        with node.client("bank", "buyer", max_attempts=1) as buyer:
             assert buyer.invoke("acme-models/echo@1.0.0", {"text": canary}).answer == {
                 "echo": canary
             }
