@@ -14,6 +14,7 @@ the model reference, and nothing the caller sent as data.
     ├── FailedPrecondition     FAILED_PRECONDITION  retired model, forbidden status change
     ├── ResourceExhausted      RESOURCE_EXHAUSTED   per-tenant concurrency limit
     ├── DeadlineExceeded       DEADLINE_EXCEEDED    the caller's deadline ran out downstream
+    ├── Cancelled              CANCELLED            the caller went away; downstream work stopped
     ├── Unavailable            UNAVAILABLE          backend or store down; safe to retry
     ├── BackendError           UNKNOWN              the model's server failed the call
     └── Internal               INTERNAL             a bug; details only in the log
@@ -104,6 +105,12 @@ class DeadlineExceeded(BrokerError):
     """The caller's deadline expired before the work finished."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(BrokerError):
+    """The caller cancelled the call (or disconnected); the work downstream was stopped too."""
+
+    code = grpc.StatusCode.CANCELLED
 
 
 class Unavailable(BrokerError):

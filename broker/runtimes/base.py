@@ -1,0 +1,49 @@
+"""The seam between a call and the place a model runs.
+
+The call path (``broker/calls``) hands an enforced payload to a ``Runtime`` and gets an answer
+back; it neither knows nor cares whether the model is a remote Open Inference Protocol server,
+an OpenAI-compatible endpoint or a sandboxed worker. Tests substitute a fake that records calls.
+
+Contract every runtime keeps:
+
+- ``timeout`` is the caller's *remaining* deadline in seconds; the runtime never waits longer,
+  and raises ``DeadlineExceeded`` when it runs out.
+- A runtime does not retry: inference is not idempotent (a model may bill, log or act), so a
+  second attempt is the buyer's decision, not ours.
+- ``on_cancel``, when given, is called once with a canceller before the runtime starts waiting.
+  The gRPC server calls that canceller if the buyer goes away, and the runtime then abandons the
+  outbound work. If the buyer is already gone when ``on_cancel`` is called, the server should
+  call the canceller at once.
+- Errors are ``broker.errors.BrokerError`` subclasses whose messages never contain payload or
+  answer values; ``call_id`` is for logs and for correlation with the backend only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from broker.registry.model import ModelVersion
+
+Canceller = Callable[[], None]
+"""Abandons one call in flight; safe to call more than once, and after the call has ended."""
+
+
+class Runtime(Protocol):
+    """Runs one model invocation; implementations are thread-safe and shared by all calls."""
+
+    def invoke(
+        self,
+        model: ModelVersion,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        call_id: str,
+        on_cancel: Callable[[Canceller], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``payload`` to ``model`` and return its answer as a JSON object."""
+        ...
+
+    def close(self) -> None:
+        """Release pooled connections and workers; later calls fail with ``Unavailable``."""
+        ...

@@ -1,0 +1,326 @@
+"""JSON payload <-> Open Inference Protocol tensors, as pure functions.
+
+A model registered with the ``open_inference_grpc`` runtime declares an ``OipMapping``: which
+JSON Pointers of the buyer's payload fill which input tensor, and where each output tensor goes
+in the answer. Everything here is pure (no I/O), so it is tested on its own, and hostile input is
+cheap to reject before a byte leaves the broker.
+
+Who is at fault decides the error:
+
+- the payload does not fit the mapping (missing field, wrong type, out of range, ragged array,
+  wrong element count): ``InvalidArgument``, naming the tensor and the JSON Pointer;
+- the mapping itself is broken (bad pointer, two ``-1`` in a shape, colliding output slots):
+  ``FailedPrecondition``, the model is misconfigured and no payload can fix it;
+- the backend's answer is malformed (unknown datatype, data that does not fill the shape):
+  ``BackendError``.
+
+No message ever contains a payload or answer value: only tensor names, pointers, JSON type
+names, datatypes and counts.
+
+Inputs travel in the typed ``contents`` fields. An input ``path`` takes a scalar or a nested
+array: a nested array of the declared rank must match every declared dimension (``-1`` matches
+any), while a scalar or a flat array is reshaped to the declared shape by element count (so
+``[5.1, 3.5, 1.4, 0.2]`` fills shape ``[1, 4]``). ``paths`` gathers scalars in order. One ``-1``
+in a shape is inferred from the element count.
+
+Outputs are read from ``contents`` or ``raw_output_contents`` (little-endian, one entry per
+output), reshaped to nested lists by their shape. BYTES elements become strings when they are
+valid UTF-8 and ``{"base64": "<standard base64>"}`` otherwise, so binary answers survive the
+JSON answer intact and are never confused with text. Without an ``outputs`` mapping every
+output tensor appears under its own name; with one, only the mapped tensors reach the answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
+from broker.errors import BackendError, FailedPrecondition, InvalidArgument
+from broker.registry.model import OipMapping, TensorInput
+from broker.runtimes.json_pointer import (
+    PointerError,
+    format_pointer,
+    json_type,
+    parse_pointer,
+    place,
+    resolve,
+)
+from broker.runtimes.oip_tensors import (
+    DATATYPES,
+    FP32_MAX,
+    INPUT_DATATYPES,
+    MAX_RANK,
+    Datatype,
+    decode_output,
+)
+
+_EXPECTED = {"bool": "a boolean", "int": "an integer", "float": "a number", "bytes": "a string"}
+
+
+@dataclass(frozen=True, slots=True)
+class _InputPlan:
+    spec: TensorInput
+    datatype: Datatype
+    tokens: tuple[tuple[str, ...], ...]  # one entry for ``path``, one per pointer for ``paths``
+
+
+@dataclass(frozen=True, slots=True)
+class _OutputPlan:
+    name: str
+    squeeze: bool
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    inputs: tuple[_InputPlan, ...]
+    outputs: tuple[_OutputPlan, ...]
+
+
+def validate_mapping(mapping: OipMapping) -> None:
+    """Raise ``FailedPrecondition`` if the mapping can never work; for registration time."""
+    _compile(mapping)
+
+
+def build_request(
+    mapping: OipMapping,
+    payload: dict[str, Any],
+    *,
+    model_name: str,
+    model_version: str = "",
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """Build the ``ModelInferRequest`` for one payload, asking for the mapped outputs only."""
+    plan = _compile(mapping)
+    request = pb.ModelInferRequest(
+        model_name=model_name, model_version=model_version, id=request_id
+    )
+    for item in plan.inputs:
+        request.inputs.append(_build_input(item, payload))
+    for name in dict.fromkeys(out.name for out in plan.outputs):
+        request.outputs.add(name=name)
+    return request
+
+
+def build_answer(mapping: OipMapping, response: pb.ModelInferResponse) -> dict[str, Any]:
+    """Turn the backend's response into the JSON answer the mapping describes."""
+    plan = _compile(mapping)
+    index: dict[str, int] = {}
+    for i, tensor in enumerate(response.outputs):
+        if tensor.name in index:
+            raise BackendError(f"model backend answered output tensor {tensor.name!r:.80} twice")
+        index[tensor.name] = i
+    answer: dict[str, Any] = {}
+    if not plan.outputs:
+        for name, i in index.items():
+            answer[name] = decode_output(response, i)
+        return answer
+    for out in plan.outputs:
+        if out.name not in index:
+            raise BackendError(f"model backend's answer lacks output tensor {out.name!r}")
+        value = decode_output(response, index[out.name], squeeze=out.squeeze)
+        try:
+            place(answer, out.tokens, value)
+        except PointerError as exc:  # _compile proved the slots distinct; kept as a guard
+            raise FailedPrecondition(f"the model's tensor mapping is invalid: {exc}") from exc
+    return answer
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(mapping: OipMapping) -> _Plan:
+    """Check the mapping once and keep its parsed pointers (mappings are frozen, so hashable)."""
+    if not mapping.inputs:
+        _mapping_error("it declares no input tensor")
+    inputs = tuple(_compile_input(spec) for spec in mapping.inputs)
+    if len({item.spec.name for item in inputs}) != len(inputs):
+        _mapping_error("two input tensors have the same name")
+    outputs: list[_OutputPlan] = []
+    slots: dict[str, Any] = {}
+    for out in mapping.outputs:
+        if not out.name:
+            _mapping_error("an output tensor has no name")
+        tokens = _parse(out.path, f"output {out.name!r}") if out.path else (out.name,)
+        try:
+            place(slots, tokens, None)
+        except PointerError as exc:
+            _mapping_error(f"output {out.name!r}: {exc}")
+        outputs.append(_OutputPlan(out.name, out.squeeze, tokens))
+    return _Plan(inputs, tuple(outputs))
+
+
+def _compile_input(spec: TensorInput) -> _InputPlan:
+    where = f"input {spec.name!r}"
+    if not spec.name:
+        _mapping_error("an input tensor has no name")
+    if spec.datatype not in INPUT_DATATYPES:
+        _mapping_error(f"{where}: datatype {spec.datatype!r} cannot be sent as an input")
+    if bool(spec.path) == bool(spec.paths):
+        _mapping_error(f"{where}: set exactly one of path and paths")
+    if any(d < -1 for d in spec.shape) or list(spec.shape).count(-1) > 1:
+        _mapping_error(f"{where}: a shape has dimensions >= 0 and at most one -1")
+    if -1 in spec.shape and math.prod(d for d in spec.shape if d != -1) == 0:
+        _mapping_error(f"{where}: -1 cannot be inferred next to a 0 dimension")
+    pointers = (spec.path,) if spec.path else spec.paths
+    tokens = tuple(_parse(p, where) for p in pointers)
+    if spec.paths:
+        _resolve_shape(spec.shape, len(spec.paths), spec, spec.paths[0], _mapping_error)
+    return _InputPlan(spec, DATATYPES[spec.datatype], tokens)
+
+
+def _parse(pointer: str, where: str) -> tuple[str, ...]:
+    try:
+        return parse_pointer(pointer)
+    except PointerError as exc:
+        _mapping_error(f"{where}: {exc}")
+
+
+def _mapping_error(reason: str) -> NoReturn:
+    raise FailedPrecondition(f"the model's tensor mapping is invalid: {reason}")
+
+
+def _build_input(
+    item: _InputPlan, payload: dict[str, Any]
+) -> pb.ModelInferRequest.InferInputTensor:
+    spec = item.spec
+    pointers = (spec.path,) if spec.path else spec.paths
+    values: list[Any] = []
+    found: tuple[int, ...] = ()
+    for pointer, tokens in zip(pointers, item.tokens, strict=True):
+        try:
+            value = resolve(payload, tokens)
+        except PointerError as exc:
+            raise InvalidArgument(f"tensor {spec.name!r}: {pointer}: {exc}") from exc
+        if spec.paths:
+            if isinstance(value, list | dict):
+                raise InvalidArgument(
+                    f"tensor {spec.name!r}: {pointer} must be a scalar, got a {json_type(value)}"
+                )
+            values.append(value)
+        else:
+            values, found = _flatten(value, spec.name, pointer)
+    # A nested array must have the declared structure, not just the right number of elements.
+    if len(found) > 1 and (
+        len(found) != len(spec.shape)
+        or any(d not in (-1, f) for d, f in zip(spec.shape, found, strict=True))
+    ):
+        _payload_error(
+            f"tensor {spec.name!r}: {pointers[0]} has dimensions {list(found)}, "
+            f"the model needs {list(spec.shape)}"
+        )
+    shape = _resolve_shape(spec.shape, len(values), spec, pointers[0], _payload_error)
+    converted: list[Any] = []
+    for position, value in enumerate(values):
+        try:
+            converted.append(_convert(value, item.datatype, spec.datatype))
+        except _ElementError as exc:
+            _element_error(spec, pointers, found, position, str(exc))
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=spec.name, datatype=spec.datatype, shape=shape
+    )
+    getattr(tensor.contents, item.datatype.field).extend(converted)
+    return tensor
+
+
+def _payload_error(reason: str) -> NoReturn:
+    raise InvalidArgument(reason)
+
+
+def _resolve_shape(
+    declared: tuple[int, ...],
+    count: int,
+    spec: TensorInput,
+    pointer: str,
+    fail: Callable[[str], NoReturn],
+) -> list[int]:
+    """Infer the one ``-1`` from ``count``, or check that ``count`` fills the shape exactly."""
+    known = math.prod(d for d in declared if d != -1)
+    if -1 in declared:
+        if count % known:
+            fail(
+                f"tensor {spec.name!r}: {pointer} gives {count} values, "
+                f"not a multiple of {known} for shape {list(declared)}"
+            )
+        return [count // known if d == -1 else d for d in declared]
+    if count != known:
+        fail(
+            f"tensor {spec.name!r}: {pointer} gives {count} values, "
+            f"shape {list(declared)} needs {known}"
+        )
+    return list(declared)
+
+
+def _flatten(value: Any, name: str, pointer: str) -> tuple[list[Any], tuple[int, ...]]:
+    """Flatten a scalar or rectangular nested array; return the elements and the array's shape.
+
+    Iterative, level by level, so a hostile nesting depth cannot exhaust the stack.
+    """
+    if not isinstance(value, list):
+        return [value], ()
+    shape: list[int] = []
+    level: list[list[Any]] = [value]
+    while True:
+        width = len(level[0])
+        if any(len(row) != width for row in level):
+            _payload_error(f"tensor {name!r}: {pointer} is a ragged array")
+        shape.append(width)
+        items = [item for row in level for item in row]
+        nested = [isinstance(item, list) for item in items]
+        if not items or not any(nested):
+            return items, tuple(shape)
+        if not all(nested) or len(shape) >= MAX_RANK:
+            _payload_error(f"tensor {name!r}: {pointer} is a ragged or too deep array")
+        level = items
+
+
+class _ElementError(Exception):
+    """One element does not fit its datatype; the caller adds where it was."""
+
+
+def _convert(value: Any, datatype: Datatype, name: str) -> Any:
+    """Return ``value`` in the form its contents field takes, or raise ``_ElementError``."""
+    kind = datatype.kind
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "bytes":
+        ok = isinstance(value, str)
+        if ok:
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _ElementError("is not encodable as UTF-8") from None
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind == "int":
+            ok = ok and isinstance(value, int)
+            if ok and not datatype.low <= value <= datatype.high:
+                raise _ElementError(f"is out of range for {name}")
+        elif ok:
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any double
+                value = math.inf
+            limit = FP32_MAX if datatype.code == "f" else math.inf
+            if not (math.isfinite(value) and abs(value) <= limit):
+                raise _ElementError(f"is out of range for {name}")
+    if not ok:
+        raise _ElementError(f"must be {_EXPECTED[kind]}, got a {json_type(value)}")
+    return value
+
+
+def _element_error(
+    spec: TensorInput, pointers: tuple[str, ...], found: tuple[int, ...], position: int, reason: str
+) -> NoReturn:
+    """Raise naming the element's own pointer (``/features/0/2``), never its value."""
+    if spec.paths:
+        where = pointers[position]
+    else:
+        index: list[int] = []
+        for dim in reversed(found):
+            position, rest = divmod(position, dim)
+            index.append(rest)
+        where = pointers[0] + format_pointer(tuple(str(i) for i in reversed(index)))
+    raise InvalidArgument(f"tensor {spec.name!r}: {where} {reason}")

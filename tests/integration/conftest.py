@@ -1,0 +1,38 @@
+"""Fixtures that start real backends for integration tests.
+
+MLServer runs from ``.venv-mlserver`` (``make mlserver-env``); without it the tests that need
+it skip with that instruction, or fail in CI (``tests.conftest.skip_or_fail``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.demo.mlserver import MLServerProcess, start_mlserver
+from tests.conftest import skip_or_fail
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MLSERVER_VENV = REPO_ROOT / ".venv-mlserver"
+
+
+@pytest.fixture(scope="session")
+def mlserver_venv() -> Path:
+    """The MLServer virtualenv, once its installation has finished."""
+    if not (MLSERVER_VENV / ".installed-stamp").exists():
+        skip_or_fail(f"no MLServer environment at {MLSERVER_VENV}: run make mlserver-env")
+    return MLSERVER_VENV
+
+
+@pytest.fixture(scope="session")
+def mlserver(
+    mlserver_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MLServerProcess]:
+    """A real MLServer serving the demo iris classifier on free ports, for the whole session."""
+    server = start_mlserver(mlserver_venv, tmp_path_factory.mktemp("mlserver"))
+    try:
+        yield server
+    finally:
+        server.stop()
