@@ -81,7 +81,7 @@ class Invoker:
         deadline = time.monotonic() + (
             self._default_timeout if time_remaining is None else time_remaining
         )
-        model = self._resolver.resolve(ModelRef.parse(model_ref), callable_only=True)
+        model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
         structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
         runtime = self._runtime_for(model)
         with self._limiter.slot(principal.tenant):

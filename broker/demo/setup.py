@@ -1,0 +1,79 @@
+"""``broker demo`` (what ``make run`` starts): a broker node a newcomer can call in a minute.
+
+It starts MLServer with the iris classifier (trained on first run from the data set that ships
+inside scikit-learn), starts the broker, registers the model as ``demo-vendor/iris@1.0.0``
+(pointing it at MLServer's port of this run), prints how to call it, and serves until Ctrl-C or
+SIGTERM, then stops MLServer too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import orjson
+from google.protobuf import json_format
+
+from broker._proto.broker.v1 import models_pb2
+from broker.config import Config
+from broker.demo.mlserver import start_mlserver
+from broker.errors import NotFound
+from broker.registry.convert import model_from_proto
+from broker.registry.model import Endpoint, ModelVersion
+from broker.registry.store import RegistryStore
+from broker.server.app import build_server
+
+DEMO_VENDOR = "demo-vendor"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
+MODEL_FILE = EXAMPLES / "iris-model.json"
+
+
+def demo_model(grpc_target: str, model_file: Path = MODEL_FILE) -> ModelVersion:
+    """The demo model description, pointed at this run's MLServer."""
+    message = json_format.ParseDict(orjson.loads(model_file.read_bytes()), models_pb2.Model())
+    model = model_from_proto(message, vendor=DEMO_VENDOR)
+    endpoint = model.endpoint or Endpoint(target=grpc_target)
+    return dataclasses.replace(model, endpoint=dataclasses.replace(endpoint, target=grpc_target))
+
+
+def ensure_registered(store: RegistryStore, model: ModelVersion) -> ModelVersion:
+    """Register the demo model, or repoint an existing registration at the new endpoint."""
+    try:
+        store.get(model.vendor, model.name, model.version)
+    except NotFound:
+        return store.register(model)
+    return store.update(model.vendor, model.name, model.version, {"endpoint": model.endpoint})
+
+
+def run_demo_node(config: Config, *, mlserver_venv: str) -> None:
+    """Start MLServer and the broker, register the demo model, serve until a signal."""
+    venv = Path(mlserver_venv)
+    if not (venv / "bin" / "mlserver").exists():
+        raise OSError(f"no MLServer environment at {venv}: run `make mlserver-env` first")
+    _say("starting MLServer with the iris demo model (the first run trains it; about 10 s)")
+    mlserver = start_mlserver(venv, config.data_dir / "mlserver")
+    try:
+        node = build_server(config)
+        model = ensure_registered(RegistryStore(node.engine), demo_model(mlserver.grpc_target))
+        _say(f"model {model.ref} is served by MLServer at {mlserver.grpc_target}")
+        _say(_quickstart(config, model.ref, node.port))
+        node.serve_forever()
+    finally:
+        mlserver.stop()
+
+
+def _quickstart(config: Config, ref: str, port: int) -> str:
+    flag = "" if config.data_dir == Path("var") else f" # data dir: {config.data_dir}"
+    return (
+        f"broker listening on 127.0.0.1:{port}; in another terminal:\n"
+        "  export BROKER_TOKEN=$(.venv/bin/broker token mint --config examples/demo/broker.toml"
+        f" --tenant acme-bank --role buyer){flag}\n"
+        "  .venv/bin/broker models list\n"
+        f"  .venv/bin/broker call {ref} --payload examples/demo/iris-call.json\n"
+        "Ctrl-C stops the broker and MLServer."
+    )
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
