@@ -157,10 +157,12 @@ class BrokerClient:
             try:
                 return method(request, timeout=max(remaining, 0.0), metadata=self._metadata())
             except grpc.RpcError as exc:
-                retryable = exc.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                retryable = exc.code() is grpc.StatusCode.UNAVAILABLE
                 sleep = backoff * (1 + random.random())  # noqa: S311 - jitter, not crypto
-                if not retryable or attempt == self._max_attempts or (
-                    time.monotonic() + sleep >= deadline
+                if (
+                    not retryable
+                    or attempt == self._max_attempts
+                    or (time.monotonic() + sleep >= deadline)
                 ):
                     raise
                 time.sleep(sleep)

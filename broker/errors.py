@@ -114,7 +114,7 @@ class Cancelled(BrokerError):
 
 
 class Unavailable(BrokerError):
-    """A dependency (model backend, store) is unreachable; the call did nothing and may be retried."""
+    """A dependency (model backend, store) is unreachable; nothing was done, retrying is safe."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

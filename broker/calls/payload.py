@@ -61,7 +61,9 @@ def parse_struct_payload(struct: struct_pb2.Struct, limits: PayloadLimits) -> Js
     """Convert a protobuf Struct payload into an object, enforcing every limit."""
     size = struct.ByteSize()
     if size > limits.max_bytes:
-        raise InvalidArgument(f"payload is {size} bytes, over the limit of {limits.max_bytes} bytes")
+        raise InvalidArgument(
+            f"payload is {size} bytes, over the limit of {limits.max_bytes} bytes"
+        )
     value = json_format.MessageToDict(struct)
     return check_payload(value, limits)
 

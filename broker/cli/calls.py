@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.payload == "-":
         data = sys.stdin.buffer.read()
     else:
-        with open(args.payload, "rb") as handle:
-            data = handle.read()
+        data = Path(args.payload).read_bytes()
     with client_from_args(args) as client:
         answer = client.invoke(args.model, data, timeout=args.timeout)
     output = {"call_id": answer.call_id, "model": answer.model, "answer": answer.answer}

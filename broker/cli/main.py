@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker: configuration error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        code = exc.code().name  # type: ignore[attr-defined]
-        print(f"broker: {code}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        code = exc.code().name
+        print(f"broker: {code}: {exc.details()}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"broker: {exc}", file=sys.stderr)

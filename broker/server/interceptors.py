@@ -52,11 +52,11 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
         if handler.unary_unary is not None:
@@ -145,8 +145,10 @@ class _RpcScope:
         if self._principal_token is not None:
             principal_var().reset(self._principal_token)
         if exc_type is not None and self._status is grpc.StatusCode.OK:
-            self._status = grpc.StatusCode.CANCELLED if not self._context.is_active() else (
-                grpc.StatusCode.UNKNOWN
+            self._status = (
+                grpc.StatusCode.CANCELLED
+                if not self._context.is_active()
+                else (grpc.StatusCode.UNKNOWN)
             )
         _log.info(
             "rpc",
@@ -163,4 +165,5 @@ def _to_status(exc: BrokerError) -> grpc.Status:
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail])
-    return rpc_status.to_status(status)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result

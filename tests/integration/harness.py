@@ -42,7 +42,7 @@ class EchoInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(self, log: BackendLog) -> None:
         self.log = log
 
-    def ModelInfer(  # noqa: N802
+    def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.ServicerContext
     ) -> oip.ModelInferResponse:
         with self.log.lock:
@@ -62,7 +62,7 @@ class EchoInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             out.contents.CopyFrom(tensor.contents)
         return response
 
-    def ModelReady(  # noqa: N802
+    def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.ServicerContext
     ) -> oip.ModelReadyResponse:
         return oip.ModelReadyResponse(ready=True)

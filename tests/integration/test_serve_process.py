@@ -49,7 +49,7 @@ class ServeProcess:
             **extra_env,
         }
         self._log_file = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "broker.cli.main", "serve"],
             env=env,
             stdout=self._log_file,
@@ -226,8 +226,10 @@ def test_mutual_tls(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as exc:
                 list(client.list_models(timeout=5))
             assert exc.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-        with node.client("bank", "buyer", max_attempts=1) as client:
-            with pytest.raises(grpc.RpcError):
-                list(client.list_models(timeout=5))
+        with (
+            node.client("bank", "buyer", max_attempts=1) as client,
+            pytest.raises(grpc.RpcError),
+        ):
+            list(client.list_models(timeout=5))
     finally:
         assert node.terminate() == 0
