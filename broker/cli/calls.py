@@ -25,10 +25,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the payload, call the model, print the answer as JSON."""
-    if args.payload == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        data = Path(args.payload).read_bytes()
+    data = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
     with client_from_args(args) as client:
         answer = client.invoke(args.model, data, timeout=args.timeout)
     output = {"call_id": answer.call_id, "model": answer.model, "answer": answer.answer}
