@@ -1,0 +1,210 @@
+"""The worker process: it locks itself into the sandbox, then serves one package on its channel.
+
+The broker starts ``python -I -S`` running :func:`main` with the channel on fd 3 and an empty
+environment. Setting up from inside the new process (rather than in a ``preexec_fn``) keeps the
+broker's threads out of it. The process first becomes a *reaper*: it enters the new namespaces and
+forks; the child is PID 1 of the new PID namespace and becomes the worker, the reaper stays
+outside, waits for it and turns the way it died into an exit code (see ``spec.EXIT_*``).
+
+Order of the worker's setup, each step needed by the next:
+namespaces -> root filesystem + pivot_root -> rlimits -> unprivileged id -> user namespace ->
+capabilities dropped -> no_new_privs -> Landlock -> fds closed -> seccomp -> import the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+from broker.runtimes.sandbox import _libc, frames, landlock, namespaces, privileges, seccomp_filter
+from broker.runtimes.sandbox.limits import apply_rlimits
+from broker.runtimes.sandbox.spec import (
+    ENV_MOUNT_PREFIX,
+    EXIT_CPU,
+    EXIT_MEMORY,
+    EXIT_NAMESPACES_REFUSED,
+    EXIT_SETUP_FAILED,
+    PACKAGE_MOUNT,
+    SCRATCH_MOUNT,
+    WorkerSpec,
+)
+
+_SPEC_CAP = 1024 * 1024
+
+
+def main(channel_fd: int) -> NoReturn:
+    """Entry point of the worker process (run by the launcher; never call it in the broker)."""
+    channel = socket.socket(fileno=channel_fd)
+    try:
+        spec = WorkerSpec.from_json(json.loads(frames.recv(channel, _SPEC_CAP)))
+        filt = seccomp_filter.build(spec.libseccomp)
+        last_cap = privileges.last_capability()
+        as_root = os.geteuid() == 0
+        flags = namespaces.WORKER_NAMESPACES
+        if not as_root:
+            flags |= namespaces.CLONE_NEWUSER
+        outside_uid, outside_gid = os.geteuid(), os.getegid()
+        namespaces.enter(flags)
+        if not as_root:
+            namespaces.map_self(0, 0, outside_uid, outside_gid)
+    except OSError as exc:
+        _fail(channel, "namespaces", exc, EXIT_NAMESPACES_REFUSED)
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        channel.close()
+        os.close(alive_r)
+        _reap(pid, spec)
+    os.close(alive_w)
+    try:
+        privileges.die_with_parent(signal.SIGKILL)
+        _lock_in(
+            spec, filt, last_cap=last_cap, as_root=as_root, channel_fd=channel_fd, alive_r=alive_r
+        )
+        entry = _load_entry_point(spec.entry_point)
+    except Exception as exc:  # noqa: BLE001 - any setup failure ends the worker, reported
+        _fail(channel, "setup", exc, EXIT_SETUP_FAILED)
+    _send(channel, {"ready": True}, spec.limits.max_frame_bytes)
+    _serve(channel, entry, spec.limits.max_frame_bytes)
+
+
+def _fail(channel: socket.socket, stage: str, exc: BaseException, code: int) -> NoReturn:
+    try:
+        _send(channel, {"error": f"{type(exc).__name__}: {exc}", "stage": stage}, _SPEC_CAP)
+    finally:
+        os._exit(code)
+
+
+def _reap(pid: int, spec: WorkerSpec) -> NoReturn:
+    """Wait for the worker and exit with a code that says how it ended."""
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFEXITED(status):
+        os._exit(os.WEXITSTATUS(status))
+    sig = os.WTERMSIG(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= spec.limits.cpu_seconds):
+        os._exit(EXIT_CPU)
+    os._exit(128 + sig)
+
+
+def _lock_in(
+    spec: WorkerSpec, filt: Any, *, last_cap: int, as_root: bool, channel_fd: int, alive_r: int
+) -> None:
+    namespaces.build_root(spec, spec.uid if as_root else 0, spec.gid if as_root else 0)
+    _libc.sethostname(spec.hostname)
+    apply_rlimits(spec.limits)
+    if as_root:
+        # A worker mapped to host root would escape RLIMIT_NPROC and own root's files: become a
+        # dedicated unprivileged host id, then take a user namespace of its own as that id.
+        privileges.become(spec.uid, spec.gid)
+        privileges.set_dumpable(True)
+        namespaces.enter(namespaces.CLONE_NEWUSER)
+        namespaces.map_self(spec.uid, spec.gid, spec.uid, spec.gid)
+    privileges.set_dumpable(False)
+    privileges.drop_capabilities(last_cap)
+    privileges.forbid_new_privileges()
+    readable = [*spec.runtime_dirs, PACKAGE_MOUNT, "/dev/urandom", "/dev/zero", "/proc"]
+    readable += [f"{ENV_MOUNT_PREFIX}/{i}" for i in range(len(spec.env_dirs))]
+    rules = [(path, landlock.READ_EXEC) for path in readable]
+    rules += [
+        (SCRATCH_MOUNT, landlock.READ_WRITE),
+        ("/dev/null", landlock.READ | landlock.WRITE_FILE),
+    ]
+    landlock.restrict_self(rules)
+    # Changing ids clears the parent-death signal: arm it again now that they are final, then
+    # check that the reaper did not die in between (its end of the pipe would read as EOF).
+    privileges.die_with_parent(signal.SIGKILL)
+    if select.select([alive_r], [], [], 0)[0]:
+        os._exit(EXIT_SETUP_FAILED)
+    os.close(alive_r)
+    _redirect_stdin()
+    os.closerange(3, channel_fd)
+    os.closerange(channel_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    os.environ.clear()
+    # SIGXFSZ would kill the worker on a too-large file; an EFBIG error is the useful outcome.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    seccomp_filter.load(filt)
+    os.chdir(SCRATCH_MOUNT)
+    sys.path[:] = [PACKAGE_MOUNT, *(p for p in sys.path if p.startswith(tuple(spec.runtime_dirs)))]
+    sys.path[1:1] = [f"{ENV_MOUNT_PREFIX}/{i}" for i in range(len(spec.env_dirs))]
+
+
+def _redirect_stdin() -> None:
+    """Replace stdin, a host file opened before pivot_root, by the sandbox's own /dev/null."""
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+def _load_entry_point(entry_point: str) -> Any:
+    module_name, _, attr = entry_point.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"entry point {entry_point} is not callable")
+    return target
+
+
+def _serve(channel: socket.socket, entry: Any, cap: int) -> NoReturn:
+    """Answer requests until the broker closes the channel."""
+    while True:
+        try:
+            request = json.loads(frames.recv(channel, cap))
+        except (frames.ChannelClosedError, ConnectionError):
+            os._exit(0)
+        except (frames.FrameTooLargeError, ValueError):
+            os._exit(EXIT_SETUP_FAILED)
+        try:
+            reply = _answer(entry, request, cap)
+        except MemoryError:
+            reply = None
+        if reply is None:
+            request = None
+            _send_limit(channel, "memory", cap)
+            os._exit(EXIT_MEMORY)
+        channel.sendall(reply)
+
+
+def _answer(entry: Any, request: Any, cap: int) -> bytes | None:
+    """Run the callable on one request and encode the reply; ``None`` means out of memory."""
+    try:
+        result = entry(request["payload"])
+    except MemoryError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the model's failure is reported, not fatal
+        return _encode({"error": type(exc).__name__, "detail": str(exc)[:200]}, cap)
+    try:
+        return _encode({"ok": result}, cap)
+    except frames.FrameTooLargeError as exc:
+        return _encode({"error": "answer too large", "limit": "frame", "size": exc.size}, cap)
+    except (TypeError, ValueError) as exc:
+        return _encode({"error": "answer is not JSON", "detail": str(exc)[:200]}, cap)
+
+
+def _encode(message: Any, cap: int) -> bytes:
+    """Strict JSON (no NaN), compact, UTF-8: what the broker's orjson accepts."""
+    text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return frames.pack(text.encode(), cap)
+
+
+def _send(channel: socket.socket, message: Any, cap: int) -> None:
+    channel.sendall(_encode(message, cap))
+
+
+def _send_limit(channel: socket.socket, limit: str, cap: int) -> None:
+    with contextlib.suppress(OSError, MemoryError):
+        _send(channel, {"error": f"{limit} limit reached", "limit": limit}, cap)
