@@ -146,7 +146,10 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Upgrade the schema to the newest revision; a no-op when it is already there.
+    """Upgrade the schema to the newest revision of every branch; a no-op when it is there.
+
+    Each concern (registry, audit, retention, ...) may keep its tables on its own Alembic
+    branch rooted at the registry's first revision, so ``heads`` (not ``head``) is upgraded.
 
     Runs in one transaction (both backends have transactional DDL), so a failed upgrade leaves
     the previous schema intact. On PostgreSQL an advisory lock serialises replicas that migrate
@@ -157,4 +160,4 @@ def migrate(engine: sa.Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
