@@ -54,9 +54,11 @@ def test_unavailable_is_retried_and_token_sent(scripted: tuple[ScriptedBroker, s
 def test_attempts_are_bounded(scripted: tuple[ScriptedBroker, str]) -> None:
     servicer, target = scripted
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 5
-    with BrokerClient(target, token="t", max_attempts=2, initial_backoff=0.001) as client:
-        with pytest.raises(grpc.RpcError) as exc:
-            client.invoke("v/m@1", {}, timeout=5)
+    with (
+        BrokerClient(target, token="t", max_attempts=2, initial_backoff=0.001) as client,
+        pytest.raises(grpc.RpcError) as exc,
+    ):
+        client.invoke("v/m@1", {}, timeout=5)
     assert exc.value.code() is grpc.StatusCode.UNAVAILABLE
     assert servicer.calls == 2
 
@@ -75,9 +77,11 @@ def test_other_codes_are_not_retried(
 ) -> None:
     servicer, target = scripted
     servicer.script = [code]
-    with BrokerClient(target, token="t", initial_backoff=0.001) as client:
-        with pytest.raises(grpc.RpcError) as exc:
-            client.invoke("v/m@1", {}, timeout=5)
+    with (
+        BrokerClient(target, token="t", initial_backoff=0.001) as client,
+        pytest.raises(grpc.RpcError) as exc,
+    ):
+        client.invoke("v/m@1", {}, timeout=5)
     assert exc.value.code() is code
     assert servicer.calls == 1
 
