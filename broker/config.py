@@ -117,6 +117,58 @@ class BackendsConfig(_Section):
     max_answer_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
+class PolicyConfig(_Section):
+    """Where the Rego policy comes from and how it is evaluated."""
+
+    engine: Literal["regorus", "opa"] = "regorus"
+    bundle_dir: Path = Path("policies")
+    rule: str = "data.broker.decision"
+    watch_interval_seconds: float = Field(default=2.0, ge=0, description="0 disables watching")
+    cache_size: int = Field(default=10_000, ge=0)
+    default_purpose: str = "default"
+    claims: list[str] = Field(
+        default_factory=list, description="token claims passed to the policy (part of cache key)"
+    )
+    opa_host: str = "127.0.0.1"
+    opa_port: int = Field(default=8181, ge=1, le=65535)
+    opa_tls: bool = False
+    opa_token_env: str | None = None
+    opa_revision: str = "opa"
+    opa_timeout_seconds: float = Field(default=2.0, gt=0)
+
+
+class EnforcementConfig(_Section):
+    """How enforcement actions keep what they need."""
+
+    token_ttl_seconds: float = Field(default=3600.0, gt=0)
+
+
+class Pkcs11Config(_Section):
+    """A retention root key that never leaves a PKCS#11 token (an HSM; SoftHSM2 in tests)."""
+
+    library: Path
+    token_label: str
+    key_label: str = "broker-retention-root"
+    pin_env: str = "BROKER_PKCS11_PIN"
+
+
+class RetentionConfig(_Section):
+    """Retained payloads: where the root key comes from, and how often deletions run.
+
+    Exactly one of ``root_key_file``, ``root_key_env`` (the name of a variable holding the key)
+    or ``pkcs11`` enables retention. A root key file inside ``data_dir`` is refused unless
+    ``unsafe_allow_root_key_in_data_dir`` is set: a key stored beside the data it protects
+    protects nothing once both are copied together.
+    """
+
+    root_key_file: Path | None = None
+    root_key_env: str | None = None
+    pkcs11: Pkcs11Config | None = None
+    unsafe_allow_root_key_in_data_dir: bool = False
+    scheduler_interval_seconds: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+
+
 class LoggingConfig(_Section):
     """Structured logging."""
 
@@ -133,7 +185,10 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     database: DatabaseConfig = DatabaseConfig()
     backends: BackendsConfig = BackendsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    enforcement: EnforcementConfig = EnforcementConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("data_dir")
     @classmethod

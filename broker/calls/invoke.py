@@ -1,8 +1,11 @@
-"""One Invoke, end to end: bound the payload, resolve the model, dispatch, answer.
+"""One call, end to end: resolve, classify, decide, enforce, dispatch, and back again.
 
-This is the call path the servicer delegates to. Later stages (classification, policy,
-enforcement, audit, retention) slot in between resolve and dispatch and again on the answer;
-each is a separate module so that this file stays a readable list of steps.
+    request  -> resolve model -> classify -> decide (Rego) -> enforce -> store tokens
+             -> dispatch to the model (caller's deadline)
+    answer   -> classify -> decide (response) -> enforce -> restore the buyer's own values
+
+Each step is its own module; this file is the readable list of steps. ``preview`` runs the
+request half without storing or sending anything.
 """
 
 from __future__ import annotations
@@ -10,15 +13,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from broker.auth.principal import Principal, Role, require_role
 from broker.calls.concurrency import TenantConcurrencyLimiter
+from broker.calls.decide import Decider, labels_of, refuse_if_denied
 from broker.calls.payload import JsonObject
+from broker.classify.classifier import classify
+from broker.enforce.enforcer import CallScope, Enforcer, FieldDecision
+from broker.enforce.restore import Restorer
+from broker.enforce.vault import TokenVault
 from broker.errors import DeadlineExceeded, FailedPrecondition
+from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
 from broker.runtimes.base import Runtime as RuntimeClient
@@ -36,44 +45,98 @@ Canceller = Callable[[Callable[[], None]], None]
 
 
 @dataclass(frozen=True, slots=True)
+class CallRequest:
+    """What the buyer asked for: model, payload, purpose and its own field labels."""
+
+    model_ref: str
+    payload: JsonObject
+    purpose: str = ""
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class InvokeResult:
-    """What Invoke answers: the call id, the resolved model and the answer object."""
+    """What Invoke answers: the call id, the model, the answer and what the policy did."""
 
     call_id: str
     model: ModelVersion
     answer: JsonObject
+    decisions: tuple[FieldDecision, ...]
+    policy_revision: str
+    restored_values: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewResult:
+    """What Invoke would do: the plan and the per-field decisions, no values."""
+
+    model: ModelVersion
+    plan: Plan
+    decisions: tuple[FieldDecision, ...]
+    unmatched_label_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """The enforcement pieces the call path uses."""
+
+    decider: Decider
+    enforcer: Enforcer
+    vault: TokenVault
+    restorer: Restorer
 
 
 class Invoker:
-    """Runs Invoke calls for authenticated buyers."""
+    """Runs Invoke and Preview for authenticated buyers."""
 
     def __init__(
         self,
         resolver: ModelResolver,
         runtimes: Mapping[Runtime, RuntimeClient],
         limiter: TenantConcurrencyLimiter,
+        enforcement: Enforcement,
         *,
         default_timeout: float,
+        default_purpose: str = "default",
     ) -> None:
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
+        self._enforcement = enforcement
         self._default_timeout = default_timeout
+        self._default_purpose = default_purpose
+
+    def preview(self, principal: Principal, request: CallRequest) -> PreviewResult:
+        """Classify and decide the request direction; nothing is stored or sent."""
+        require_role(principal, Role.BUYER)
+        model = self._resolve(request.model_ref)
+        decider = self._enforcement.decider
+        classification = decider.classify_request(model, request.payload, request.labels)
+        plan = decider.decide(
+            "request", principal, model, self._purpose(request), classification
+        )
+        decisions: tuple[FieldDecision, ...] = ()
+        if plan.allow:
+            scope = CallScope(principal.tenant, "preview", model.runtime is Runtime.SANDBOX)
+            enforced = self._enforcement.enforcer.apply(
+                request.payload, classification, plan, scope, "request"
+            )
+            decisions = tuple(enforced.decisions)
+        return PreviewResult(model, plan, decisions, classification.unmatched_keys)
 
     def invoke(
         self,
         principal: Principal,
-        model_ref: str,
-        payload: JsonObject,
+        request: CallRequest,
         *,
         time_remaining: float | None,
         on_cancel: Canceller | None = None,
     ) -> InvokeResult:
-        """Call ``model_ref`` with ``payload`` on behalf of ``principal``.
+        """Call the model on behalf of ``principal`` under the buyer's policy.
 
-        ``time_remaining`` is the caller's deadline in seconds (None: no deadline, the configured
-        default applies); it is passed on to the model so that the backend gives up when the
-        caller does. ``on_cancel`` registers a function to run if the caller goes away.
+        ``time_remaining`` is the caller's deadline in seconds (None: the configured default);
+        it is passed on to the model. ``on_cancel`` registers a function to run if the caller
+        goes away, so the backend call stops too.
         """
         require_role(principal, Role.BUYER)
         call_id = uuid.uuid4().hex
@@ -81,30 +144,62 @@ class Invoker:
         deadline = time.monotonic() + (
             self._default_timeout if time_remaining is None else time_remaining
         )
-        model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
-        structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
+        model = self._resolve(request.model_ref)
         runtime = self._runtime_for(model)
+        parts = self._enforcement
+        purpose = self._purpose(request)
         with self._limiter.slot(principal.tenant):
+            classification = parts.decider.classify_request(model, request.payload, request.labels)
+            plan = parts.decider.decide("request", principal, model, purpose, classification)
+            structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
+            refuse_if_denied(plan, "request")
+            scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
+            outgoing = parts.enforcer.apply(
+                request.payload, classification, plan, scope, "request"
+            )
+            parts.vault.store(principal.tenant, call_id, outgoing.pending_tokens)
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
             answer = runtime.invoke(
-                model, payload, timeout=timeout, call_id=call_id, on_cancel=on_cancel
+                model, outgoing.payload, timeout=timeout, call_id=call_id, on_cancel=on_cancel
             )
-        return InvokeResult(call_id=call_id, model=model, answer=answer)
+            answer_classification = classify(answer)
+            answer_plan = parts.decider.decide(
+                "response",
+                principal,
+                model,
+                purpose,
+                answer_classification,
+                request_labels=labels_of(classification),
+            )
+            refuse_if_denied(answer_plan, "response")
+            incoming = parts.enforcer.apply(
+                answer, answer_classification, answer_plan, scope, "response"
+            )
+            restored, count = parts.restorer.restore(incoming.payload, principal.tenant, call_id)
+        return InvokeResult(
+            call_id=call_id,
+            model=model,
+            answer=restored,
+            decisions=(*outgoing.decisions, *incoming.decisions),
+            policy_revision=plan.revision,
+            restored_values=count,
+        )
+
+    def _purpose(self, request: CallRequest) -> str:
+        return request.purpose or self._default_purpose
+
+    def _resolve(self, model_ref: str) -> ModelVersion:
+        model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
+        structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
+        return model
 
     def _runtime_for(self, model: ModelVersion) -> RuntimeClient:
         runtime = self._runtimes.get(model.runtime)
         if runtime is None:
             raise FailedPrecondition(
                 f"model {model.ref} uses the {model.runtime.value} runtime, "
-                "which this broker does not serve yet"
+                "which this broker does not serve"
             )
         return runtime
-
-
-def describe(answer: Any) -> str:
-    """A value-free description of an answer for logs: its type and size only."""
-    if isinstance(answer, dict):
-        return f"object with {len(answer)} keys"
-    return type(answer).__name__

@@ -13,6 +13,7 @@ so threads suit them (see bench/README.md for the broker's own figures).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,19 +25,34 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc, registry_pb2, registry_pb2_grpc
+from broker._proto.broker.v1 import (
+    broker_pb2,
+    broker_pb2_grpc,
+    policies_pb2,
+    policies_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 from broker.auth.tokens import TokenVerifier
 from broker.calls.concurrency import TenantConcurrencyLimiter
-from broker.calls.invoke import Invoker
+from broker.calls.decide import Decider
+from broker.calls.invoke import Enforcement, Invoker
 from broker.calls.payload import PayloadLimits
-from broker.config import Config
+from broker.config import Config, ConfigError
+from broker.enforce.enforcer import Enforcer
+from broker.enforce.keys import TenantKeys
+from broker.enforce.restore import Restorer
+from broker.enforce.vault import TokenVault
 from broker.logging import get_logger
+from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
+from broker.policy.bundle import Bundle
 from broker.registry.model import Runtime
 from broker.registry.store import RegistryStore
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
 from broker.server.broker_service import BrokerServicer
 from broker.server.interceptors import BoundaryInterceptor
+from broker.server.policies_service import PoliciesServicer
 from broker.server.registry_service import RegistryServicer
 from broker.storage.db import create_engine_for, migrate
 
@@ -45,6 +61,7 @@ _log = get_logger(__name__)
 SERVICE_NAMES = (
     broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
+    policies_pb2.DESCRIPTOR.services_by_name["Policies"].full_name,
 )
 
 
@@ -57,6 +74,7 @@ class BrokerServer:
     health: health.HealthServicer
     runtimes: dict[Runtime, RuntimeClient]
     engine: sa.Engine
+    policies: PolicyStore
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -77,6 +95,7 @@ class BrokerServer:
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         for runtime in self.runtimes.values():
             runtime.close()
+        self.policies.stop_watching()
         self.engine.dispose()
         _log.info("server_stopped")
 
@@ -88,8 +107,13 @@ class BrokerServer:
             _log.info("signal_received", signal=signal.Signals(signum).name)
             stop_requested.set()
 
+        def on_hangup(signum: int, frame: FrameType | None) -> None:
+            _log.info("signal_received", signal="SIGHUP")
+            self.policies.request_reload()
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         self.start()
         stop_requested.wait()
         self.stop()
@@ -106,11 +130,22 @@ def build_server(config: Config) -> BrokerServer:
     runtimes: dict[Runtime, RuntimeClient] = {
         Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
     }
+    policies = build_policy_store(config)
+    keys = TenantKeys.load_or_create(config.data_dir)
+    vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)
+    enforcement = Enforcement(
+        decider=Decider(policies, claims=config.policy.claims),
+        enforcer=Enforcer(keys),
+        vault=vault,
+        restorer=Restorer(vault, keys),
+    )
     invoker = Invoker(
         store,
         runtimes,
         TenantConcurrencyLimiter(config.limits.tenant_concurrency),
+        enforcement,
         default_timeout=config.backends.default_timeout_seconds,
+        default_purpose=config.policy.default_purpose,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
@@ -127,6 +162,9 @@ def build_server(config: Config) -> BrokerServer:
         BrokerServicer(invoker, store, PayloadLimits.from_config(config.limits)), server
     )
     registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(store), server)
+    policies_pb2_grpc.add_PoliciesServicer_to_server(
+        PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.server.reflection:
@@ -140,8 +178,44 @@ def build_server(config: Config) -> BrokerServer:
         health=health_servicer,
         runtimes=runtimes,
         engine=engine,
+        policies=policies,
         grace_seconds=config.server.shutdown_grace_seconds,
     )
+
+
+def build_policy_store(config: Config) -> PolicyStore:
+    """Load the policy bundle (refusing to start if it does not load) and watch it."""
+    settings = config.policy
+
+    def opa_engine(bundle: Bundle) -> PolicyEngine:
+        token = os.environ.get(settings.opa_token_env) if settings.opa_token_env else None
+        return OpaEngine(
+            host=settings.opa_host,
+            port=settings.opa_port,
+            rule=settings.rule,
+            revision=settings.opa_revision,
+            timeout_s=settings.opa_timeout_seconds,
+            token=token,
+            ssl=settings.opa_tls,
+        )
+
+    def regorus_engine(bundle: Bundle) -> PolicyEngine:
+        return RegorusEngine(bundle, rule=settings.rule)
+
+    store = PolicyStore(
+        settings.bundle_dir,
+        engine_factory=opa_engine if settings.engine == "opa" else regorus_engine,
+        cache=PlanCache(max_entries=settings.cache_size),
+    )
+    outcome = store.reload()
+    if outcome.status == "failed":
+        raise ConfigError(
+            f"the policy bundle in {settings.bundle_dir} does not load: {outcome.error}"
+        )
+    _log.info("policy_loaded", revision=outcome.revision, engine=settings.engine)
+    if settings.watch_interval_seconds > 0:
+        store.start_watching(settings.watch_interval_seconds)
+    return store
 
 
 def _bind(server: grpc.Server, config: Config) -> int:

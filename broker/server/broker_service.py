@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc
-from broker.calls.invoke import Invoker
+from broker.calls.invoke import CallRequest, Invoker
 from broker.calls.payload import (
+    JsonObject,
     PayloadLimits,
     dump_json,
     parse_json_payload,
     parse_struct_payload,
     to_struct,
 )
+from broker.enforce.enforcer import FieldDecision
 from broker.errors import InvalidArgument
 from broker.registry.convert import catalog_model_to_proto
 from broker.registry.store import RegistryStore
 from broker.server.context import current_principal
 
+MAX_LABEL_KEYS = 1_000
+
 
 class BrokerServicer(broker_pb2_grpc.BrokerServicer):
-    """Invoke models and browse the catalogue."""
+    """Invoke models, preview policies and browse the catalogue."""
 
     def __init__(self, invoker: Invoker, store: RegistryStore, limits: PayloadLimits) -> None:
         self._invoker = invoker
@@ -34,28 +38,41 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
     ) -> broker_pb2.InvokeResponse:
         """Call a model with the request's payload and return its answer."""
         principal = current_principal()
-        kind = request.WhichOneof("payload")
-        if kind == "json":
-            payload = parse_json_payload(request.json, self._limits)
-        elif kind == "struct":
-            payload = parse_struct_payload(request.struct, self._limits)
-        else:
-            raise InvalidArgument("payload is missing: set `json` (JSON bytes) or `struct`")
-        if not request.model:
-            raise InvalidArgument("model is missing: name it as vendor/name@version")
+        call = self._call_request(request)
         result = self._invoker.invoke(
             principal,
-            request.model,
-            payload,
+            call,
             time_remaining=context.time_remaining(),
             on_cancel=lambda cancel: _on_termination(context, cancel),
         )
-        response = broker_pb2.InvokeResponse(call_id=result.call_id, model=result.model.ref)
-        if kind == "struct":
+        response = broker_pb2.InvokeResponse(
+            call_id=result.call_id,
+            model=result.model.ref,
+            decisions=_decisions_to_proto(result.decisions),
+            policy_revision=result.policy_revision,
+            restored_values=result.restored_values,
+        )
+        if request.WhichOneof("payload") == "struct":
             response.struct.CopyFrom(to_struct(result.answer))
         else:
             response.json = dump_json(result.answer)
         return response
+
+    def Preview(  # noqa: N802 - gRPC method name
+        self, request: broker_pb2.PreviewRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.PreviewResponse:
+        """Say what Invoke would do to each field, without calling the model."""
+        result = self._invoker.preview(current_principal(), self._call_request(request))
+        return broker_pb2.PreviewResponse(
+            allow=result.plan.allow,
+            reasons=list(result.plan.reasons),
+            decisions=_decisions_to_proto(result.decisions),
+            model=result.model.ref,
+            policy_revision=result.plan.revision,
+            request_ttl_s=result.plan.retention.request_ttl_s,
+            response_ttl_s=result.plan.retention.response_ttl_s,
+            unmatched_label_keys=list(result.unmatched_label_keys),
+        )
 
     def ListModels(  # noqa: N802 - gRPC method name
         self, request: broker_pb2.ListModelsRequest, context: grpc.ServicerContext
@@ -69,6 +86,48 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             models=[catalog_model_to_proto(model) for model in models],
             next_page_token=next_token,
         )
+
+    def _call_request(
+        self, request: broker_pb2.InvokeRequest | broker_pb2.PreviewRequest
+    ) -> CallRequest:
+        if not request.model:
+            raise InvalidArgument("model is missing: name it as vendor/name@version")
+        return CallRequest(
+            model_ref=request.model,
+            payload=self._payload(request),
+            purpose=request.purpose,
+            labels=_labels(request.labels),
+        )
+
+    def _payload(self, request: broker_pb2.InvokeRequest | broker_pb2.PreviewRequest) -> JsonObject:
+        kind = request.WhichOneof("payload")
+        if kind == "json":
+            return parse_json_payload(request.json, self._limits)
+        if kind == "struct":
+            return parse_struct_payload(request.struct, self._limits)
+        raise InvalidArgument("payload is missing: set `json` (JSON bytes) or `struct`")
+
+
+def _labels(raw: Mapping[str, broker_pb2.LabelList]) -> dict[str, tuple[str, ...]]:
+    if len(raw) > MAX_LABEL_KEYS:
+        raise InvalidArgument(f"labels names more than {MAX_LABEL_KEYS} fields")
+    return {path: tuple(entry.labels) for path, entry in raw.items()}
+
+
+def _decisions_to_proto(decisions: Iterable[FieldDecision]) -> list[broker_pb2.FieldDecision]:
+    return [
+        broker_pb2.FieldDecision(
+            direction=d.direction,
+            path=d.path,
+            labels=list(d.labels),
+            action=d.action,
+            entities=[
+                broker_pb2.EntityDecision(label=e.label, action=e.action, count=e.count)
+                for e in d.entities
+            ],
+        )
+        for d in decisions
+    ]
 
 
 def _on_termination(context: grpc.ServicerContext, cancel: Callable[[], None]) -> None:

@@ -26,16 +26,46 @@ class InvokeRequest(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    @typing.final
+    class LabelsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> Global___LabelList: ...
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: Global___LabelList | None = ...,
+        ) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
     MODEL_FIELD_NUMBER: builtins.int
     JSON_FIELD_NUMBER: builtins.int
     STRUCT_FIELD_NUMBER: builtins.int
+    PURPOSE_FIELD_NUMBER: builtins.int
+    LABELS_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Model reference: "vendor/name@version", or "vendor/name" for the newest listed version."""
     json: builtins.bytes
     """UTF-8 JSON bytes (fast path: no protobuf conversion)."""
+    purpose: builtins.str
+    """Why the data is used, for the policy (for example "support", "marketing"); empty means
+    the tenant's default purpose.
+    """
     @property
     def struct(self) -> google.protobuf.struct_pb2.Struct:
         """The same payload as a protobuf Struct, for clients that prefer it."""
+
+    @property
+    def labels(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, Global___LabelList]:
+        """Labels the buyer attaches to fields, keyed by JSON Pointer ("/customer/note") or by shape
+        path ("/items/*/note"); they are added to the vendor's and the detectors' labels.
+        """
 
     def __init__(
         self,
@@ -43,12 +73,100 @@ class InvokeRequest(google.protobuf.message.Message):
         model: builtins.str = ...,
         json: builtins.bytes = ...,
         struct: google.protobuf.struct_pb2.Struct | None = ...,
+        purpose: builtins.str = ...,
+        labels: collections.abc.Mapping[builtins.str, Global___LabelList] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["json", b"json", "payload", b"payload", "struct", b"struct"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["json", b"json", "model", b"model", "payload", b"payload", "struct", b"struct"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["json", b"json", "labels", b"labels", "model", b"model", "payload", b"payload", "purpose", b"purpose", "struct", b"struct"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["payload", b"payload"]) -> typing.Literal["json", "struct"] | None: ...
 
 Global___InvokeRequest: typing_extensions.TypeAlias = InvokeRequest
+
+@typing.final
+class LabelList(google.protobuf.message.Message):
+    """LabelList is a list of data labels."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: builtins.int
+    @property
+    def labels(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The labels, for example "confidential"."""
+
+    def __init__(
+        self,
+        *,
+        labels: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["labels", b"labels"]) -> None: ...
+
+Global___LabelList: typing_extensions.TypeAlias = LabelList
+
+@typing.final
+class EntityDecision(google.protobuf.message.Message):
+    """EntityDecision says what the policy did to the entities of one label inside one field."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: builtins.int
+    ACTION_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    label: builtins.str
+    """Entity label found by a detector, for example "pii.email"."""
+    action: builtins.str
+    """Action applied to each of them."""
+    count: builtins.int
+    """How many such entities the field held."""
+    def __init__(
+        self,
+        *,
+        label: builtins.str = ...,
+        action: builtins.str = ...,
+        count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "count", b"count", "label", b"label"]) -> None: ...
+
+Global___EntityDecision: typing_extensions.TypeAlias = EntityDecision
+
+@typing.final
+class FieldDecision(google.protobuf.message.Message):
+    """FieldDecision says what the policy did to one field. It never carries a value."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: builtins.int
+    PATH_FIELD_NUMBER: builtins.int
+    LABELS_FIELD_NUMBER: builtins.int
+    ACTION_FIELD_NUMBER: builtins.int
+    ENTITIES_FIELD_NUMBER: builtins.int
+    direction: builtins.str
+    """"request" (what the model received) or "response" (what the buyer received)."""
+    path: builtins.str
+    """JSON Pointer of the field."""
+    action: builtins.str
+    """Action applied to the whole field: allow, redact, mask, hash, tokenize, encrypt, sandbox,
+    drop.
+    """
+    @property
+    def labels(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Every label of the field: vendor schema, buyer labels and detected entities."""
+
+    @property
+    def entities(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___EntityDecision]:
+        """Actions applied to entities inside the field's text (when the field itself was allowed)."""
+
+    def __init__(
+        self,
+        *,
+        direction: builtins.str = ...,
+        path: builtins.str = ...,
+        labels: collections.abc.Iterable[builtins.str] | None = ...,
+        action: builtins.str = ...,
+        entities: collections.abc.Iterable[Global___EntityDecision] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "direction", b"direction", "entities", b"entities", "labels", b"labels", "path", b"path"]) -> None: ...
+
+Global___FieldDecision: typing_extensions.TypeAlias = FieldDecision
 
 @typing.final
 class InvokeResponse(google.protobuf.message.Message):
@@ -60,15 +178,26 @@ class InvokeResponse(google.protobuf.message.Message):
     MODEL_FIELD_NUMBER: builtins.int
     JSON_FIELD_NUMBER: builtins.int
     STRUCT_FIELD_NUMBER: builtins.int
+    DECISIONS_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
+    RESTORED_VALUES_FIELD_NUMBER: builtins.int
     call_id: builtins.str
     """Identifier of this call, for support and for the audit trail."""
     model: builtins.str
     """The resolved model reference "vendor/name@version"."""
     json: builtins.bytes
     """UTF-8 JSON bytes of the answer object."""
+    policy_revision: builtins.str
+    """Revision (digest) of the policy bundle that decided."""
+    restored_values: builtins.int
+    """How many of the buyer's own tokenized or encrypted values were restored in the answer."""
     @property
     def struct(self) -> google.protobuf.struct_pb2.Struct:
         """The answer as a protobuf Struct, when the request used `struct`."""
+
+    @property
+    def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FieldDecision]:
+        """What the policy did, field by field, on the way to the model and on the way back."""
 
     def __init__(
         self,
@@ -77,12 +206,125 @@ class InvokeResponse(google.protobuf.message.Message):
         model: builtins.str = ...,
         json: builtins.bytes = ...,
         struct: google.protobuf.struct_pb2.Struct | None = ...,
+        decisions: collections.abc.Iterable[Global___FieldDecision] | None = ...,
+        policy_revision: builtins.str = ...,
+        restored_values: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["answer", b"answer", "json", b"json", "struct", b"struct"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "json", b"json", "model", b"model", "struct", b"struct"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "decisions", b"decisions", "json", b"json", "model", b"model", "policy_revision", b"policy_revision", "restored_values", b"restored_values", "struct", b"struct"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["answer", b"answer"]) -> typing.Literal["json", "struct"] | None: ...
 
 Global___InvokeResponse: typing_extensions.TypeAlias = InvokeResponse
+
+@typing.final
+class PreviewRequest(google.protobuf.message.Message):
+    """PreviewRequest is an Invoke request that will not be sent to the model."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class LabelsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> Global___LabelList: ...
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: Global___LabelList | None = ...,
+        ) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    MODEL_FIELD_NUMBER: builtins.int
+    JSON_FIELD_NUMBER: builtins.int
+    STRUCT_FIELD_NUMBER: builtins.int
+    PURPOSE_FIELD_NUMBER: builtins.int
+    LABELS_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    """Model reference, as in InvokeRequest."""
+    json: builtins.bytes
+    """UTF-8 JSON bytes."""
+    purpose: builtins.str
+    """Purpose, as in InvokeRequest."""
+    @property
+    def struct(self) -> google.protobuf.struct_pb2.Struct:
+        """The same payload as a protobuf Struct."""
+
+    @property
+    def labels(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, Global___LabelList]:
+        """Buyer labels, as in InvokeRequest."""
+
+    def __init__(
+        self,
+        *,
+        model: builtins.str = ...,
+        json: builtins.bytes = ...,
+        struct: google.protobuf.struct_pb2.Struct | None = ...,
+        purpose: builtins.str = ...,
+        labels: collections.abc.Mapping[builtins.str, Global___LabelList] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["json", b"json", "payload", b"payload", "struct", b"struct"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["json", b"json", "labels", b"labels", "model", b"model", "payload", b"payload", "purpose", b"purpose", "struct", b"struct"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["payload", b"payload"]) -> typing.Literal["json", "struct"] | None: ...
+
+Global___PreviewRequest: typing_extensions.TypeAlias = PreviewRequest
+
+@typing.final
+class PreviewResponse(google.protobuf.message.Message):
+    """PreviewResponse says what Invoke would do with the same request."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ALLOW_FIELD_NUMBER: builtins.int
+    REASONS_FIELD_NUMBER: builtins.int
+    DECISIONS_FIELD_NUMBER: builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
+    REQUEST_TTL_S_FIELD_NUMBER: builtins.int
+    RESPONSE_TTL_S_FIELD_NUMBER: builtins.int
+    UNMATCHED_LABEL_KEYS_FIELD_NUMBER: builtins.int
+    allow: builtins.bool
+    """Whether the policy allows the call."""
+    model: builtins.str
+    """The resolved model reference "vendor/name@version"."""
+    policy_revision: builtins.str
+    """Revision of the policy bundle that decided."""
+    request_ttl_s: builtins.int
+    """Retention the policy asks for: seconds to keep the request (0: not kept)."""
+    response_ttl_s: builtins.int
+    """Retention the policy asks for: seconds to keep the answer (0: not kept)."""
+    @property
+    def reasons(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Why the policy denies it (empty when allowed)."""
+
+    @property
+    def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FieldDecision]:
+        """What would happen to each field on the way to the model."""
+
+    @property
+    def unmatched_label_keys(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Buyer label keys that named no field of the payload (probably a typo)."""
+
+    def __init__(
+        self,
+        *,
+        allow: builtins.bool = ...,
+        reasons: collections.abc.Iterable[builtins.str] | None = ...,
+        decisions: collections.abc.Iterable[Global___FieldDecision] | None = ...,
+        model: builtins.str = ...,
+        policy_revision: builtins.str = ...,
+        request_ttl_s: builtins.int = ...,
+        response_ttl_s: builtins.int = ...,
+        unmatched_label_keys: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["allow", b"allow", "decisions", b"decisions", "model", b"model", "policy_revision", b"policy_revision", "reasons", b"reasons", "request_ttl_s", b"request_ttl_s", "response_ttl_s", b"response_ttl_s", "unmatched_label_keys", b"unmatched_label_keys"]) -> None: ...
+
+Global___PreviewResponse: typing_extensions.TypeAlias = PreviewResponse
 
 @typing.final
 class ListModelsRequest(google.protobuf.message.Message):

@@ -26,9 +26,8 @@ if _version_not_supported:
 
 
 class BrokerStub:
-    """Broker is the buyer-facing service: call models and browse the catalogue.
-    Reserved for later: Preview (what the policy would do, without calling the model) and
-    InvokeStream (server-streaming answers).
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
+    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     def __init__(self, channel):
@@ -42,6 +41,11 @@ class BrokerStub:
                 request_serializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.Preview = channel.unary_unary(
+                '/broker.v1.Broker/Preview',
+                request_serializer=broker_dot_v1_dot_broker__pb2.PreviewRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.PreviewResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/broker.v1.Broker/ListModels',
                 request_serializer=broker_dot_v1_dot_broker__pb2.ListModelsRequest.SerializeToString,
@@ -50,14 +54,22 @@ class BrokerStub:
 
 
 class BrokerServicer:
-    """Broker is the buyer-facing service: call models and browse the catalogue.
-    Reserved for later: Preview (what the policy would do, without calling the model) and
-    InvokeStream (server-streaming answers).
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
+    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     def Invoke(self, request, context):
-        """Invoke calls a model with a JSON payload and returns its JSON answer.
-        Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """Invoke calls a model with a JSON payload and returns its JSON answer, after the buyer's
+        policy has been applied to every field of the payload and again to every field of the
+        answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Preview(self, request, context):
+        """Preview says what the policy would do to each field of a payload, without calling the
+        model and without returning any value. Requires the `buyer` role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +90,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.InvokeResponse.SerializeToString,
             ),
+            'Preview': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preview,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.PreviewRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.PreviewResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.ListModelsRequest.FromString,
@@ -92,9 +109,8 @@ def add_BrokerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Broker:
-    """Broker is the buyer-facing service: call models and browse the catalogue.
-    Reserved for later: Preview (what the policy would do, without calling the model) and
-    InvokeStream (server-streaming answers).
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
+    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     @staticmethod
@@ -114,6 +130,33 @@ class Broker:
             '/broker.v1.Broker/Invoke',
             broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.Broker/Preview',
+            broker_dot_v1_dot_broker__pb2.PreviewRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.PreviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

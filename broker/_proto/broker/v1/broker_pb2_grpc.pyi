@@ -41,6 +41,22 @@ _BrokerInvokeType = typing_extensions.TypeVar(
     ],
 )
 
+_BrokerPreviewType = typing_extensions.TypeVar(
+    '_BrokerPreviewType',
+    grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.broker_pb2.PreviewRequest,
+        broker._proto.broker.v1.broker_pb2.PreviewResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.broker_pb2.PreviewRequest,
+        broker._proto.broker.v1.broker_pb2.PreviewResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.broker_pb2.PreviewRequest,
+        broker._proto.broker.v1.broker_pb2.PreviewResponse,
+    ],
+)
+
 _BrokerListModelsType = typing_extensions.TypeVar(
     '_BrokerListModelsType',
     grpc.UnaryUnaryMultiCallable[
@@ -57,10 +73,9 @@ _BrokerListModelsType = typing_extensions.TypeVar(
     ],
 )
 
-class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerListModelsType]):
-    """Broker is the buyer-facing service: call models and browse the catalogue.
-    Reserved for later: Preview (what the policy would do, without calling the model) and
-    InvokeStream (server-streaming answers).
+class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerPreviewType, _BrokerListModelsType]):
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
+    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     @typing.overload
@@ -68,6 +83,10 @@ class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerListModelsType]):
         grpc.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.InvokeRequest,
             broker._proto.broker.v1.broker_pb2.InvokeResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.broker_pb2.PreviewRequest,
+            broker._proto.broker.v1.broker_pb2.PreviewResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.ListModelsRequest,
@@ -82,14 +101,24 @@ class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerListModelsType]):
             broker._proto.broker.v1.broker_pb2.InvokeResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.broker_pb2.PreviewRequest,
+            broker._proto.broker.v1.broker_pb2.PreviewResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.ListModelsRequest,
             broker._proto.broker.v1.broker_pb2.ListModelsResponse,
         ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     Invoke: _BrokerInvokeType
-    """Invoke calls a model with a JSON payload and returns its JSON answer.
-    Requires the `buyer` role. The caller's deadline is propagated to the model.
+    """Invoke calls a model with a JSON payload and returns its JSON answer, after the buyer's
+    policy has been applied to every field of the payload and again to every field of the
+    answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
+    """
+
+    Preview: _BrokerPreviewType
+    """Preview says what the policy would do to each field of a payload, without calling the
+    model and without returning any value. Requires the `buyer` role.
     """
 
     ListModels: _BrokerListModelsType
@@ -101,15 +130,18 @@ BrokerAsyncStub: typing_extensions.TypeAlias = BrokerStub[
         broker._proto.broker.v1.broker_pb2.InvokeResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.broker_pb2.PreviewRequest,
+        broker._proto.broker.v1.broker_pb2.PreviewResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
         broker._proto.broker.v1.broker_pb2.ListModelsRequest,
         broker._proto.broker.v1.broker_pb2.ListModelsResponse,
     ],
 ]
 
 class BrokerServicer(metaclass=abc.ABCMeta):
-    """Broker is the buyer-facing service: call models and browse the catalogue.
-    Reserved for later: Preview (what the policy would do, without calling the model) and
-    InvokeStream (server-streaming answers).
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
+    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     @abc.abstractmethod
@@ -118,8 +150,19 @@ class BrokerServicer(metaclass=abc.ABCMeta):
         request: broker._proto.broker.v1.broker_pb2.InvokeRequest,
         context: _ServicerContext,
     ) -> typing.Union[broker._proto.broker.v1.broker_pb2.InvokeResponse, collections.abc.Awaitable[broker._proto.broker.v1.broker_pb2.InvokeResponse]]:
-        """Invoke calls a model with a JSON payload and returns its JSON answer.
-        Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """Invoke calls a model with a JSON payload and returns its JSON answer, after the buyer's
+        policy has been applied to every field of the payload and again to every field of the
+        answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """
+
+    @abc.abstractmethod
+    def Preview(
+        self,
+        request: broker._proto.broker.v1.broker_pb2.PreviewRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[broker._proto.broker.v1.broker_pb2.PreviewResponse, collections.abc.Awaitable[broker._proto.broker.v1.broker_pb2.PreviewResponse]]:
+        """Preview says what the policy would do to each field of a payload, without calling the
+        model and without returning any value. Requires the `buyer` role.
         """
 
     @abc.abstractmethod

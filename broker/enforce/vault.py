@@ -1,0 +1,149 @@
+"""The token vault: values swapped for tokens, kept encrypted until the call is over.
+
+``tokenize`` replaces a value with a token the model can carry through text (``TKN-`` and 20
+Crockford base32 characters: no character a model or a tokenizer is likely to split or change).
+The broker restores a token in the answer only when it was issued for the same tenant **and**
+the same scope (the call id), so a token that leaks into another tenant's call, or that a model
+invents, is never resolved to someone's data.
+
+Entries live in the ``vault_tokens`` table, sealed with AES-256-GCM under the tenant's vault key
+(token, tenant and scope bound as associated data), and expire after a TTL; expired entries are
+never returned and are deleted by ``purge_expired`` (run by the retention scheduler).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlmodel import SQLModel
+
+from broker.enforce.keys import TenantKeys
+from broker.errors import Unavailable
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+TOKEN_RE: Final = re.compile(r"TKN-[0-9A-HJKMNP-TV-Z]{20}")
+_NONCE_BYTES: Final = 12
+
+vault_tokens = sa.Table(
+    "vault_tokens",
+    SQLModel.metadata,
+    sa.Column("token", sa.String(24), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("scope", sa.String(64), nullable=False),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("token", name="pk_vault_tokens"),
+    sa.Index("ix_vault_tokens_expires_at", "expires_at"),
+)
+
+
+def new_token() -> str:
+    """A fresh random token (100 bits)."""
+    value = int.from_bytes(os.urandom(13), "big") >> 4
+    chars = [_CROCKFORD[(value >> (5 * i)) & 31] for i in range(20)]
+    return "TKN-" + "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingToken:
+    """A token issued during enforcement, not yet stored."""
+
+    token: str
+    value: Any
+
+
+class TokenVault:
+    """Stores and resolves tokens for (tenant, scope) with a TTL."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        keys: TenantKeys,
+        *,
+        ttl_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._ttl = ttl_seconds
+        self._clock = clock
+
+    def store(self, tenant: str, scope: str, pending: Iterable[PendingToken]) -> None:
+        """Seal and store the tokens of one call in one transaction (Unavailable on failure)."""
+        expires = self._clock() + self._ttl
+        cipher = AESGCM(self._keys.key(tenant, "vault"))
+        rows = []
+        for item in pending:
+            nonce = os.urandom(_NONCE_BYTES)
+            sealed = cipher.encrypt(
+                nonce, orjson.dumps(item.value), _aad(item.token, tenant, scope)
+            )
+            rows.append(
+                {
+                    "token": item.token,
+                    "tenant": tenant,
+                    "scope": scope,
+                    "sealed": nonce + sealed,
+                    "expires_at": expires,
+                }
+            )
+        if not rows:
+            return
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(vault_tokens.insert(), rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise Unavailable("the token vault cannot be written; nothing was sent") from exc
+
+    def resolve(self, tenant: str, scope: str, tokens: Iterable[str]) -> Mapping[str, Any]:
+        """The original values of ``tokens`` issued for this tenant and scope, unexpired.
+
+        Tokens of another tenant or scope, expired ones and unknown ones are simply absent.
+        """
+        wanted = sorted(set(tokens))
+        if not wanted:
+            return {}
+        query = sa.select(vault_tokens).where(
+            vault_tokens.c.token.in_(wanted),
+            vault_tokens.c.tenant == tenant,
+            vault_tokens.c.scope == scope,
+            vault_tokens.c.expires_at > self._clock(),
+        )
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise Unavailable("the token vault cannot be read") from exc
+        cipher = AESGCM(self._keys.key(tenant, "vault"))
+        found: dict[str, Any] = {}
+        for row in rows:
+            sealed: bytes = row.sealed
+            try:
+                plain = cipher.decrypt(
+                    sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _aad(row.token, tenant, scope)
+                )
+            except InvalidTag:
+                continue  # tampered row: never resolve it
+            found[row.token] = orjson.loads(plain)
+        return found
+
+    def purge_expired(self) -> int:
+        """Delete expired entries; returns how many were deleted."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                vault_tokens.delete().where(vault_tokens.c.expires_at <= self._clock())
+            )
+        return int(result.rowcount or 0)
+
+
+def _aad(token: str, tenant: str, scope: str) -> bytes:
+    return f"model-broker/vault/v1\x00{token}\x00{tenant}\x00{scope}".encode()
