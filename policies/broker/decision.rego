@@ -12,6 +12,9 @@
 #     net.ip               hash for remote models, allow in the sandbox
 #     confidential         encrypt for remote models, allow in the sandbox
 #     restricted           sandbox (a tenant may choose drop instead)
+#     scan.truncated       redact (text beyond the detectors' scan cap is never passed unread)
+#   Labels found by detectors inside a string act on that span only (entities); the field as a
+#   whole is judged by its declared labels (vendor schema and buyer).
 #   Response direction (what the buyer may get back):
 #     secret.*             redact
 #     pci.card             mask, keep the last four
@@ -41,7 +44,19 @@ decision := {
 	"retention": retention,
 }
 
-fields := {f.path: action | some f in input.fields; action := _field_action(f.labels)}
+fields := {f.path: action | some f in input.fields; action := _field_action(_whole_field_labels(f))}
+
+# Labels that detectors found inside a field's text are acted on span by span (entities below),
+# so that an e-mail address in a free-text note costs the model the address, not the note.
+# The field as a whole is judged by the labels it carries as a whole: the vendor's schema and
+# the buyer's own labels.
+_whole_field_labels(f) := [label | some label in f.labels; not _found_inside(label, f.path)]
+
+_found_inside(label, path) if {
+	some e in input.entities
+	e.label == label
+	path in e.paths
+}
 
 entities := {e.label: object.get(_label_actions, e.label, _allow) | some e in input.entities}
 
@@ -126,6 +141,7 @@ _has_action(labels) if {
 # first, so families of one table must not nest ("pii" and "pii.email" together).
 _request_table := {
 	"secret": {"action": "redact"},
+	"scan": {"action": "redact"},
 	"pci.card": _mask_last_four,
 	"pii": _sandbox_or_tokenize,
 	"finance": _sandbox_or_tokenize,
@@ -136,6 +152,7 @@ _request_table := {
 
 _response_table := {
 	"secret": {"action": "redact"},
+	"scan": {"action": "redact"},
 	"pci.card": _mask_last_four,
 	"pii": _mask_most,
 	"finance": _mask_most,

@@ -133,6 +133,33 @@ test_entities_get_label_actions if {
 	d.entities["unknown.thing"] == {"action": "allow"}
 }
 
+test_detected_entity_acts_on_its_span_not_the_whole_field if {
+	call := object.union(_request(["pii.email"]), {"entities": [{"label": "pii.email", "paths": ["/x"]}]})
+	d := broker.decision with input as call
+	d.fields["/x"] == {"action": "allow"}
+	d.entities["pii.email"] == {"action": "tokenize"}
+}
+
+test_declared_label_still_governs_the_field_beside_detected_ones if {
+	call := object.union(_request(["confidential", "pii.email"]), {"entities": [{"label": "pii.email", "paths": ["/x"]}]})
+	d := broker.decision with input as call
+	d.fields["/x"] == {"action": "encrypt"}
+}
+
+test_entity_found_in_another_field_does_not_excuse_this_one if {
+	call := object.union(_request(["pii.email"]), {"entities": [{"label": "pii.email", "paths": ["/y"]}]})
+	d := broker.decision with input as call
+	d.fields["/x"] == {"action": "tokenize"}
+}
+
+test_unscanned_text_is_redacted if {
+	call := object.union(_request([]), {"entities": [{"label": "scan.truncated", "paths": ["/x"]}]})
+	d := broker.decision with input as call
+	d.entities["scan.truncated"] == {"action": "redact"}
+	r := broker.decision with input as object.union(call, {"direction": "response"})
+	r.entities["scan.truncated"] == {"action": "redact"}
+}
+
 # --- call-level denials -------------------------------------------------------------------
 
 test_national_id_denied_for_marketing if {
