@@ -6,6 +6,7 @@
     broker models list|mine|register|retire manage and browse models
     broker token mint --tenant T --role R   mint a development token (dev issuer only)
     broker health                           health check and service list of a running broker
+    broker policy test|eval                 test a policy bundle; print the plan for an input
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -18,8 +19,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import calls, health, models, serve, tokens
+from broker.cli import calls, health, models, policy, serve, tokens
 from broker.config import ConfigError
+from broker.errors import BrokerError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.register(sub)
     tokens.register(sub)
     health.register(sub)
+    policy.register(sub)
     return parser
 
 
@@ -43,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"broker: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokerError as exc:
+        print(f"broker: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         code = exc.code().name
         print(f"broker: {code}: {exc.details()}", file=sys.stderr)
