@@ -69,7 +69,10 @@ class Decider:
                 claims=claims,
             ),
             model=ModelInfo(
-                id=model.ref, vendor=model.vendor, version=model.version, runtime=model.runtime.value
+                id=model.ref,
+                vendor=model.vendor,
+                version=model.version,
+                runtime=model.runtime.value,
             ),
             purpose=purpose,
             fields=tuple(

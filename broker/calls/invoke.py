@@ -112,9 +112,7 @@ class Invoker:
         model = self._resolve(request.model_ref)
         decider = self._enforcement.decider
         classification = decider.classify_request(model, request.payload, request.labels)
-        plan = decider.decide(
-            "request", principal, model, self._purpose(request), classification
-        )
+        plan = decider.decide("request", principal, model, self._purpose(request), classification)
         decisions: tuple[FieldDecision, ...] = ()
         if plan.allow:
             scope = CallScope(principal.tenant, "preview", model.runtime is Runtime.SANDBOX)
@@ -154,9 +152,7 @@ class Invoker:
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
-            outgoing = parts.enforcer.apply(
-                request.payload, classification, plan, scope, "request"
-            )
+            outgoing = parts.enforcer.apply(request.payload, classification, plan, scope, "request")
             parts.vault.store(principal.tenant, call_id, outgoing.pending_tokens)
             timeout = deadline - time.monotonic()
             if timeout <= 0:

@@ -138,11 +138,13 @@ class _Run:
             )
         return kind
 
-    def transform(self, action: Action, kind: str, value: Any, info: FieldInfo) -> Any:
-        """The replacement of ``value`` under ``kind`` (not allow, drop or sandbox)."""
+    def transform(
+        self, action: Action, kind: str, value: Any, info: FieldInfo, span: Span | None = None
+    ) -> Any:
+        """The replacement of ``value`` (a field, or one span of it) under ``kind``."""
         tenant = self.scope.tenant
         if kind == "redact":
-            return transforms.redact_marker(info.labels)
+            return transforms.redact_marker(frozenset({span.label}) if span else info.labels)
         if kind == "mask":
             keep_last = action.keep_last if action.keep_last is not None else 4
             return transforms.mask(
@@ -178,7 +180,7 @@ class _Run:
             if kind in ("allow", "sandbox"):
                 pieces.append(original)
             elif kind != "drop":
-                pieces.append(str(self.transform(action, kind, original, info)))
+                pieces.append(str(self.transform(action, kind, original, info, span)))
             cursor = span.end
         pieces.append(text[cursor:])
         changed = "".join(pieces)

@@ -156,3 +156,40 @@ def echo_model(
             outputs=[models_pb2.TensorOutput(name="out-text", path="/echo", squeeze=True)],
         ),
     )
+
+
+def fields_echo_model(
+    target: str,
+    fields: dict[str, str],
+    labels: dict[str, tuple[str, ...]] | None = None,
+    *,
+    name: str = "fields-echo",
+    version: str = "1.0.0",
+) -> models_pb2.Model:
+    """A model with one BYTES input per field (tensor name -> JSON Pointer), echoed back.
+
+    The echo backend answers ``out-<tensor>``; the answer puts it at ``/<tensor>``, so a test
+    sees exactly what the model received and what the buyer got back for each field.
+    """
+    labels = labels or {}
+    return models_pb2.Model(
+        name=name,
+        version=version,
+        description="echoes each field",
+        runtime=models_pb2.RUNTIME_OPEN_INFERENCE_GRPC,
+        endpoint=models_pb2.Endpoint(target=target),
+        fields=[
+            models_pb2.FieldSpec(path=pointer, type="string", labels=list(labels.get(pointer, ())))
+            for pointer in fields.values()
+        ],
+        oip_mapping=models_pb2.OipMapping(
+            inputs=[
+                models_pb2.TensorInput(name=tensor, datatype="BYTES", shape=[1], path=pointer)
+                for tensor, pointer in fields.items()
+            ],
+            outputs=[
+                models_pb2.TensorOutput(name=f"out-{tensor}", path=f"/{tensor}", squeeze=True)
+                for tensor in fields
+            ],
+        ),
+    )
