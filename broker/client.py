@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -38,11 +38,17 @@ TokenSource = str | Callable[[], str]
 
 @dataclass(frozen=True, slots=True)
 class InvokeAnswer:
-    """A model's answer as the buyer receives it."""
+    """A model's answer as the buyer receives it, with what the policy did to each field."""
 
     call_id: str
     model: str
     answer: dict[str, Any]
+    decisions: tuple[broker_pb2.FieldDecision, ...] = ()
+    policy_revision: str = ""
+    restored_values: int = 0
+
+
+Labels = Mapping[str, Sequence[str]]
 
 
 class BrokerClient:
@@ -95,13 +101,47 @@ class BrokerClient:
         self._channel.close()
 
     def invoke(
-        self, model: str, payload: dict[str, Any] | bytes, *, timeout: float = 30.0
+        self,
+        model: str,
+        payload: dict[str, Any] | bytes,
+        *,
+        purpose: str = "",
+        labels: Labels | None = None,
+        timeout: float = 30.0,
     ) -> InvokeAnswer:
-        """Call ``model`` ("vendor/name@version" or "vendor/name") with a JSON payload."""
+        """Call ``model`` ("vendor/name@version" or "vendor/name") with a JSON payload.
+
+        ``labels`` adds the buyer's own labels to fields, keyed by JSON Pointer
+        (``{"/customer/note": ["confidential"]}``); ``purpose`` tells the policy why.
+        """
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        request = broker_pb2.InvokeRequest(model=model, json=data)
+        request = broker_pb2.InvokeRequest(model=model, json=data, purpose=purpose)
+        _add_labels(request, labels)
         response: broker_pb2.InvokeResponse = self._call(self.broker.Invoke, request, timeout)
-        return InvokeAnswer(response.call_id, response.model, orjson.loads(response.json))
+        return InvokeAnswer(
+            response.call_id,
+            response.model,
+            orjson.loads(response.json),
+            tuple(response.decisions),
+            response.policy_revision,
+            response.restored_values,
+        )
+
+    def preview(
+        self,
+        model: str,
+        payload: dict[str, Any] | bytes,
+        *,
+        purpose: str = "",
+        labels: Labels | None = None,
+        timeout: float = 30.0,
+    ) -> broker_pb2.PreviewResponse:
+        """What Invoke would do to each field, without calling the model."""
+        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        request = broker_pb2.PreviewRequest(model=model, json=data, purpose=purpose)
+        _add_labels(request, labels)
+        response: broker_pb2.PreviewResponse = self._call(self.broker.Preview, request, timeout)
+        return response
 
     def list_models(
         self, *, vendor: str = "", timeout: float = 10.0
@@ -172,3 +212,10 @@ class BrokerClient:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
         return (("authorization", f"Bearer {token}"),)
+
+
+def _add_labels(
+    request: broker_pb2.InvokeRequest | broker_pb2.PreviewRequest, labels: Labels | None
+) -> None:
+    for path, names in (labels or {}).items():
+        request.labels[path].labels.extend(names)

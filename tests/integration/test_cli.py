@@ -129,3 +129,45 @@ def test_actionable_errors(broker: BrokerHarness, tmp_path: Path) -> None:
     )
     assert broken.returncode == 2
     assert "server.listen" in broken.stderr
+
+
+def test_preview_and_labels_from_the_command_line(
+    broker: BrokerHarness, backend: FakeBackend
+) -> None:
+    broker.client("acme-models", "vendor").register_model(echo_model(backend.target))
+    token = broker.token("bank", "buyer")
+    preview = _broker(
+        broker,
+        "call",
+        "acme-models/echo",
+        "--preview",
+        "--label",
+        "/text=confidential",
+        token=token,
+        stdin=b'{"text": "quarterly numbers"}',
+    )
+    assert preview.returncode == 0, preview.stderr
+    shown = json.loads(preview.stdout)
+    assert shown["allow"] is True
+    assert shown["decisions"][0]["action"] == "encrypt"
+    assert backend.log.requests == []
+
+    called = _broker(
+        broker,
+        "call",
+        "acme-models/echo",
+        "--label",
+        "/text=confidential",
+        token=token,
+        stdin=b'{"text": "quarterly numbers"}',
+    )
+    output = json.loads(called.stdout)
+    assert output["answer"] == {"echo": "quarterly numbers"}
+    assert output["restored_values"] == 1
+    assert output["decisions"][0]["action"] == "encrypt"
+    sent = backend.log.requests[-1].inputs[0].contents.bytes_contents[0]
+    assert sent.startswith(b"enc:v1:")
+
+    bad = _broker(broker, "call", "acme-models/echo", "--label", "nolabel", token=token)
+    assert bad.returncode == 1
+    assert "POINTER=LABEL" in bad.stderr
