@@ -7,6 +7,7 @@ its standard input closes or on SIGTERM/SIGINT: the parent holds the other end o
 even a parent killed with SIGKILL leaves no server behind.
 
 - ``backend``: an Open Inference Protocol echo server, one output per input, cheap on purpose.
+- ``backend-aio``: the same echo on ``grpc.aio`` (one event loop), to compare server models.
 - ``proxy``: the floor for any gRPC hop; a generic handler that forwards the raw request bytes
   of any method to ``--upstream`` and the raw answer back: no deserialisation, no auth. It runs
   the same grpcio sync server (16 threads) as the broker, so the two differ only in the work.
@@ -17,6 +18,8 @@ even a parent killed with SIGKILL leaves no server behind.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import os
 import signal
 import threading
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 
@@ -89,6 +93,40 @@ def _start_backend(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
     return port, lambda: server.stop(1).wait()
 
 
+class AioEchoBackend(oip_grpc.GRPCInferenceServiceServicer):
+    """The echo backend's ModelInfer as a coroutine, for the grpc.aio server model."""
+
+    async def ModelInfer(  # type: ignore[override]  # noqa: N802 - gRPC method name
+        self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> oip.ModelInferResponse:
+        """Echo the inputs exactly as ``EchoBackend`` does."""
+        return EchoBackend.ModelInfer(EchoBackend(), request, context)  # type: ignore[arg-type]
+
+
+def _start_backend_aio(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
+    """A grpc.aio echo server on its own event-loop thread."""
+    loop = asyncio.new_event_loop()
+    ready: concurrent.futures.Future[tuple[grpc.aio.Server, int]] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(AioEchoBackend(), server)
+        port = server.add_insecure_port(f"{LOOPBACK}:0")
+        await server.start()
+        ready.set_result((server, port))
+        await server.wait_for_termination()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    server, port = ready.result(timeout=30)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(timeout=10)
+        thread.join(timeout=10)
+
+    return port, stop
+
+
 def _start_proxy(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
     server = _thread_server()
     server.add_generic_rpc_handlers((PassThrough(args.upstream),))
@@ -113,6 +151,7 @@ def _start_broker(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
 
 _ROLES: dict[str, Callable[[argparse.Namespace], tuple[int, Callable[[], None]]]] = {
     "backend": _start_backend,
+    "backend-aio": _start_backend_aio,
     "proxy": _start_proxy,
     "broker": _start_broker,
 }

@@ -41,7 +41,7 @@ def _module_exists(name: str) -> bool:
         return False
 
 
-_MODULES = ("hops", "plan_cache", "detectors", "audit", "sandbox", "retention")
+_MODULES = ("hops", "server_model", "plan_cache", "detectors", "audit", "sandbox", "retention")
 _EXTRA = ("SECTION", "DURABLE_SECTION")  # the names a section module may export
 
 

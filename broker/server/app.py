@@ -5,10 +5,12 @@
 accepting calls, reports NOT_SERVING to health checks and drains the calls in flight for up to
 ``server.shutdown_grace_seconds``.
 
-The server is grpcio's synchronous server on a thread pool. Measured on these 2-core machines
-for a bare echo, a 16-thread sync server was 1.2-1.6x faster at saturation than plain
-``grpc.aio``; the broker's outbound calls are blocking gRPC/HTTP calls that release the GIL,
-so threads suit them (see bench/README.md for the broker's own figures).
+The server is grpcio's synchronous server on a thread pool. ``make bench`` measures both server
+models for the same echo service in the same run (section ``server_model``): on these 2-core
+machines the 16-thread sync server answered 1.68x the calls/s of ``grpc.aio`` at saturation
+and had half its p50 at 100 calls/s (2026-11-27, quick run). The broker's outbound calls are
+blocking gRPC/HTTP calls that release the GIL, so threads suit them, and regorus engines are
+bound to the thread that made them, which an event loop would funnel into one thread.
 """
 
 from __future__ import annotations
