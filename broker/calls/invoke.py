@@ -158,7 +158,12 @@ class Invoker:
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
             answer = runtime.invoke(
-                model, outgoing.payload, timeout=timeout, call_id=call_id, on_cancel=on_cancel
+                model,
+                outgoing.payload,
+                timeout=timeout,
+                call_id=call_id,
+                on_cancel=on_cancel,
+                tenant=principal.tenant,
             )
             answer_classification = classify(answer)
             answer_plan = parts.decider.decide(

@@ -7,6 +7,7 @@
     broker token mint --tenant T --role R   mint a development token (dev issuer only)
     broker health                           health check and service list of a running broker
     broker policy test|eval                 test a policy bundle; print the plan for an input
+    broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import calls, health, models, policy, serve, tokens
+from broker.cli import calls, health, models, packages, policy, serve, tokens
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.register(sub)
     health.register(sub)
     policy.register(sub)
+    packages.register(sub)
     return parser
 
 

@@ -174,6 +174,7 @@ def model_from_proto(msg: models_pb2.Model, *, vendor: str | None = None) -> Mod
         endpoint=endpoint_from_proto(msg),
         fields=tuple(field_spec_from_proto(spec) for spec in msg.fields),
         oip_mapping=oip_mapping_from_proto(msg.oip_mapping),
+        package_digest=msg.package_digest,
     )
 
 
@@ -189,6 +190,7 @@ def model_to_proto(mv: ModelVersion) -> models_pb2.Model:
         oip_mapping=oip_mapping_to_proto(mv.oip_mapping),
         status=status_to_proto(mv.status),
         ref=mv.ref,
+        package_digest=mv.package_digest,
     )
     if mv.endpoint is not None:
         msg.endpoint.CopyFrom(endpoint_to_proto(mv.endpoint))

@@ -97,6 +97,8 @@ class ModelVersion:
     oip_mapping: OipMapping = field(default_factory=OipMapping)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    # Content digest ("sha256:<hex>") of the package a sandbox model runs; "" for remote runtimes.
+    package_digest: str = ""
 
     @property
     def ref(self) -> str:

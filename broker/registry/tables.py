@@ -89,6 +89,10 @@ class ModelVersionRow(SQLModel, table=True):
     endpoint_json: str | None = Field(default=None, sa_type=sa.Text(), nullable=True)
     fields_json: str = Field(sa_type=sa.Text(), nullable=False)
     oip_mapping_json: str = Field(sa_type=sa.Text(), nullable=False)
+    # "sha256:<hex>" of a sandbox model's package (revision 0003_model_packages); "" otherwise.
+    package_digest: str = Field(
+        default="", sa_type=sa.String(71), nullable=False, sa_column_kwargs={"server_default": ""}
+    )
     create_time: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     update_time: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
 
@@ -114,6 +118,7 @@ def _values(mv: ModelVersion) -> dict[str, Any]:
         "endpoint_json": None if mv.endpoint is None else _dumps(_endpoint_dict(mv.endpoint)),
         "fields_json": _dumps([_field_dict(spec) for spec in mv.fields]),
         "oip_mapping_json": _dumps(_mapping_dict(mv.oip_mapping)),
+        "package_digest": mv.package_digest,
     }
 
 
@@ -155,6 +160,7 @@ def to_domain(row: ModelVersionRow, vendor: str, name: str) -> ModelVersion:
         ),
         create_time=as_utc(row.create_time),
         update_time=as_utc(row.update_time),
+        package_digest=row.package_digest,
     )
 
 

@@ -52,6 +52,7 @@ MAX_CA_PEM: Final = 64 * 1024
 _POINTER_RE: Final = re.compile(r"(/([^~/]|~[01])*)*")
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _TENSOR_NAME_RE: Final = re.compile(r"[^\s]{1,256}")
+_PACKAGE_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def check_pointer(value: str, field: str, *, allow_empty: bool = False) -> None:
@@ -102,6 +103,13 @@ def _check_runtime(mv: ModelVersion) -> None:
             "model.oip_mapping.inputs needs at least one input tensor for runtime "
             f"{mv.runtime.value}"
         )
+    if mv.runtime is Runtime.SANDBOX and not _PACKAGE_DIGEST_RE.fullmatch(mv.package_digest):
+        raise InvalidArgument(
+            "model.package_digest is required for runtime sandbox: the sha256:<64 hex> digest "
+            "printed by `broker packages add`"
+        )
+    if mv.runtime is not Runtime.SANDBOX and mv.package_digest:
+        raise InvalidArgument("model.package_digest applies only to runtime sandbox")
     if mv.runtime is not Runtime.OPEN_INFERENCE_GRPC and (
         mv.oip_mapping.inputs or mv.oip_mapping.outputs
     ):

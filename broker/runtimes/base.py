@@ -14,6 +14,8 @@ Contract every runtime keeps:
   The gRPC server calls that canceller if the buyer goes away, and the runtime then abandons the
   outbound work. If the buyer is already gone when ``on_cancel`` is called, the server should
   call the canceller at once.
+- ``tenant`` is the buyer the call is made for. Remote runtimes only log it; the sandbox
+  runtime keys its worker pools by it, so a worker never serves two tenants.
 - Errors are ``broker.errors.BrokerError`` subclasses whose messages never contain payload or
   answer values; ``call_id`` is for logs and for correlation with the backend only.
 """
@@ -40,6 +42,7 @@ class Runtime(Protocol):
         timeout: float,
         call_id: str,
         on_cancel: Callable[[Canceller], None] | None = None,
+        tenant: str,
     ) -> dict[str, Any]:
         """Send ``payload`` to ``model`` and return its answer as a JSON object."""
         ...

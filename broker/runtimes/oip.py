@@ -114,8 +114,12 @@ class OpenInferenceRuntime:
         timeout: float,
         call_id: str,
         on_cancel: Callable[[Canceller], None] | None = None,
+        tenant: str = "",
     ) -> dict[str, Any]:
-        """Run one inference on ``model``'s endpoint within ``timeout`` seconds."""
+        """Run one inference on ``model``'s endpoint within ``timeout`` seconds.
+
+        ``tenant`` is not sent anywhere: a remote endpoint learns nothing about the buyer.
+        """
         endpoint = model.endpoint
         if endpoint is None or not endpoint.target:
             raise FailedPrecondition(f"model {model.ref} has no Open Inference endpoint")

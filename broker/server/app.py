@@ -46,12 +46,16 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault
 from broker.logging import get_logger
+from broker.packages.environment import Environments
+from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
 from broker.registry.model import Runtime
 from broker.registry.store import RegistryStore
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
+from broker.runtimes.sandbox.errors import SandboxUnavailable
+from broker.runtimes.sandbox.runtime import SandboxRuntime
 from broker.server.broker_service import BrokerServicer
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
@@ -132,6 +136,13 @@ def build_server(config: Config) -> BrokerServer:
     runtimes: dict[Runtime, RuntimeClient] = {
         Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
     }
+    try:
+        runtimes[Runtime.SANDBOX] = SandboxRuntime(
+            PackageStore(config.data_dir), Environments(config.data_dir / "envs")
+        )
+    except SandboxUnavailable as exc:
+        # Never run a sandbox model unsandboxed: its calls get FAILED_PRECONDITION instead.
+        _log.warning("sandbox_unavailable", missing=list(exc.missing))
     policies = build_policy_store(config)
     keys = TenantKeys.load_or_create(config.data_dir)
     vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)

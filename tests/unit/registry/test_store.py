@@ -322,5 +322,10 @@ def test_register_rejects_invalid_models_naming_the_field(
 
 
 def test_sandbox_model_needs_no_endpoint(store: RegistryStore) -> None:
-    mv = oip_model(runtime=Runtime.SANDBOX, endpoint=None, oip_mapping=OipMapping())
+    mv = oip_model(
+        runtime=Runtime.SANDBOX,
+        endpoint=None,
+        oip_mapping=OipMapping(),
+        package_digest="sha256:" + "0" * 64,
+    )
     assert store.register(mv).endpoint is None

@@ -260,6 +260,7 @@ class Model(google.protobuf.message.Message):
     CREATE_TIME_FIELD_NUMBER: builtins.int
     UPDATE_TIME_FIELD_NUMBER: builtins.int
     REF_FIELD_NUMBER: builtins.int
+    PACKAGE_DIGEST_FIELD_NUMBER: builtins.int
     vendor: builtins.str
     """Vendor that publishes the model; for a vendor caller it is always the caller's tenant."""
     name: builtins.str
@@ -274,6 +275,11 @@ class Model(google.protobuf.message.Message):
     """Lifecycle status."""
     ref: builtins.str
     """Reference "vendor/name@version". Output only."""
+    package_digest: builtins.str
+    """For RUNTIME_SANDBOX (required there, empty otherwise): the content digest of the model
+    package the broker runs, "sha256:<64 hex>", as printed by `broker packages add`. The broker
+    re-checks the stored package against it at every worker start.
+    """
     @property
     def endpoint(self) -> Global___Endpoint:
         """Where a remote model is served; empty for sandbox packages."""
@@ -309,9 +315,10 @@ class Model(google.protobuf.message.Message):
         create_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         update_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         ref: builtins.str = ...,
+        package_digest: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "endpoint", b"endpoint", "oip_mapping", b"oip_mapping", "update_time", b"update_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "fields", b"fields", "name", b"name", "oip_mapping", b"oip_mapping", "ref", b"ref", "runtime", b"runtime", "status", b"status", "update_time", b"update_time", "vendor", b"vendor", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "fields", b"fields", "name", b"name", "oip_mapping", b"oip_mapping", "package_digest", b"package_digest", "ref", b"ref", "runtime", b"runtime", "status", b"status", "update_time", b"update_time", "vendor", b"vendor", "version", b"version"]) -> None: ...
 
 Global___Model: typing_extensions.TypeAlias = Model
 

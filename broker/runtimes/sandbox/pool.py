@@ -1,0 +1,321 @@
+"""Warm worker pools, one per (package digest, tenant): a worker never serves two tenants.
+
+A call borrows an idle worker of its own (package, tenant) pool or starts one (the package's
+digest is re-checked at every start); at most ``resources.concurrency`` workers per pool exist,
+and a caller waits for one until its deadline. A worker is retired, and its scratch tmpfs dies
+with it, after ``max_calls_per_worker`` calls, ``idle_seconds`` unused, a crash, a timeout or a
+limit hit; the next call gets a fresh one. Whatever a retired worker wrote to stdout/stderr goes
+to the log as one ``sandbox_worker_output`` event tagged with its tenant and package (capped).
+The broker never writes payload values there; what the vendor's code prints (or puts in an
+exception message) is the vendor's responsibility.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.errors import Cancelled, DeadlineExceeded, Unavailable
+from broker.logging import get_logger
+from broker.packages.environment import Environments
+from broker.packages.store import PackageStore, StoredPackage
+from broker.runtimes.sandbox import cpu
+from broker.runtimes.sandbox.errors import (
+    SandboxError,
+    SandboxLimitExceeded,
+    SandboxModelError,
+    SandboxViolation,
+)
+from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
+from broker.runtimes.sandbox.limits import WorkerLimits
+
+_log = get_logger(__name__)
+
+LauncherFactory = Callable[[tuple[Path, ...]], SandboxLauncher]
+Canceller = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How long workers live, and what every worker gets beyond its manifest's resources."""
+
+    max_calls_per_worker: int = 1000
+    idle_seconds: float = 300.0
+    startup_cpu_seconds: int = 30  # imports and model loading, on top of the per-call budgets
+    max_frame_bytes: int = 16 * 1024 * 1024
+    output_log_bytes: int = 4096
+
+
+def limits_for(package: StoredPackage, settings: PoolSettings) -> WorkerLimits:
+    """A worker's lifetime limits; the per-call CPU budget is applied by :mod:`cpu`."""
+    res = package.manifest.resources
+    lifetime_cpu = settings.startup_cpu_seconds + res.cpu_seconds_per_call * min(
+        settings.max_calls_per_worker, 1000
+    )
+    return WorkerLimits(
+        memory_bytes=res.memory_mb * 1024 * 1024,
+        cpu_seconds=lifetime_cpu,
+        max_frame_bytes=settings.max_frame_bytes,
+    )
+
+
+@dataclass(eq=False)
+class _Slot:
+    worker: Worker
+    pool: _Pool
+    model: str
+    calls: int = 0
+    last_used: float = 0.0
+    retired: bool = False
+
+
+@dataclass(eq=False)
+class _Pool:
+    package: StoredPackage
+    tenant: str
+    capacity: int
+    idle: list[_Slot] = field(default_factory=list)
+    live: set[_Slot] = field(default_factory=set)
+    starting: int = 0
+
+
+class WorkerPools:
+    """Every pool of a sandbox runtime; thread-safe. ``close()`` kills every worker."""
+
+    def __init__(
+        self,
+        store: PackageStore,
+        environments: Environments,
+        *,
+        settings: PoolSettings | None = None,
+        launcher_factory: LauncherFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._envs = environments
+        self.settings = settings or PoolSettings()
+        self._make_launcher = launcher_factory or (lambda dirs: SandboxLauncher(env_dirs=dirs))
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._launchers: dict[tuple[Path, ...], SandboxLauncher] = {}
+        self._closed = False
+        self._watchdog = cpu.CpuWatchdog()
+        self._stop = threading.Event()
+        self._janitor: threading.Thread | None = None
+
+    def call(
+        self,
+        digest: str,
+        tenant: str,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        model: str = "",
+        on_cancel: Callable[[Canceller], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one call on a worker of ``tenant``'s pool for package ``digest``."""
+        deadline = self._clock() + timeout
+        slot = self._acquire(digest, tenant, deadline, model)
+        cancelled = threading.Event()
+        over_cpu = threading.Event()
+        lease = threading.Lock()
+        if on_cancel is not None:
+
+            def cancel() -> None:
+                with lease:
+                    if slot.worker.alive and not slot.retired:
+                        cancelled.set()
+                        slot.worker.kill()
+
+            on_cancel(cancel)
+
+        def cpu_spent() -> None:
+            over_cpu.set()
+            slot.worker.kill()
+
+        budget = slot.pool.package.manifest.resources.cpu_seconds_per_call
+        watch = self._watchdog.watch(slot.worker.pid, budget, cpu_spent)
+        try:
+            remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
+            answer = slot.worker.call(payload, timeout=remaining)
+        except SandboxModelError:
+            with lease:
+                self._release(slot)
+            raise
+        except BaseException as exc:
+            with lease:
+                self._retire(slot, "limit cpu" if over_cpu.is_set() else _reason(exc))
+            if cancelled.is_set():
+                raise Cancelled("the caller cancelled the call; its worker was stopped") from exc
+            if over_cpu.is_set():
+                raise SandboxLimitExceeded("cpu") from exc
+            raise
+        finally:
+            self._watchdog.unwatch(watch)
+        with lease:
+            self._release(slot)
+        return answer
+
+    def sweep(self) -> int:
+        """Retire workers idle for longer than ``idle_seconds``; returns how many."""
+        now = self._clock()
+        with self._cond:
+            stale = [
+                slot
+                for pool in self._pools.values()
+                for slot in pool.idle
+                if now - slot.last_used >= self.settings.idle_seconds
+            ]
+        for slot in stale:
+            self._retire(slot, "idle")
+        return len(stale)
+
+    def workers(self, digest: str, tenant: str) -> list[Worker]:
+        """The live workers of one pool (for tests and metrics)."""
+        with self._cond:
+            pool = self._pools.get((digest, tenant))
+            return [slot.worker for slot in pool.live] if pool else []
+
+    def close(self) -> None:
+        """Kill every worker; later calls raise ``Unavailable``."""
+        self._stop.set()
+        with self._cond:
+            self._closed = True
+            slots = [slot for pool in self._pools.values() for slot in pool.live]
+            self._cond.notify_all()
+        for slot in slots:
+            self._retire(slot, "closed")
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _sweep_forever(self) -> None:
+        """The janitor: retire idle workers until ``close()`` (daemon, started on first use)."""
+        interval = min(max(self.settings.idle_seconds / 4, 1.0), 60.0)
+        while not self._stop.wait(interval):
+            self.sweep()
+
+    def _acquire(self, digest: str, tenant: str, deadline: float, model: str) -> _Slot:
+        pool = self._pool(digest, tenant)
+        with self._cond:
+            if self._janitor is None and not self._closed:
+                self._janitor = threading.Thread(
+                    target=self._sweep_forever, name="sandbox-pool-janitor", daemon=True
+                )
+                self._janitor.start()
+            while True:
+                if self._closed:
+                    raise Unavailable("the sandbox runtime is shut down")
+                while pool.idle:
+                    slot = pool.idle.pop()
+                    if slot.worker.alive:
+                        return slot
+                    self._forget(pool, slot)
+                if len(pool.live) + pool.starting < pool.capacity:
+                    pool.starting += 1
+                    break
+                remaining = deadline - self._clock()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    raise DeadlineExceeded(
+                        "every worker of this model is busy for this tenant (its concurrency); "
+                        "the deadline expired while waiting"
+                    )
+        try:
+            package = self._store.get(digest)  # the digest is re-checked at every worker start
+            env = self._envs.find(package)
+            worker = self._launcher(env.mounts).start(
+                package.path, limits=limits_for(package, self.settings), tenant=tenant
+            )
+        except BaseException:
+            with self._cond:
+                pool.starting -= 1
+                self._cond.notify()
+            raise
+        slot = _Slot(worker=worker, pool=pool, model=model, last_used=self._clock())
+        with self._cond:
+            pool.starting -= 1
+            pool.live.add(slot)
+            if self._closed:
+                self._forget(pool, slot)
+                raise Unavailable("the sandbox runtime is shut down")
+        _log.info("sandbox_worker_started", tenant=tenant, package=digest, model=model)
+        return slot
+
+    def _pool(self, digest: str, tenant: str) -> _Pool:
+        with self._cond:
+            pool = self._pools.get((digest, tenant))
+        if pool is not None:
+            return pool
+        package = self._store.get(digest)
+        with self._cond:
+            return self._pools.setdefault(
+                (digest, tenant),
+                _Pool(package, tenant, capacity=package.manifest.resources.concurrency),
+            )
+
+    def _launcher(self, mounts: tuple[Path, ...]) -> SandboxLauncher:
+        with self._cond:
+            launcher = self._launchers.get(mounts)
+            if launcher is None:
+                launcher = self._launchers[mounts] = self._make_launcher(mounts)
+            return launcher
+
+    def _release(self, slot: _Slot) -> None:
+        slot.calls += 1
+        slot.last_used = self._clock()
+        if slot.calls >= self.settings.max_calls_per_worker:
+            self._retire(slot, "max calls")
+            return
+        if not slot.worker.alive:
+            self._retire(slot, "died")
+            return
+        with self._cond:
+            if not self._closed and not slot.retired:
+                slot.pool.idle.append(slot)
+                self._cond.notify()
+                return
+        self._retire(slot, "closed")
+
+    def _retire(self, slot: _Slot, reason: str) -> None:
+        with self._cond:
+            if slot.retired:
+                return
+            slot.retired = True
+            self._forget(slot.pool, slot)
+        slot.worker.kill()
+        self._log_retirement(slot, reason)
+
+    def _forget(self, pool: _Pool, slot: _Slot) -> None:
+        pool.live.discard(slot)
+        if slot in pool.idle:
+            pool.idle.remove(slot)
+        self._cond.notify_all()
+
+    def _log_retirement(self, slot: _Slot, reason: str) -> None:
+        tags = {
+            "tenant": slot.worker.tenant,
+            "package": slot.pool.package.digest,
+            "model": slot.model,
+        }
+        _log.info("sandbox_worker_retired", reason=reason, calls=slot.calls, **tags)
+        if reason.startswith(("limit ", "seccomp")):
+            # What the broker can see of a sandbox violation: the lead's audit hook listens here.
+            _log.warning("sandbox_violation", reason=reason, **tags)
+        output = slot.worker.output()[-self.settings.output_log_bytes :]
+        if output:
+            text = output.decode("utf-8", errors="replace")
+            _log.info("sandbox_worker_output", output=text, bytes=len(output), **tags)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, SandboxViolation):
+        return "seccomp violation"
+    if isinstance(exc, SandboxLimitExceeded):
+        return f"limit {exc.limit}"
+    if isinstance(exc, SandboxError):
+        return type(exc).__name__
+    return f"error {type(exc).__name__}"
