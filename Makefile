@@ -10,7 +10,7 @@ MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
 
-.PHONY: help run test lint proto proto-check bench mlserver-env install clean
+.PHONY: help run test lint proto proto-check bench mlserver-env install clean system-deps
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ $(MLSERVER_STAMP): examples/mlserver/requirements.txt
 	@touch $@
 
 mlserver-env: $(MLSERVER_STAMP) ## Create .venv-mlserver (MLServer + scikit-learn, kept apart from the broker)
+
+system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2); needs root
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 libseccomp2; \
+		else \
+			echo "install softhsm2 and libseccomp2 with your package manager (as root)"; exit 1; \
+		fi; \
+	fi
 
 run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServer iris model, dev token issuer)
 	$(BIN)/broker demo --config $(CONFIG)

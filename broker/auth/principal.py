@@ -26,6 +26,7 @@ class Role(enum.StrEnum):
     BUYER = "buyer"
     VENDOR = "vendor"
     COMPLIANCE = "compliance"
+    AUDITOR = "auditor"  # reads the audit log of every tenant (compliance sees only its own)
     POLICY_ADMIN = "policy-admin"
     ADMIN = "admin"
 

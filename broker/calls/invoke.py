@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 import structlog
 
 from broker.auth.principal import Principal, Role, require_role
@@ -30,6 +31,7 @@ from broker.errors import DeadlineExceeded, FailedPrecondition
 from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
+from broker.retention.records import RetentionStore
 from broker.runtimes.base import Runtime as RuntimeClient
 
 
@@ -64,6 +66,7 @@ class InvokeResult:
     decisions: tuple[FieldDecision, ...]
     policy_revision: str
     restored_values: int
+    retained_record_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,9 @@ class Invoker:
         *,
         default_timeout: float,
         default_purpose: str = "default",
+        retention: RetentionStore | None = None,
     ) -> None:
+        self._retention = retention
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
@@ -151,6 +156,7 @@ class Invoker:
             plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
+            self._refuse_unkeepable(plan)
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
             outgoing = parts.enforcer.apply(request.payload, classification, plan, scope, "request")
             parts.vault.store(principal.tenant, call_id, outgoing.pending_tokens)
@@ -179,6 +185,7 @@ class Invoker:
                 answer, answer_classification, answer_plan, scope, "response"
             )
             restored, count = parts.restorer.restore(incoming.payload, principal.tenant, call_id)
+            retained = self._retain(principal, model, call_id, plan, request.payload, restored)
         return InvokeResult(
             call_id=call_id,
             model=model,
@@ -186,7 +193,44 @@ class Invoker:
             decisions=(*outgoing.decisions, *incoming.decisions),
             policy_revision=plan.revision,
             restored_values=count,
+            retained_record_ids=retained,
         )
+
+    def _refuse_unkeepable(self, plan: Plan) -> None:
+        """Fail closed when the policy demands retention that this broker cannot provide."""
+        wanted = plan.retention.request_ttl_s or plan.retention.response_ttl_s
+        if wanted and self._retention is None:
+            raise FailedPrecondition(
+                "the policy requires this call to be retained, but this broker keeps nothing "
+                "(no [retention] root key is configured); nothing was sent"
+            )
+
+    def _retain(
+        self,
+        principal: Principal,
+        model: ModelVersion,
+        call_id: str,
+        plan: Plan,
+        request: JsonObject,
+        answer: JsonObject,
+    ) -> tuple[str, ...]:
+        """Keep the request and/or answer (as the buyer sent and received them), encrypted."""
+        ttl = plan.retention
+        if self._retention is None or not (ttl.request_ttl_s or ttl.response_ttl_s):
+            return ()
+        records = self._retention.retain(
+            tenant=principal.tenant,
+            subject=principal.subject,
+            call_id=call_id,
+            model=model.ref,
+            request=orjson.dumps(request) if ttl.request_ttl_s else None,
+            response=orjson.dumps(answer) if ttl.response_ttl_s else None,
+            request_ttl_s=ttl.request_ttl_s,
+            response_ttl_s=ttl.response_ttl_s,
+        )
+        ids = tuple(record.record_id for record in records)
+        structlog.contextvars.bind_contextvars(retained=list(ids))
+        return ids
 
     def _purpose(self, request: CallRequest) -> str:
         return request.purpose or self._default_purpose

@@ -8,6 +8,7 @@
     broker health                           health check and service list of a running broker
     broker policy test|eval                 test a policy bundle; print the plan for an input
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
+    broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import calls, health, models, packages, policy, serve, tokens
+from broker.cli import calls, health, models, packages, policy, retention, serve, tokens
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.register(sub)
     policy.register(sub)
     packages.register(sub)
+    retention.register(sub)
     return parser
 
 

@@ -34,6 +34,8 @@ from broker._proto.broker.v1 import (
     policies_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    retention_pb2,
+    retention_pb2_grpc,
 )
 from broker.auth.tokens import TokenVerifier
 from broker.calls.concurrency import TenantConcurrencyLimiter
@@ -44,13 +46,15 @@ from broker.config import Config, ConfigError
 from broker.enforce.enforcer import Enforcer
 from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import Restorer
-from broker.enforce.vault import TokenVault
+from broker.enforce.vault import TokenVault, vault_tokens
 from broker.logging import get_logger
 from broker.packages.environment import Environments
 from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
 from broker.registry.model import Runtime
+from broker.retention.scheduler import ExpiryJob
+from broker.retention.setup import Retention, open_retention
 from broker.registry.store import RegistryStore
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
@@ -60,6 +64,7 @@ from broker.server.broker_service import BrokerServicer
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
 from broker.server.registry_service import RegistryServicer
+from broker.server.retention_service import RetentionServicer
 from broker.storage.db import create_engine_for, migrate
 
 _log = get_logger(__name__)
@@ -68,6 +73,7 @@ SERVICE_NAMES = (
     broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
     policies_pb2.DESCRIPTOR.services_by_name["Policies"].full_name,
+    retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name,
 )
 
 
@@ -81,12 +87,15 @@ class BrokerServer:
     runtimes: dict[Runtime, RuntimeClient]
     engine: sa.Engine
     policies: PolicyStore
+    retention: Retention | None
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """Start serving and report SERVING to health checks."""
+        """Start serving (and the deletion scheduler); report SERVING to health checks."""
         self.server.start()
+        if self.retention is not None:
+            self.retention.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         _log.info("server_started", port=self.port)
@@ -102,6 +111,8 @@ class BrokerServer:
         for runtime in self.runtimes.values():
             runtime.close()
         self.policies.stop_watching()
+        if self.retention is not None:
+            self.retention.close()
         self.engine.dispose()
         _log.info("server_stopped")
 
@@ -146,6 +157,11 @@ def build_server(config: Config) -> BrokerServer:
     policies = build_policy_store(config)
     keys = TenantKeys.load_or_create(config.data_dir)
     vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)
+    retention = open_retention(config, engine)
+    if retention is not None:
+        retention.scheduler.add_job(ExpiryJob("vault", vault_tokens, "expires_at", unit="s"))
+    else:
+        _log.info("retention_disabled", reason="no [retention] root key configured")
     enforcement = Enforcement(
         decider=Decider(policies, claims=config.policy.claims),
         enforcer=Enforcer(keys),
@@ -159,6 +175,7 @@ def build_server(config: Config) -> BrokerServer:
         enforcement,
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
+        retention=retention.store if retention is not None else None,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
@@ -178,6 +195,10 @@ def build_server(config: Config) -> BrokerServer:
     policies_pb2_grpc.add_PoliciesServicer_to_server(
         PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server
     )
+    if retention is not None:
+        retention_pb2_grpc.add_RetentionServicer_to_server(
+            RetentionServicer(retention.store, retention.deleter), server
+        )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.server.reflection:
@@ -192,6 +213,7 @@ def build_server(config: Config) -> BrokerServer:
         runtimes=runtimes,
         engine=engine,
         policies=policies,
+        retention=retention,
         grace_seconds=config.server.shutdown_grace_seconds,
     )
 

@@ -51,6 +51,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             decisions=_decisions_to_proto(result.decisions),
             policy_revision=result.policy_revision,
             restored_values=result.restored_values,
+            retained_record_ids=list(result.retained_record_ids),
         )
         if request.WhichOneof("payload") == "struct":
             response.struct.CopyFrom(to_struct(result.answer))

@@ -37,7 +37,12 @@ MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 #: Modules that define SQLModel tables. ``target_metadata()`` imports them so that Alembic's
 #: autogenerate (and the test comparing migrations with the models) sees every table. A store
 #: that adds tables appends its module here and adds a revision to ``migrations/versions``.
-TABLE_MODULES: Final[tuple[str, ...]] = ("broker.registry.tables",)
+TABLE_MODULES: Final[tuple[str, ...]] = (
+    "broker.registry.tables",
+    "broker.audit.tables",
+    "broker.retention.tables",
+    "broker.enforce.vault",
+)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 POSTGRES_CONNECT_TIMEOUT_S: Final = 10

@@ -26,7 +26,7 @@ from broker._proto.broker.v1 import models_pb2 as broker_dot_v1_dot_models__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62roker/v1/broker.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/models.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xf0\x01\n\rInvokeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\x0cH\x00\x12)\n\x06struct\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.broker.v1.InvokeRequest.LabelsEntry\x1a\x43\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.broker.v1.LabelList:\x02\x38\x01\x42\t\n\x07payload\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\t\">\n\x0e\x45ntityDecision\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"}\n\rFieldDecision\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12+\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x19.broker.v1.EntityDecision\"\xd4\x01\n\x0eInvokeResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04json\x18\x03 \x01(\x0cH\x00\x12)\n\x06struct\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12+\n\tdecisions\x18\x05 \x03(\x0b\x32\x18.broker.v1.FieldDecision\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x17\n\x0frestored_values\x18\x07 \x01(\x05\x42\x08\n\x06\x61nswer\"\xf2\x01\n\x0ePreviewRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\x0cH\x00\x12)\n\x06struct\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.broker.v1.PreviewRequest.LabelsEntry\x1a\x43\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.broker.v1.LabelList:\x02\x38\x01\x42\t\n\x07payload\"\xd3\x01\n\x0fPreviewResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12+\n\tdecisions\x18\x03 \x03(\x0b\x32\x18.broker.v1.FieldDecision\x12\r\n\x05model\x18\x04 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12\x15\n\rrequest_ttl_s\x18\x06 \x01(\x03\x12\x16\n\x0eresponse_ttl_s\x18\x07 \x01(\x03\x12\x1c\n\x14unmatched_label_keys\x18\x08 \x03(\t\"J\n\x11ListModelsRequest\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.broker.v1.CatalogModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd4\x01\n\x06\x42roker\x12=\n\x06Invoke\x12\x18.broker.v1.InvokeRequest\x1a\x19.broker.v1.InvokeResponse\x12@\n\x07Preview\x12\x19.broker.v1.PreviewRequest\x1a\x1a.broker.v1.PreviewResponse\x12I\n\nListModels\x12\x1c.broker.v1.ListModelsRequest\x1a\x1d.broker.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62roker/v1/broker.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/models.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xf0\x01\n\rInvokeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\x0cH\x00\x12)\n\x06struct\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.broker.v1.InvokeRequest.LabelsEntry\x1a\x43\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.broker.v1.LabelList:\x02\x38\x01\x42\t\n\x07payload\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\t\">\n\x0e\x45ntityDecision\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"}\n\rFieldDecision\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12+\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x19.broker.v1.EntityDecision\"\xf1\x01\n\x0eInvokeResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04json\x18\x03 \x01(\x0cH\x00\x12)\n\x06struct\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12+\n\tdecisions\x18\x05 \x03(\x0b\x32\x18.broker.v1.FieldDecision\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x17\n\x0frestored_values\x18\x07 \x01(\x05\x12\x1b\n\x13retained_record_ids\x18\x08 \x03(\tB\x08\n\x06\x61nswer\"\xf2\x01\n\x0ePreviewRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\x0cH\x00\x12)\n\x06struct\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.broker.v1.PreviewRequest.LabelsEntry\x1a\x43\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.broker.v1.LabelList:\x02\x38\x01\x42\t\n\x07payload\"\xd3\x01\n\x0fPreviewResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12+\n\tdecisions\x18\x03 \x03(\x0b\x32\x18.broker.v1.FieldDecision\x12\r\n\x05model\x18\x04 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12\x15\n\rrequest_ttl_s\x18\x06 \x01(\x03\x12\x16\n\x0eresponse_ttl_s\x18\x07 \x01(\x03\x12\x1c\n\x14unmatched_label_keys\x18\x08 \x03(\t\"J\n\x11ListModelsRequest\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.broker.v1.CatalogModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd4\x01\n\x06\x42roker\x12=\n\x06Invoke\x12\x18.broker.v1.InvokeRequest\x1a\x19.broker.v1.InvokeResponse\x12@\n\x07Preview\x12\x19.broker.v1.PreviewRequest\x1a\x1a.broker.v1.PreviewResponse\x12I\n\nListModels\x12\x1c.broker.v1.ListModelsRequest\x1a\x1d.broker.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,17 +48,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDDECISION']._serialized_start=427
   _globals['_FIELDDECISION']._serialized_end=552
   _globals['_INVOKERESPONSE']._serialized_start=555
-  _globals['_INVOKERESPONSE']._serialized_end=767
-  _globals['_PREVIEWREQUEST']._serialized_start=770
-  _globals['_PREVIEWREQUEST']._serialized_end=1012
+  _globals['_INVOKERESPONSE']._serialized_end=796
+  _globals['_PREVIEWREQUEST']._serialized_start=799
+  _globals['_PREVIEWREQUEST']._serialized_end=1041
   _globals['_PREVIEWREQUEST_LABELSENTRY']._serialized_start=254
   _globals['_PREVIEWREQUEST_LABELSENTRY']._serialized_end=321
-  _globals['_PREVIEWRESPONSE']._serialized_start=1015
-  _globals['_PREVIEWRESPONSE']._serialized_end=1226
-  _globals['_LISTMODELSREQUEST']._serialized_start=1228
-  _globals['_LISTMODELSREQUEST']._serialized_end=1302
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1304
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1390
-  _globals['_BROKER']._serialized_start=1393
-  _globals['_BROKER']._serialized_end=1605
+  _globals['_PREVIEWRESPONSE']._serialized_start=1044
+  _globals['_PREVIEWRESPONSE']._serialized_end=1255
+  _globals['_LISTMODELSREQUEST']._serialized_start=1257
+  _globals['_LISTMODELSREQUEST']._serialized_end=1331
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1333
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1419
+  _globals['_BROKER']._serialized_start=1422
+  _globals['_BROKER']._serialized_end=1634
 # @@protoc_insertion_point(module_scope)

@@ -181,6 +181,7 @@ class InvokeResponse(google.protobuf.message.Message):
     DECISIONS_FIELD_NUMBER: builtins.int
     POLICY_REVISION_FIELD_NUMBER: builtins.int
     RESTORED_VALUES_FIELD_NUMBER: builtins.int
+    RETAINED_RECORD_IDS_FIELD_NUMBER: builtins.int
     call_id: builtins.str
     """Identifier of this call, for support and for the audit trail."""
     model: builtins.str
@@ -199,6 +200,12 @@ class InvokeResponse(google.protobuf.message.Message):
     def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FieldDecision]:
         """What the policy did, field by field, on the way to the model and on the way back."""
 
+    @property
+    def retained_record_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Records the policy asked the broker to keep (request and/or answer, encrypted), readable
+        with Retention/GetRecord until they are deleted on schedule.
+        """
+
     def __init__(
         self,
         *,
@@ -209,9 +216,10 @@ class InvokeResponse(google.protobuf.message.Message):
         decisions: collections.abc.Iterable[Global___FieldDecision] | None = ...,
         policy_revision: builtins.str = ...,
         restored_values: builtins.int = ...,
+        retained_record_ids: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["answer", b"answer", "json", b"json", "struct", b"struct"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "decisions", b"decisions", "json", b"json", "model", b"model", "policy_revision", b"policy_revision", "restored_values", b"restored_values", "struct", b"struct"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "decisions", b"decisions", "json", b"json", "model", b"model", "policy_revision", b"policy_revision", "restored_values", b"restored_values", "retained_record_ids", b"retained_record_ids", "struct", b"struct"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["answer", b"answer"]) -> typing.Literal["json", "struct"] | None: ...
 
 Global___InvokeResponse: typing_extensions.TypeAlias = InvokeResponse

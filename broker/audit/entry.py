@@ -1,0 +1,258 @@
+"""Audit log entries: a versioned schema, canonical JSON bytes, commitments instead of payloads.
+
+An entry is what the Merkle tree commits to, so its bytes must be reproducible by anyone who
+re-encodes the same content: canonical JSON in the style of RFC 8785 (keys sorted by UTF-16 code
+units, no whitespace, UTF-8, JSON.stringify string escaping). Only integers, strings, booleans,
+null, lists and objects are allowed: no floats (RFC 8785 needs ECMAScript number formatting to
+encode them canonically, and integers suffice: times and latencies are in microseconds).
+
+Entries never hold a payload value. What was sent to a model and what came back are committed
+to by keyed digests (HMAC-SHA256 under the tenant's audit key, see :mod:`broker.audit.keys`), so
+the log can prove *which* bytes travelled without revealing them, and a leaked log does not let
+anyone confirm a guessed payload.
+
+Kinds (``"v": 1``)::
+
+    call.intent    before dispatch: who, which model, policy revision, per-field actions,
+                   digest of what will be sent
+    call.outcome   after the call: status, latency, digest of the answer, error class;
+                   linked to its intent by call id and the intent's leaf index (absent for a
+                   call refused before dispatch, e.g. a policy deny)
+    admin.*        model registered/updated/retired, policy activated, key created/rotated
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from broker.audit.merkle import VerificationError
+
+ENTRY_VERSION: Final = 1
+KIND_INTENT: Final = "call.intent"
+KIND_OUTCOME: Final = "call.outcome"
+ADMIN_KINDS: Final = frozenset(
+    {
+        "admin.model.registered",
+        "admin.model.updated",
+        "admin.model.retired",
+        "admin.policy.activated",
+        "admin.key.created",
+        "admin.key.rotated",
+    }
+)
+KINDS: Final = frozenset({KIND_INTENT, KIND_OUTCOME, *ADMIN_KINDS})
+MAX_ENTRY_BYTES: Final = 256 * 1024
+_MAX_DEPTH: Final = 16
+
+
+def _utf16_key(key: str) -> bytes:
+    """RFC 8785 section 3.2.3 sorts object keys by their UTF-16 code units."""
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _check_value(value: object, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError("entry nests too deeply")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if abs(value) > (1 << 53) - 1:
+            raise ValueError("integers in entries must fit in an IEEE double exactly")
+        return
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in entries; use integers (e.g. microseconds)")
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_value(item, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("object keys in entries must be strings")
+            _check_value(item, depth + 1)
+        return
+    raise TypeError(f"{type(value).__name__} cannot appear in an entry")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _sorted(value[k]) for k in sorted(value, key=_utf16_key)}
+    if isinstance(value, list | tuple):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def canonical_json(value: object) -> bytes:
+    """Encode ``value`` as canonical JSON bytes; TypeError or ValueError if it cannot be.
+
+    Python's ``json`` with ``ensure_ascii=False`` escapes exactly what JSON.stringify escapes
+    (quote, backslash, control characters; ``\\u00xx`` in lowercase hex), so sorting the keys and
+    dropping whitespace is all that is left to do.
+    """
+    _check_value(value, 0)
+    text = json.dumps(_sorted(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("entry text is not valid Unicode (lone surrogate)") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class FieldAction:
+    """What the policy did to one field: its path, its labels and the action taken."""
+
+    path: str
+    labels: tuple[str, ...]
+    action: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The field's object inside an entry (labels sorted, so the order carries no meaning)."""
+        return {"path": self.path, "labels": sorted(self.labels), "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry: its body (already validated) and the columns stored beside it.
+
+    Build entries with :func:`call_intent`, :func:`call_outcome` or :func:`admin_event`;
+    ``data`` is the canonical encoding that goes into the tree.
+    """
+
+    body: Mapping[str, Any]
+    data: bytes = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        """The entry kind, e.g. ``call.intent``."""
+        return str(self.body["kind"])
+
+    @property
+    def call_id(self) -> str:
+        """The call id, or "" for administrative events."""
+        return str(self.body.get("call_id", ""))
+
+
+def _make(body: dict[str, Any]) -> Entry:
+    body = {"v": ENTRY_VERSION, **body}
+    data = canonical_json(body)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise ValueError(f"entry is {len(data)} bytes, more than {MAX_ENTRY_BYTES}")
+    return Entry(body, data)
+
+
+def _nonneg(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer")
+    return value
+
+
+def call_intent(
+    *,
+    time_us: int,
+    call_id: str,
+    tenant: str,
+    subject: str,
+    model: str,
+    vendor: str,
+    policy_revision: str,
+    fields: Sequence[FieldAction],
+    request_digest: str,
+    retention_id: str = "",
+) -> Entry:
+    """The entry written before anything is sent to the model."""
+    return _make(
+        {
+            "kind": KIND_INTENT,
+            "time_us": _nonneg(time_us, "time_us"),
+            "call_id": call_id,
+            "tenant": tenant,
+            "subject": subject,
+            "model": model,
+            "vendor": vendor,
+            "policy_revision": policy_revision,
+            "fields": [f.to_json() for f in sorted(fields, key=lambda f: f.path)],
+            "request_digest": request_digest,
+            "retention_id": retention_id,
+        }
+    )
+
+
+def call_outcome(
+    *,
+    time_us: int,
+    call_id: str,
+    tenant: str,
+    subject: str,
+    model: str,
+    vendor: str,
+    intent_index: int | None,
+    status: str,
+    latency_us: int,
+    response_digest: str,
+    error_class: str = "",
+) -> Entry:
+    """The entry written before the answer (or the error) reaches the caller."""
+    return _make(
+        {
+            "kind": KIND_OUTCOME,
+            "time_us": _nonneg(time_us, "time_us"),
+            "call_id": call_id,
+            "tenant": tenant,
+            "subject": subject,
+            "model": model,
+            "vendor": vendor,
+            "intent_index": None if intent_index is None else _nonneg(intent_index, "index"),
+            "status": status,
+            "latency_us": _nonneg(latency_us, "latency_us"),
+            "response_digest": response_digest,
+            "error_class": error_class,
+        }
+    )
+
+
+def admin_event(
+    *,
+    kind: str,
+    time_us: int,
+    tenant: str,
+    actor: str,
+    target: str,
+    details: Mapping[str, str] | None = None,
+) -> Entry:
+    """An administrative event: ``actor`` (a subject) did ``kind`` to ``target``."""
+    if kind not in ADMIN_KINDS:
+        raise ValueError(f"unknown administrative kind {kind!r}")
+    return _make(
+        {
+            "kind": kind,
+            "time_us": _nonneg(time_us, "time_us"),
+            "tenant": tenant,
+            "subject": actor,
+            "target": target,
+            "details": dict(details or {}),
+        }
+    )
+
+
+def parse_entry(data: bytes) -> dict[str, Any]:
+    """Decode untrusted entry bytes; VerificationError unless canonical, versioned and known."""
+    if not isinstance(data, bytes) or len(data) > MAX_ENTRY_BYTES:
+        raise VerificationError("entry must be at most 256 KiB of bytes")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise VerificationError("entry is not valid UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise VerificationError("entry is not a JSON object")
+    try:
+        canonical = canonical_json(body)
+    except (ValueError, TypeError) as exc:
+        raise VerificationError(f"entry is not canonical: {exc}") from exc
+    if canonical != data:
+        raise VerificationError("entry bytes are not in canonical form")
+    if body.get("v") != ENTRY_VERSION or body.get("kind") not in KINDS:
+        raise VerificationError("entry has an unknown version or kind")
+    return body

@@ -1,0 +1,249 @@
+"""``broker audit``: query and export the audit log, and verify it offline.
+
+    broker audit query [filters] [--all] [--json]      entries from a running broker
+    broker audit export --format jsonl|csv -o PATH     an export bundle for offline verification
+    broker audit prove --call-id X [-o FILE]           receipts (entry + proof + checkpoint)
+    broker audit verify PATH --log-key VKEY            verify an export, no broker needed
+    broker audit verify-receipt FILE --log-key VKEY    verify receipts, no broker needed
+
+``verify`` and ``verify-receipt`` never contact the broker: they trust only the log key given
+(a vkey string, or a file holding one). They print ``OK ...`` and exit 0, or print the first
+problem (naming the leaf index when there is one) and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
+from broker.audit.export import MANIFEST_FILE, read_export
+from broker.audit.merkle import VerificationError
+from broker.audit.note import Verifier
+from broker.audit.verify import verify_export, verify_receipt
+from broker.cli.common import add_client_arguments
+
+_FILTERS = ("tenant", "subject", "model", "vendor", "status", "action", "label", "call_id", "kind")
+
+
+def register(sub: Any) -> None:
+    """Add ``audit query|export|prove|verify|verify-receipt``."""
+    parser = sub.add_parser("audit", help="query, export and verify the audit log")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    query = actions.add_parser("query", help="entries matching filters (compliance, auditor)")
+    _add_filters(query)
+    query.add_argument("--page-size", type=int, default=100, help="entries per page")
+    query.add_argument("--all", action="store_true", help="follow every page")
+    query.add_argument("--json", action="store_true", help="print the entries as JSON lines")
+    add_client_arguments(query)
+    query.set_defaults(handler=run_query)
+
+    export = actions.add_parser("export", help="write an export bundle for offline checks")
+    _add_filters(export)
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("-o", "--output", type=Path, required=True, help="file (jsonl) or dir")
+    add_client_arguments(export)
+    export.set_defaults(handler=run_export)
+
+    prove = actions.add_parser("prove", help="receipts proving a call's entries are logged")
+    target = prove.add_mutually_exclusive_group(required=True)
+    target.add_argument("--call-id", help="every entry of this call")
+    target.add_argument("--leaf-index", type=int, help="one entry by position")
+    prove.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
+    add_client_arguments(prove)
+    prove.set_defaults(handler=run_prove)
+
+    verify = actions.add_parser("verify", help="verify an export offline")
+    verify.add_argument("path", type=Path, help="export file (jsonl) or directory (csv)")
+    verify.add_argument("--log-key", required=True, help="trusted vkey, or a file holding it")
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        help="a signed checkpoint seen before (repeatable): catches forks and truncation",
+    )
+    verify.set_defaults(handler=run_verify)
+
+    receipt = actions.add_parser("verify-receipt", help="verify receipts offline")
+    receipt.add_argument("file", type=Path, help="receipt JSON or JSON lines")
+    receipt.add_argument("--log-key", required=True, help="trusted vkey, or a file holding it")
+    receipt.set_defaults(handler=run_verify_receipt)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    for name in _FILTERS:
+        parser.add_argument(f"--{name.replace('_', '-')}", default="", help=f"only this {name}")
+    parser.add_argument("--since", default="", help="ISO 8601 time, inclusive")
+    parser.add_argument("--until", default="", help="ISO 8601 time, exclusive")
+
+
+def _time_us(text: str) -> int:
+    if not text:
+        return 0
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _filter(args: argparse.Namespace) -> audit_pb2.AuditFilter:
+    values = {name: getattr(args, name) for name in _FILTERS}
+    return audit_pb2.AuditFilter(
+        **values, time_from_us=_time_us(args.since), time_to_us=_time_us(args.until)
+    )
+
+
+@contextmanager
+def _stub(args: argparse.Namespace) -> Iterator[tuple[audit_pb2_grpc.AuditStub, Any]]:
+    token = args.token or os.environ.get("BROKER_TOKEN")
+    if args.token_file is not None:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError("no token: pass --token, --token-file or set BROKER_TOKEN")
+    if args.ca is not None:
+        pair = (args.key.read_bytes(), args.cert.read_bytes()) if args.cert and args.key else None
+        key, cert = pair or (None, None)
+        credentials = grpc.ssl_channel_credentials(args.ca.read_bytes(), key, cert)
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    try:
+        yield audit_pb2_grpc.AuditStub(channel), (("authorization", f"Bearer {token}"),)
+    finally:
+        channel.close()
+
+
+def run_query(args: argparse.Namespace) -> int:
+    """Print matching entries: a table, or JSON lines with --json."""
+    token = ""
+    with _stub(args) as (stub, metadata):
+        while True:
+            request = audit_pb2.QueryEntriesRequest(
+                filter=_filter(args), page_size=args.page_size, page_token=token
+            )
+            token = ""
+            for entry in stub.QueryEntries(request, timeout=args.timeout, metadata=metadata):
+                if args.json:
+                    sys.stdout.write(entry.entry.decode("utf-8", "replace") + "\n")
+                else:
+                    when = datetime.fromtimestamp(entry.time_us / 1e6).isoformat()
+                    print(
+                        f"{entry.leaf_index}\t{when}\t{entry.kind}\t{entry.tenant}\t"
+                        f"{entry.subject}\t{entry.model}\t{entry.status or '-'}\t{entry.call_id}"
+                    )
+                token = entry.next_page_token or token
+            if not (args.all and token):
+                return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the bundle: a JSONL file, or a directory with manifest.json and entries.csv."""
+    request = audit_pb2.ExportRequest(filter=_filter(args), format=args.format)
+    path: Path = args.output
+    if args.format == "csv":
+        path.mkdir(parents=True, exist_ok=True)
+        data_path = path / "entries.csv"
+    else:
+        data_path = path
+    with _stub(args) as (stub, metadata), data_path.open("wb") as out:
+        for chunk in stub.Export(request, timeout=args.timeout, metadata=metadata):
+            if chunk.manifest_json and args.format == "csv":
+                (path / MANIFEST_FILE).write_text(chunk.manifest_json + "\n", encoding="utf-8")
+            out.write(chunk.data)
+    print(f"wrote {path} ({args.format})")
+    return 0
+
+
+def run_prove(args: argparse.Namespace) -> int:
+    """Fetch receipts and write them as JSON lines."""
+    if args.call_id is not None:
+        request = audit_pb2.GetInclusionProofRequest(call_id=args.call_id)
+    else:
+        request = audit_pb2.GetInclusionProofRequest(leaf_index=args.leaf_index)
+    with _stub(args) as (stub, metadata):
+        response = stub.GetInclusionProof(request, timeout=args.timeout, metadata=metadata)
+    text = "".join(proof.receipt_json + "\n" for proof in response.proofs)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {len(response.proofs)} receipt(s) to {args.output}")
+    return 0
+
+
+def load_log_key(text: str) -> Verifier:
+    """A vkey given inline or in a file; VerificationError if it is not one."""
+    candidate = Path(text)
+    if "+" not in text or candidate.is_file():
+        try:
+            text = candidate.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise VerificationError(
+                f"--log-key is neither a vkey nor a readable file: {exc}"
+            ) from exc
+    return Verifier.from_vkey(text)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Verify an export offline."""
+    try:
+        key = load_log_key(args.log_key)
+        trusted = [p.read_text(encoding="utf-8") for p in args.checkpoint]
+        manifest, items = read_export(args.path)
+        report = verify_export(manifest, items, key, trusted_checkpoints=trusted)
+    except (VerificationError, OSError, UnicodeDecodeError) as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    kind = "complete log" if report.complete else "filtered export"
+    print(
+        f"OK {kind}: {report.entries} entries verified against the signed checkpoint of "
+        f"{report.origin} at size {report.size} ({report.checkpoints} checkpoint(s) consistent)"
+    )
+    return 0
+
+
+def run_verify_receipt(args: argparse.Namespace) -> int:
+    """Verify every receipt in the file offline."""
+    try:
+        key = load_log_key(args.log_key)
+        receipts = _read_receipts(args.file)
+        reports = [verify_receipt(r, key) for r in receipts]
+    except (VerificationError, OSError, UnicodeDecodeError) as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    for report in reports:
+        print(
+            f"OK leaf {report.leaf_index} ({report.kind}, call {report.call_id or '-'}) is in "
+            f"{report.origin} at size {report.size}"
+        )
+    return 0
+
+
+def _read_receipts(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if whole is not None:
+        items = whole if isinstance(whole, list) else [whole]
+    else:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise VerificationError(f"{path} is neither a JSON receipt nor JSON lines") from exc
+    if not items:  # nothing verified must never read as "valid"
+        raise VerificationError(f"{path} holds no receipt")
+    return items

@@ -1,0 +1,178 @@
+"""``broker.v1.Audit``: compliance queries, proofs, checkpoints and exports of the audit log.
+
+Who sees what:
+
+- ``auditor`` and ``admin`` see every tenant's entries;
+- ``compliance`` sees only entries of its own tenant: the tenant filter is forced to it, and
+  naming another tenant is PermissionDenied (the answer does not depend on what exists);
+- anyone else gets PermissionDenied.
+
+Checkpoints and consistency proofs reveal no entry content (sizes and hashes only), so every
+reader may fetch them. Errors are ``BrokerError`` subclasses for the error interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+import grpc
+import orjson
+import sqlalchemy as sa
+
+from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
+from broker.audit.export import build_export, build_receipts, csv_chunks, jsonl_chunks, unb64
+from broker.audit.note import Verifier
+from broker.audit.query import AuditFilter, query_page
+from broker.audit.store import AuditStore
+from broker.auth.principal import Principal, Role, require_role
+from broker.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from broker.server.context import current_principal
+
+_READERS: Final = (Role.COMPLIANCE, Role.AUDITOR, Role.ADMIN)
+_ALL_TENANTS: Final = (Role.AUDITOR, Role.ADMIN)
+_CHUNK_BYTES: Final = 64 * 1024
+
+
+class AuditServicer(audit_pb2_grpc.AuditServicer):
+    """The Audit service over one log (its engine, store and verifier key)."""
+
+    def __init__(self, engine: sa.Engine, store: AuditStore, verifier: Verifier) -> None:
+        self._engine = engine
+        self._store = store
+        self._verifier = verifier
+
+    def QueryEntries(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.QueryEntriesRequest, context: grpc.ServicerContext
+    ) -> Iterator[audit_pb2.AuditEntry]:
+        """One page of matching entries; the last carries the next page's token."""
+        flt = _filter(request.filter, _reader())
+        rows, token = query_page(
+            self._engine, flt, page_size=request.page_size, cursor=request.page_token
+        )
+        for n, row in enumerate(rows):
+            yield audit_pb2.AuditEntry(
+                leaf_index=row.leaf_index,
+                entry=row.entry,
+                entry_hash=row.entry_hash,
+                time_us=row.time_us,
+                kind=row.kind,
+                tenant=row.tenant,
+                subject=row.subject,
+                call_id=row.call_id,
+                model=row.model,
+                vendor=row.vendor,
+                status=row.status,
+                next_page_token=token if n == len(rows) - 1 else "",
+            )
+
+    def GetInclusionProof(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetInclusionProofResponse:
+        """Receipts for one leaf or for every entry of a call, against the newest checkpoint."""
+        tenant = _tenant_scope(_reader(), "")
+        target = request.WhichOneof("target")
+        if target == "leaf_index":
+            flt = AuditFilter(tenant=tenant, leaf_index=request.leaf_index)
+        elif target == "call_id" and request.call_id:
+            flt = AuditFilter(tenant=tenant, call_id=request.call_id)
+        else:
+            raise InvalidArgument("name the entry to prove by leaf_index or call_id")
+        receipts = build_receipts(self._store, self._engine, flt)
+        proofs = [
+            audit_pb2.InclusionProof(
+                leaf_index=r["leaf_index"],
+                entry=r["entry"].encode("utf-8"),
+                hashes=[unb64(h, "proof") for h in r["proof"] or []],
+                receipt_json=orjson.dumps(r).decode("utf-8"),
+            )
+            for r in receipts
+        ]
+        checkpoint = receipts[0]["checkpoint"]
+        size = int(checkpoint.split("\n")[1])
+        return audit_pb2.GetInclusionProofResponse(
+            checkpoint=checkpoint, tree_size=size, proofs=proofs
+        )
+
+    def GetConsistencyProof(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        """RFC 9162 consistency proof between two sizes (size2 0 = the newest checkpoint)."""
+        _reader()
+        latest = self._store.latest_checkpoint()
+        if latest is None:
+            raise FailedPrecondition("the audit log has no checkpoint yet")
+        size2 = request.size2 or latest.size
+        if not 0 < request.size1 <= size2 <= latest.size:
+            raise InvalidArgument(
+                f"need 0 < size1 <= size2 <= {latest.size} (the newest checkpoint's size)"
+            )
+        hashes = self._store.consistency_proof(request.size1, size2)
+        return audit_pb2.GetConsistencyProofResponse(
+            size1=request.size1, size2=size2, hashes=hashes, checkpoint=latest.note
+        )
+
+    def GetCheckpoint(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetCheckpointResponse:
+        """The newest signed checkpoint and the log's vkey."""
+        _reader()
+        latest = self._store.latest_checkpoint()
+        if latest is None:
+            raise FailedPrecondition("the audit log has no checkpoint yet")
+        return audit_pb2.GetCheckpointResponse(
+            checkpoint=latest.note, tree_size=latest.size, vkey=self._verifier.to_vkey()
+        )
+
+    def Export(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.ExportRequest, context: grpc.ServicerContext
+    ) -> Iterator[audit_pb2.ExportChunk]:
+        """Stream an export: the manifest first, then the file bytes in chunks."""
+        fmt = request.format or "jsonl"
+        if fmt not in {"jsonl", "csv"}:
+            raise InvalidArgument("format must be jsonl or csv")
+        flt = _filter(request.filter, _reader())
+        manifest, items = build_export(self._engine, self._store, self._verifier, flt)
+        yield audit_pb2.ExportChunk(manifest_json=orjson.dumps(manifest.to_json()).decode())
+        chunks = jsonl_chunks(manifest, items) if fmt == "jsonl" else csv_chunks(items)
+        buffer = bytearray()
+        for piece in chunks:
+            buffer += piece
+            if len(buffer) >= _CHUNK_BYTES:
+                yield audit_pb2.ExportChunk(data=bytes(buffer))
+                buffer.clear()
+        if buffer:
+            yield audit_pb2.ExportChunk(data=bytes(buffer))
+
+
+def _reader() -> Principal:
+    principal = current_principal()
+    require_role(principal, *_READERS)
+    return principal
+
+
+def _tenant_scope(principal: Principal, requested: str) -> str | None:
+    """The tenant the caller must be limited to (None: all), or PermissionDenied."""
+    if principal.has_role(*_ALL_TENANTS):
+        return requested or None
+    if requested and requested != principal.tenant:
+        raise PermissionDenied("the compliance role sees only its own tenant's audit entries")
+    return principal.tenant
+
+
+def _filter(msg: audit_pb2.AuditFilter, principal: Principal) -> AuditFilter:
+    if msg.time_from_us < 0 or msg.time_to_us < 0:
+        raise InvalidArgument("time bounds must not be negative")
+    return AuditFilter(
+        tenant=_tenant_scope(principal, msg.tenant),
+        subject=msg.subject or None,
+        model=msg.model or None,
+        vendor=msg.vendor or None,
+        status=msg.status or None,
+        action=msg.action or None,
+        label=msg.label or None,
+        call_id=msg.call_id or None,
+        kind=msg.kind or None,
+        time_from_us=msg.time_from_us or None,
+        time_to_us=msg.time_to_us or None,
+    )

@@ -1,0 +1,126 @@
+"""AuditLog: group commit, receipts, failing closed, checkpoints within a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from broker.audit.checkpoint import open_checkpoint
+from broker.audit.entry import FieldAction, parse_entry
+from broker.audit.keys import TenantKeys
+from broker.audit.note import Signer
+from broker.audit.writer import AuditLog
+from broker.errors import Unavailable
+from tests.unit.audit.conftest import ORIGIN, make_intent
+
+
+def test_concurrent_appends_are_group_committed(engine: sa.Engine, audit_log: AuditLog) -> None:
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+    receipts: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(10):
+            receipt = audit_log.append(make_intent())
+            with lock:
+                receipts.append(receipt.leaf_index)
+
+    threads = [threading.Thread(target=work) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(receipts) == list(range(200))
+    assert len(commits) < 200  # batches, not one transaction per entry
+
+
+def test_convenience_methods_link_intent_and_outcome(audit_log: AuditLog, keys: TenantKeys) -> None:
+    intent = audit_log.record_call_intent(
+        call_id="c-1", tenant="acme", subject="svc", model="v/m@1", vendor="v",
+        policy_revision="r7", fields=[FieldAction("/ssn", ("pii.ssn",), "tokenize")],
+        request=b'{"ssn":"123-45-6789"}',
+    )  # fmt: skip
+    outcome = audit_log.record_call_outcome(
+        call_id="c-1", tenant="acme", subject="svc", model="v/m@1", vendor="v",
+        intent_index=intent.leaf_index, status="OK", latency_us=1500, response=b'{"y":1}',
+    )  # fmt: skip
+    admin = audit_log.record_admin(
+        kind="admin.model.registered", tenant="v", actor="alice", target="v/m@1"
+    )
+    assert (intent.leaf_index, outcome.leaf_index, admin.leaf_index) == (0, 1, 2)
+    assert intent.call_id == outcome.call_id == "c-1"
+    with audit_log.store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT entry FROM audit_entries ORDER BY leaf_index")).all()
+    bodies = [parse_entry(bytes(r[0])) for r in rows]
+    assert bodies[0]["request_digest"] == keys.digest("acme", b'{"ssn":"123-45-6789"}')
+    assert b"123-45-6789" not in bytes(rows[0][0])
+    assert bodies[1]["intent_index"] == 0
+    assert bodies[1]["time_us"] > bodies[0]["time_us"]
+    assert bodies[2]["kind"] == "admin.model.registered"
+
+
+def test_a_checkpoint_is_signed_within_a_second_of_growth(
+    audit_log: AuditLog, signer: Signer
+) -> None:
+    audit_log.append(make_intent())
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and audit_log.store.latest_checkpoint() is None:
+        time.sleep(0.02)
+    latest = audit_log.store.latest_checkpoint()
+    assert latest is not None
+    checkpoint, _ = open_checkpoint(latest.note, [signer.verifier()], origin=ORIGIN)
+    assert checkpoint.size == 1
+
+
+def test_a_write_failure_fails_every_waiter_closed(
+    engine: sa.Engine, signer: Signer, keys: TenantKeys
+) -> None:
+    log = AuditLog(engine, signer=signer, origin=ORIGIN, tenant_keys=keys, batch_ms=20)
+    log.start()
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE audit_nodes"))
+        errors: list[Exception] = []
+
+        def work() -> None:
+            try:
+                log.append(make_intent())
+            except Unavailable as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(errors) == 5
+        assert all(e.message.startswith("audit log cannot be written") for e in errors)
+    finally:
+        log.close()
+
+
+def test_appending_to_a_log_that_is_not_running_is_unavailable(
+    engine: sa.Engine, signer: Signer, keys: TenantKeys
+) -> None:
+    log = AuditLog(engine, signer=signer, origin=ORIGIN, tenant_keys=keys)
+    with pytest.raises(Unavailable):
+        log.append(make_intent())
+    log.start()
+    log.append(make_intent())
+    log.close()
+    with pytest.raises(Unavailable):
+        log.append(make_intent())
+    assert log.store.latest_checkpoint() is not None  # close signs the last head
+
+
+def test_constructor_checks(engine: sa.Engine, keys: TenantKeys) -> None:
+    with pytest.raises(ValueError, match="must be the origin"):
+        AuditLog(engine, signer=Signer.generate("other"), origin=ORIGIN, tenant_keys=keys)
+    with pytest.raises(ValueError, match="batch_max"):
+        AuditLog(
+            engine, signer=Signer.generate(ORIGIN), origin=ORIGIN, tenant_keys=keys, batch_max=0
+        )
