@@ -169,6 +169,17 @@ class RetentionConfig(_Section):
     batch_size: int = Field(default=200, ge=1, le=10_000)
 
 
+class AuditConfig(_Section):
+    """The tamper-evident audit log."""
+
+    origin: str = Field(
+        default="broker.local/audit",
+        description="log origin in signed checkpoints (C2SP); also the signing key's name",
+    )
+    batch_ms: float = Field(default=2.0, gt=0, le=1000)
+    batch_max: int = Field(default=512, ge=1, le=100_000)
+
+
 class LoggingConfig(_Section):
     """Structured logging."""
 
@@ -187,6 +198,7 @@ class Config(_Section):
     backends: BackendsConfig = BackendsConfig()
     policy: PolicyConfig = PolicyConfig()
     enforcement: EnforcementConfig = EnforcementConfig()
+    audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
     retention: RetentionConfig = RetentionConfig()
 

@@ -18,7 +18,10 @@ Kinds (``"v": 1``)::
     call.outcome   after the call: status, latency, digest of the answer, error class;
                    linked to its intent by call id and the intent's leaf index (absent for a
                    call refused before dispatch, e.g. a policy deny)
-    admin.*        model registered/updated/retired, policy activated, key created/rotated
+    call.preview   a Preview: who asked about which model, what the policy would do per field
+    admin.*        model registered/updated/retired, policy activated, key created/rotated,
+                   retained record held/released/erased/deleted (with the key destroyed),
+                   sandbox violation
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from broker.audit.merkle import VerificationError
 ENTRY_VERSION: Final = 1
 KIND_INTENT: Final = "call.intent"
 KIND_OUTCOME: Final = "call.outcome"
+KIND_PREVIEW: Final = "call.preview"
 ADMIN_KINDS: Final = frozenset(
     {
         "admin.model.registered",
@@ -41,9 +45,14 @@ ADMIN_KINDS: Final = frozenset(
         "admin.policy.activated",
         "admin.key.created",
         "admin.key.rotated",
+        "admin.retention.held",
+        "admin.retention.released",
+        "admin.retention.erased",
+        "admin.retention.deleted",
+        "admin.sandbox.violation",
     }
 )
-KINDS: Final = frozenset({KIND_INTENT, KIND_OUTCOME, *ADMIN_KINDS})
+KINDS: Final = frozenset({KIND_INTENT, KIND_OUTCOME, KIND_PREVIEW, *ADMIN_KINDS})
 MAX_ENTRY_BYTES: Final = 256 * 1024
 _MAX_DEPTH: Final = 16
 
@@ -209,6 +218,35 @@ def call_outcome(
             "latency_us": _nonneg(latency_us, "latency_us"),
             "response_digest": response_digest,
             "error_class": error_class,
+        }
+    )
+
+
+def call_preview(
+    *,
+    time_us: int,
+    call_id: str,
+    tenant: str,
+    subject: str,
+    model: str,
+    vendor: str,
+    policy_revision: str,
+    fields: Sequence[FieldAction],
+    allowed: bool,
+) -> Entry:
+    """A Preview: nothing was sent anywhere; what the policy would have done is recorded."""
+    return _make(
+        {
+            "kind": KIND_PREVIEW,
+            "time_us": _nonneg(time_us, "time_us"),
+            "call_id": call_id,
+            "tenant": tenant,
+            "subject": subject,
+            "model": model,
+            "vendor": vendor,
+            "policy_revision": policy_revision,
+            "fields": [f.to_json() for f in sorted(fields, key=lambda f: (f.path, f.action))],
+            "allowed": allowed,
         }
     )
 

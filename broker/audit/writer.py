@@ -218,6 +218,33 @@ class AuditLog:
             )
         )
 
+    def record_call_preview(
+        self,
+        *,
+        call_id: str,
+        tenant: str,
+        subject: str,
+        model: str,
+        vendor: str,
+        policy_revision: str,
+        fields: Sequence[FieldAction],
+        allowed: bool,
+    ) -> Receipt:
+        """Record a Preview (nothing was sent; the decisions are what the policy would do)."""
+        return self.append(
+            entries.call_preview(
+                time_us=self._now_us(),
+                call_id=call_id,
+                tenant=tenant,
+                subject=subject,
+                model=model,
+                vendor=vendor,
+                policy_revision=policy_revision,
+                fields=fields,
+                allowed=allowed,
+            )
+        )
+
     def record_admin(
         self,
         *,

@@ -1,8 +1,9 @@
 """One call, end to end: resolve, classify, decide, enforce, dispatch, and back again.
 
     request  -> resolve model -> classify -> decide (Rego) -> enforce -> store tokens
-             -> dispatch to the model (caller's deadline)
+             -> audit intent -> dispatch to the model (caller's deadline)
     answer   -> classify -> decide (response) -> enforce -> restore the buyer's own values
+             -> retain (if the policy says so) -> audit outcome -> the buyer
 
 Each step is its own module; this file is the readable list of steps. ``preview`` runs the
 request half without storing or sending anything.
@@ -10,6 +11,7 @@ request half without storing or sending anything.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,7 +21,10 @@ from typing import Protocol
 import orjson
 import structlog
 
+from broker.audit.store import Receipt
+from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role, require_role
+from broker.calls.audited import CallRecord, field_actions
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider, labels_of, refuse_if_denied
 from broker.calls.payload import JsonObject
@@ -27,7 +32,7 @@ from broker.classify.classifier import classify
 from broker.enforce.enforcer import CallScope, Enforcer, FieldDecision
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault
-from broker.errors import DeadlineExceeded, FailedPrecondition
+from broker.errors import BrokerError, DeadlineExceeded, FailedPrecondition
 from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
@@ -67,6 +72,8 @@ class InvokeResult:
     policy_revision: str
     restored_values: int
     retained_record_ids: tuple[str, ...] = ()
+    receipt: Receipt | None = None
+    intent_leaf_index: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,7 @@ class PreviewResult:
     plan: Plan
     decisions: tuple[FieldDecision, ...]
     unmatched_label_keys: tuple[str, ...]
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +106,14 @@ class Invoker:
         runtimes: Mapping[Runtime, RuntimeClient],
         limiter: TenantConcurrencyLimiter,
         enforcement: Enforcement,
+        audit: AuditLog,
         *,
         default_timeout: float,
         default_purpose: str = "default",
         retention: RetentionStore | None = None,
     ) -> None:
         self._retention = retention
+        self._audit = audit
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
@@ -125,7 +135,17 @@ class Invoker:
                 request.payload, classification, plan, scope, "request"
             )
             decisions = tuple(enforced.decisions)
-        return PreviewResult(model, plan, decisions, classification.unmatched_keys)
+        receipt = self._audit.record_call_preview(
+            call_id=uuid.uuid4().hex,
+            tenant=principal.tenant,
+            subject=principal.subject,
+            model=model.ref,
+            vendor=model.vendor,
+            policy_revision=plan.revision,
+            fields=field_actions(decisions),
+            allowed=plan.allow,
+        )
+        return PreviewResult(model, plan, decisions, classification.unmatched_keys, receipt)
 
     def invoke(
         self,
@@ -135,19 +155,45 @@ class Invoker:
         time_remaining: float | None,
         on_cancel: Canceller | None = None,
     ) -> InvokeResult:
-        """Call the model on behalf of ``principal`` under the buyer's policy.
+        """Call the model on behalf of ``principal`` under the buyer's policy, audited.
 
         ``time_remaining`` is the caller's deadline in seconds (None: the configured default);
         it is passed on to the model. ``on_cancel`` registers a function to run if the caller
-        goes away, so the backend call stops too.
+        goes away, so the backend call stops too. Every outcome, success or error, is in the
+        audit log before the caller sees it.
         """
         require_role(principal, Role.BUYER)
         call_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(call_id=call_id)
+        record = CallRecord(self._audit, principal, call_id, request.model_ref)
+        try:
+            result = self._invoke(
+                principal, request, record, time_remaining=time_remaining, on_cancel=on_cancel
+            )
+        except BrokerError as exc:
+            record.record_failure(exc)
+            raise
+        receipt = record.record_success(result.answer)
+        return dataclasses.replace(
+            result,
+            receipt=receipt,
+            intent_leaf_index=record.intent.leaf_index if record.intent else -1,
+        )
+
+    def _invoke(
+        self,
+        principal: Principal,
+        request: CallRequest,
+        record: CallRecord,
+        *,
+        time_remaining: float | None,
+        on_cancel: Canceller | None,
+    ) -> InvokeResult:
+        call_id = record.call_id
         deadline = time.monotonic() + (
             self._default_timeout if time_remaining is None else time_remaining
         )
-        model = self._resolve(request.model_ref)
+        model = record.model = self._resolve(request.model_ref)
         runtime = self._runtime_for(model)
         parts = self._enforcement
         purpose = self._purpose(request)
@@ -163,6 +209,7 @@ class Invoker:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
+            record.record_intent(plan.revision, outgoing.decisions, outgoing.payload)
             answer = runtime.invoke(
                 model,
                 outgoing.payload,
@@ -185,7 +232,9 @@ class Invoker:
                 answer, answer_classification, answer_plan, scope, "response"
             )
             restored, count = parts.restorer.restore(incoming.payload, principal.tenant, call_id)
-            retained = self._retain(principal, model, call_id, plan, request.payload, restored)
+            retained = self._retain(
+                principal, model, call_id, plan=plan, request=request.payload, answer=restored
+            )
         return InvokeResult(
             call_id=call_id,
             model=model,
@@ -210,6 +259,7 @@ class Invoker:
         principal: Principal,
         model: ModelVersion,
         call_id: str,
+        *,
         plan: Plan,
         request: JsonObject,
         answer: JsonObject,

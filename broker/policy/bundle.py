@@ -171,6 +171,7 @@ class PolicyStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._listeners: list[Callable[[str, str | None], None]] = []
 
     @property
     def engine(self) -> PolicyEngine | None:
@@ -220,7 +221,17 @@ class PolicyStore:
                 revision=engine.revision,
                 previous=current.revision if current else None,
             )
+            for listener in tuple(self._listeners):
+                listener(engine.revision, current.revision if current else None)
             return ReloadOutcome("loaded", engine.revision)
+
+    def on_activated(self, listener: Callable[[str, str | None], None]) -> None:
+        """Call ``listener(revision, previous)`` after each new revision is swapped in.
+
+        The audit log listens here, so every policy activation is on the record. A listener's
+        exception propagates to whoever triggered the reload (the new revision stays active).
+        """
+        self._listeners.append(listener)
 
     def request_reload(self) -> None:
         """Ask for a reload without blocking: safe to call from a SIGHUP handler.

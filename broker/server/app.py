@@ -28,6 +28,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker._proto.broker.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     policies_pb2,
@@ -37,6 +39,9 @@ from broker._proto.broker.v1 import (
     retention_pb2,
     retention_pb2_grpc,
 )
+from broker.audit.keys import TenantKeys as AuditDigestKeys
+from broker.audit.keys import load_or_create_log_signer
+from broker.audit.writer import AuditLog
 from broker.auth.tokens import TokenVerifier
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider
@@ -53,13 +58,15 @@ from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
 from broker.registry.model import Runtime
+from broker.registry.store import RegistryStore
 from broker.retention.scheduler import ExpiryJob
 from broker.retention.setup import Retention, open_retention
-from broker.registry.store import RegistryStore
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.runtime import SandboxRuntime
+from broker.server import audit_hooks
+from broker.server.audit_service import AuditServicer
 from broker.server.broker_service import BrokerServicer
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
@@ -74,6 +81,7 @@ SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
     policies_pb2.DESCRIPTOR.services_by_name["Policies"].full_name,
     retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
 )
 
 
@@ -88,6 +96,7 @@ class BrokerServer:
     engine: sa.Engine
     policies: PolicyStore
     retention: Retention | None
+    audit: AuditLog
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -113,6 +122,7 @@ class BrokerServer:
         self.policies.stop_watching()
         if self.retention is not None:
             self.retention.close()
+        self.audit.close()
         self.engine.dispose()
         _log.info("server_stopped")
 
@@ -154,10 +164,11 @@ def build_server(config: Config) -> BrokerServer:
     except SandboxUnavailable as exc:
         # Never run a sandbox model unsandboxed: its calls get FAILED_PRECONDITION instead.
         _log.warning("sandbox_unavailable", missing=list(exc.missing))
-    policies = build_policy_store(config)
+    audit = build_audit_log(config, engine)
+    policies = build_policy_store(config, audit)
     keys = TenantKeys.load_or_create(config.data_dir)
     vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)
-    retention = open_retention(config, engine)
+    retention = open_retention(config, engine, on_deleted=audit_hooks.deletions(audit))
     if retention is not None:
         retention.scheduler.add_job(ExpiryJob("vault", vault_tokens, "expires_at", unit="s"))
     else:
@@ -173,6 +184,7 @@ def build_server(config: Config) -> BrokerServer:
         runtimes,
         TenantConcurrencyLimiter(config.limits.tenant_concurrency),
         enforcement,
+        audit,
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
@@ -189,15 +201,29 @@ def build_server(config: Config) -> BrokerServer:
         maximum_concurrent_rpcs=config.server.max_workers * 8,
     )
     broker_pb2_grpc.add_BrokerServicer_to_server(
-        BrokerServicer(invoker, store, PayloadLimits.from_config(config.limits)), server
+        BrokerServicer(
+            invoker,
+            store,
+            PayloadLimits.from_config(config.limits),
+            log_origin=config.audit.origin,
+        ),
+        server,
     )
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(store), server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(
+        RegistryServicer(store, on_change=audit_hooks.registry_changes(audit)), server
+    )
+    audit_pb2_grpc.add_AuditServicer_to_server(
+        AuditServicer(engine, audit.store, audit.verifier), server
+    )
     policies_pb2_grpc.add_PoliciesServicer_to_server(
         PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server
     )
     if retention is not None:
         retention_pb2_grpc.add_RetentionServicer_to_server(
-            RetentionServicer(retention.store, retention.deleter), server
+            RetentionServicer(
+                retention.store, retention.deleter, on_event=audit_hooks.retention_events(audit)
+            ),
+            server,
         )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -214,12 +240,30 @@ def build_server(config: Config) -> BrokerServer:
         engine=engine,
         policies=policies,
         retention=retention,
+        audit=audit,
         grace_seconds=config.server.shutdown_grace_seconds,
     )
 
 
-def build_policy_store(config: Config) -> PolicyStore:
-    """Load the policy bundle (refusing to start if it does not load) and watch it."""
+def build_audit_log(config: Config, engine: sa.Engine) -> AuditLog:
+    """Open the audit log (keys under the data directory) and start its writer threads."""
+    audit = AuditLog(
+        engine,
+        signer=load_or_create_log_signer(config.data_dir, config.audit.origin),
+        origin=config.audit.origin,
+        tenant_keys=AuditDigestKeys.load_or_create(config.data_dir),
+        batch_ms=config.audit.batch_ms,
+        batch_max=config.audit.batch_max,
+    )
+    audit.start()
+    return audit
+
+
+def build_policy_store(config: Config, audit: AuditLog | None = None) -> PolicyStore:
+    """Load the policy bundle (refusing to start if it does not load) and watch it.
+
+    With ``audit``, every activated revision (the first one too) is recorded.
+    """
     settings = config.policy
 
     def opa_engine(bundle: Bundle) -> PolicyEngine:
@@ -242,6 +286,8 @@ def build_policy_store(config: Config) -> PolicyStore:
         engine_factory=opa_engine if settings.engine == "opa" else regorus_engine,
         cache=PlanCache(max_entries=settings.cache_size),
     )
+    if audit is not None:
+        store.on_activated(audit_hooks.policy_activations(audit))
     outcome = store.reload()
     if outcome.status == "failed":
         raise ConfigError(

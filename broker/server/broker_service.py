@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 import grpc
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc
+from broker.audit.store import Receipt
 from broker.calls.invoke import CallRequest, Invoker
 from broker.calls.payload import (
     JsonObject,
@@ -28,10 +29,23 @@ MAX_LABEL_KEYS = 1_000
 class BrokerServicer(broker_pb2_grpc.BrokerServicer):
     """Invoke models, preview policies and browse the catalogue."""
 
-    def __init__(self, invoker: Invoker, store: RegistryStore, limits: PayloadLimits) -> None:
+    def __init__(
+        self, invoker: Invoker, store: RegistryStore, limits: PayloadLimits, *, log_origin: str
+    ) -> None:
         self._invoker = invoker
         self._store = store
         self._limits = limits
+        self._log_origin = log_origin
+
+    def _receipt(self, receipt: Receipt | None, intent_index: int) -> broker_pb2.AuditReceipt:
+        if receipt is None:
+            return broker_pb2.AuditReceipt()
+        return broker_pb2.AuditReceipt(
+            leaf_index=receipt.leaf_index,
+            entry_hash=receipt.entry_hash.hex(),
+            intent_leaf_index=intent_index,
+            log_origin=self._log_origin,
+        )
 
     def Invoke(  # noqa: N802 - gRPC method name
         self, request: broker_pb2.InvokeRequest, context: grpc.ServicerContext
@@ -52,6 +66,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             policy_revision=result.policy_revision,
             restored_values=result.restored_values,
             retained_record_ids=list(result.retained_record_ids),
+            receipt=self._receipt(result.receipt, result.intent_leaf_index),
         )
         if request.WhichOneof("payload") == "struct":
             response.struct.CopyFrom(to_struct(result.answer))
@@ -73,6 +88,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             request_ttl_s=result.plan.retention.request_ttl_s,
             response_ttl_s=result.plan.retention.response_ttl_s,
             unmatched_label_keys=list(result.unmatched_label_keys),
+            receipt=self._receipt(result.receipt, -1),
         )
 
     def ListModels(  # noqa: N802 - gRPC method name

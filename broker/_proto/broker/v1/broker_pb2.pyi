@@ -182,6 +182,7 @@ class InvokeResponse(google.protobuf.message.Message):
     POLICY_REVISION_FIELD_NUMBER: builtins.int
     RESTORED_VALUES_FIELD_NUMBER: builtins.int
     RETAINED_RECORD_IDS_FIELD_NUMBER: builtins.int
+    RECEIPT_FIELD_NUMBER: builtins.int
     call_id: builtins.str
     """Identifier of this call, for support and for the audit trail."""
     model: builtins.str
@@ -206,6 +207,12 @@ class InvokeResponse(google.protobuf.message.Message):
         with Retention/GetRecord until they are deleted on schedule.
         """
 
+    @property
+    def receipt(self) -> Global___AuditReceipt:
+        """Where this call's outcome sits in the tamper-evident audit log; prove it with
+        Audit/GetInclusionProof or `broker audit prove --call-id`.
+        """
+
     def __init__(
         self,
         *,
@@ -217,12 +224,43 @@ class InvokeResponse(google.protobuf.message.Message):
         policy_revision: builtins.str = ...,
         restored_values: builtins.int = ...,
         retained_record_ids: collections.abc.Iterable[builtins.str] | None = ...,
+        receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["answer", b"answer", "json", b"json", "struct", b"struct"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "decisions", b"decisions", "json", b"json", "model", b"model", "policy_revision", b"policy_revision", "restored_values", b"restored_values", "retained_record_ids", b"retained_record_ids", "struct", b"struct"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["answer", b"answer", "json", b"json", "receipt", b"receipt", "struct", b"struct"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["answer", b"answer", "call_id", b"call_id", "decisions", b"decisions", "json", b"json", "model", b"model", "policy_revision", b"policy_revision", "receipt", b"receipt", "restored_values", b"restored_values", "retained_record_ids", b"retained_record_ids", "struct", b"struct"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["answer", b"answer"]) -> typing.Literal["json", "struct"] | None: ...
 
 Global___InvokeResponse: typing_extensions.TypeAlias = InvokeResponse
+
+@typing.final
+class AuditReceipt(google.protobuf.message.Message):
+    """AuditReceipt locates a call's entries in the audit log."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: builtins.int
+    ENTRY_HASH_FIELD_NUMBER: builtins.int
+    INTENT_LEAF_INDEX_FIELD_NUMBER: builtins.int
+    LOG_ORIGIN_FIELD_NUMBER: builtins.int
+    leaf_index: builtins.int
+    """Leaf index of the entry (the call's outcome, or the preview) in the audit log."""
+    entry_hash: builtins.str
+    """SHA-256 of the entry's canonical bytes, hex."""
+    intent_leaf_index: builtins.int
+    """Leaf index of the intent entry written before the model was called; -1 when none."""
+    log_origin: builtins.str
+    """Origin of the log, as named in its signed checkpoints."""
+    def __init__(
+        self,
+        *,
+        leaf_index: builtins.int = ...,
+        entry_hash: builtins.str = ...,
+        intent_leaf_index: builtins.int = ...,
+        log_origin: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entry_hash", b"entry_hash", "intent_leaf_index", b"intent_leaf_index", "leaf_index", b"leaf_index", "log_origin", b"log_origin"]) -> None: ...
+
+Global___AuditReceipt: typing_extensions.TypeAlias = AuditReceipt
 
 @typing.final
 class PreviewRequest(google.protobuf.message.Message):
@@ -296,6 +334,7 @@ class PreviewResponse(google.protobuf.message.Message):
     REQUEST_TTL_S_FIELD_NUMBER: builtins.int
     RESPONSE_TTL_S_FIELD_NUMBER: builtins.int
     UNMATCHED_LABEL_KEYS_FIELD_NUMBER: builtins.int
+    RECEIPT_FIELD_NUMBER: builtins.int
     allow: builtins.bool
     """Whether the policy allows the call."""
     model: builtins.str
@@ -318,6 +357,10 @@ class PreviewResponse(google.protobuf.message.Message):
     def unmatched_label_keys(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Buyer label keys that named no field of the payload (probably a typo)."""
 
+    @property
+    def receipt(self) -> Global___AuditReceipt:
+        """Where this preview is recorded in the audit log."""
+
     def __init__(
         self,
         *,
@@ -329,8 +372,10 @@ class PreviewResponse(google.protobuf.message.Message):
         request_ttl_s: builtins.int = ...,
         response_ttl_s: builtins.int = ...,
         unmatched_label_keys: collections.abc.Iterable[builtins.str] | None = ...,
+        receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["allow", b"allow", "decisions", b"decisions", "model", b"model", "policy_revision", b"policy_revision", "reasons", b"reasons", "request_ttl_s", b"request_ttl_s", "response_ttl_s", b"response_ttl_s", "unmatched_label_keys", b"unmatched_label_keys"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["receipt", b"receipt"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["allow", b"allow", "decisions", b"decisions", "model", b"model", "policy_revision", b"policy_revision", "reasons", b"reasons", "receipt", b"receipt", "request_ttl_s", b"request_ttl_s", "response_ttl_s", b"response_ttl_s", "unmatched_label_keys", b"unmatched_label_keys"]) -> None: ...
 
 Global___PreviewResponse: typing_extensions.TypeAlias = PreviewResponse
 
