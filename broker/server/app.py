@@ -63,6 +63,7 @@ from broker.retention.scheduler import ExpiryJob
 from broker.retention.setup import Retention, open_retention
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
+from broker.runtimes.openai import OpenAIRuntime
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.runtime import SandboxRuntime
 from broker.server import audit_hooks
@@ -156,6 +157,7 @@ def build_server(config: Config) -> BrokerServer:
     verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
     runtimes: dict[Runtime, RuntimeClient] = {
         Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
+        Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends),
     }
     try:
         runtimes[Runtime.SANDBOX] = SandboxRuntime(

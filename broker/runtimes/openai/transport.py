@@ -1,0 +1,189 @@
+"""Pooled HTTP connections whose calls can be abandoned from another thread.
+
+Why this exists: a synchronous ``httpx`` call blocked in ``recv`` cannot be interrupted by
+closing the response from another thread (on Linux, ``close`` on a socket does not wake a
+thread blocked reading it), and before the response headers arrive there is no response object
+to close at all. So a buyer who goes away, or a deadline that passes while a vendor trickles
+bytes, would keep a worker thread and a vendor connection busy until some read timeout.
+
+The fix stays inside httpcore's public extension point, the network backend: every socket read
+and write happens inside a ``CallGuard`` (a per-call context bound to the current thread), which
+records the sockets that call used. ``CallGuard.abort`` shuts those sockets down
+(``shutdown(SHUT_RDWR)`` does wake a blocked ``recv``), and the blocked httpx call fails at once;
+the runtime then reports the abort's reason (cancelled, or deadline) instead of a network error.
+A guard that has finished ignores ``abort``, so a late canceller can never touch a pooled
+connection that another call has taken over since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import typing
+from collections.abc import Iterator
+from enum import Enum
+
+import httpcore
+import httpx
+
+
+class AbortReason(Enum):
+    """Why a call was abandoned."""
+
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"
+
+
+class CallGuard:
+    """The sockets one call is using, and whether the call has been abandoned."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: list[httpcore.NetworkStream] = []
+        self._done = False
+        self.reason: AbortReason | None = None
+
+    def abort(self, reason: AbortReason) -> None:
+        """Abandon the call: shut its sockets down. Idempotent; a no-op once the call ended."""
+        with self._lock:
+            if self._done or self.reason is not None:
+                return
+            self.reason = reason
+            streams = list(self._streams)
+        for stream in streams:
+            _shutdown(stream)
+
+    def finish(self) -> None:
+        """Mark the call ended; later aborts do nothing."""
+        with self._lock:
+            self._done = True
+            self._streams.clear()
+
+    def _track(self, stream: httpcore.NetworkStream) -> None:
+        with self._lock:
+            aborted = self.reason is not None
+            if not aborted and not self._done and stream not in self._streams:
+                self._streams.append(stream)
+        if aborted:
+            _shutdown(stream)
+            raise httpcore.ReadError("call abandoned")
+
+
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def guarded(guard: CallGuard) -> Iterator[None]:
+    """Run the enclosed network operations on behalf of ``guard`` (in this thread)."""
+    previous = getattr(_current, "guard", None)
+    _current.guard = guard
+    try:
+        yield
+    finally:
+        _current.guard = previous
+
+
+def _track(stream: httpcore.NetworkStream) -> None:
+    guard: CallGuard | None = getattr(_current, "guard", None)
+    if guard is not None:
+        guard._track(stream)
+
+
+def _shutdown(stream: httpcore.NetworkStream) -> None:
+    sock = stream.get_extra_info("socket")
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A socket stream that tells the current call's guard before each blocking operation."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        _track(self)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _track(self)
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        _track(self)
+        return _TrackedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's synchronous backend, with every stream wrapped in ``_TrackedStream``."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = _TrackedStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+        _track(stream)
+        return stream
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _TrackedStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def ssl_context_for(ca_pem: str) -> ssl.SSLContext:
+    """Certificate verification against ``ca_pem``, or the system trust store when empty."""
+    if ca_pem:
+        return ssl.create_default_context(cadata=ca_pem)
+    return ssl.create_default_context()
+
+
+def new_client(*, ca_pem: str, max_connections: int) -> httpx.Client:
+    """A pooled, thread-safe client whose calls a ``CallGuard`` can abandon.
+
+    No proxies from the environment (``trust_env=False``): where vendor traffic goes is the
+    registry's decision, not an environment variable's. Redirects are not followed, so the API
+    key is never sent to a host the registry did not name.
+    """
+    context = ssl_context_for(ca_pem)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=32)
+    transport = httpx.HTTPTransport(verify=context, limits=limits, trust_env=False)
+    # httpx does not take a network backend, so its pool (still unused here) is swapped for one
+    # with the same settings that does.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_GuardedBackend(),
+    )
+    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
