@@ -31,7 +31,6 @@ from broker.streaming import (
 )
 from tests.integration.llm_fixtures import LlamaServer
 
-
 pytestmark = pytest.mark.slow
 TOKEN = "TKN-7Q2M9XK4HB0RT6WZ3NPD"
 DETECTORS = default_detector_set()
