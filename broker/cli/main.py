@@ -9,6 +9,7 @@
     broker policy test|eval                 test a policy bundle; print the plan for an input
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
+    broker audit query|export|prove|verify|verify-receipt     the tamper-evident audit log
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import calls, health, models, packages, policy, retention, serve, tokens
+from broker.cli import audit, calls, health, models, packages, policy, retention, serve, tokens
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register(sub)
     packages.register(sub)
     retention.register(sub)
+    audit.register(sub)
     return parser
 
 
