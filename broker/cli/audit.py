@@ -3,6 +3,7 @@
     broker audit query [filters] [--all] [--json]      entries from a running broker
     broker audit export --format jsonl|csv -o PATH     an export bundle for offline verification
     broker audit prove --call-id X [-o FILE]           receipts (entry + proof + checkpoint)
+    broker audit checkpoint [--vkey-out FILE]          the latest signed checkpoint and log key
     broker audit verify PATH --log-key VKEY            verify an export, no broker needed
     broker audit verify-receipt FILE --log-key VKEY    verify receipts, no broker needed
 
@@ -36,7 +37,7 @@ _FILTERS = ("tenant", "subject", "model", "vendor", "status", "action", "label",
 
 
 def register(sub: Any) -> None:
-    """Add ``audit query|export|prove|verify|verify-receipt``."""
+    """Add ``audit query|export|checkpoint|prove|verify|verify-receipt``."""
     parser = sub.add_parser("audit", help="query, export and verify the audit log")
     actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
@@ -54,6 +55,15 @@ def register(sub: Any) -> None:
     export.add_argument("-o", "--output", type=Path, required=True, help="file (jsonl) or dir")
     add_client_arguments(export)
     export.set_defaults(handler=run_export)
+
+    checkpoint = actions.add_parser(
+        "checkpoint", help="the latest signed checkpoint and the log's public key (vkey)"
+    )
+    checkpoint.add_argument(
+        "--vkey-out", type=Path, default=None, help="also write the vkey to this file"
+    )
+    add_client_arguments(checkpoint)
+    checkpoint.set_defaults(handler=run_checkpoint)
 
     prove = actions.add_parser("prove", help="receipts proving a call's entries are logged")
     target = prove.add_mutually_exclusive_group(required=True)
@@ -180,6 +190,24 @@ def run_prove(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {len(response.proofs)} receipt(s) to {args.output}")
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    """Print the latest signed checkpoint and the vkey that verifies it.
+
+    The vkey printed here comes from the broker itself: an auditor who does not trust the
+    operator pins it once (from the deployment record) and compares it with what is printed.
+    """
+    with _stub(args) as (stub, metadata):
+        reply = stub.GetCheckpoint(
+            audit_pb2.GetCheckpointRequest(), timeout=args.timeout, metadata=metadata
+        )
+    print(f"vkey: {reply.vkey}")
+    print(f"tree size: {reply.tree_size}")
+    sys.stdout.write(reply.checkpoint)
+    if args.vkey_out is not None:
+        args.vkey_out.write_text(reply.vkey + "\n", encoding="utf-8")
     return 0
 
 

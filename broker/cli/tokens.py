@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from broker.auth.dev_issuer import DevIssuer
+from broker.auth.principal import Role
 from broker.cli.common import add_config_argument
 from broker.config import load_config
 
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
         "--role",
         action="append",
         required=True,
-        choices=["buyer", "vendor", "compliance", "policy-admin", "admin"],
+        choices=[role.value for role in Role],
         help="role to grant; repeat for several",
     )
     mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
