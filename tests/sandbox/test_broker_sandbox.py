@@ -1,0 +1,106 @@
+"""Sandbox models through the broker: `sandbox` fields reach the sandboxed model, nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from broker._proto.broker.v1 import broker_pb2, models_pb2
+from broker.packages.store import PackageStore
+from tests.integration.harness import (
+    BrokerHarness,
+    FakeBackend,
+    fields_echo_model,
+    start_broker,
+    start_fake_backend,
+)
+
+pytestmark = pytest.mark.sandbox
+
+ECHO_PKG = Path(__file__).parent / "echo_pkg"
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    backend = start_fake_backend()
+    yield backend
+    backend.server.stop(0)
+
+
+@pytest.fixture
+def broker(
+    tmp_path: Path, database_url: str, launcher: object, backend: FakeBackend
+) -> Iterator[BrokerHarness]:
+    harness = start_broker(tmp_path / "var", database_url)
+    digest = PackageStore(harness.config.data_dir).add(ECHO_PKG).digest
+    vendor = harness.client("acme-models", "vendor")
+    vendor.register_model(
+        models_pb2.Model(
+            name="sandboxed-echo",
+            version="1.0.0",
+            runtime=models_pb2.RUNTIME_SANDBOX,
+            package_digest=digest,
+            fields=[
+                models_pb2.FieldSpec(path="/secret", type="string", labels=["restricted"]),
+                models_pb2.FieldSpec(path="/name", type="string", labels=["pii.name"]),
+            ],
+        )
+    )
+    vendor.register_model(
+        fields_echo_model(
+            backend.target,
+            {"secret": "/secret", "name": "/name"},
+            {"/secret": ("restricted",), "/name": ("pii.name",)},
+            name="remote-echo",
+        )
+    )
+    yield harness
+    harness.stop()
+
+
+def test_sandbox_field_reaches_only_the_sandboxed_model(
+    broker: BrokerHarness,
+    backend: FakeBackend,
+    database_url: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    canary = f"Canary{uuid.uuid4().hex[:12]}"
+    payload = {"secret": canary, "name": "Ada Lovelace"}
+    buyer = broker.client("bank", "buyer")
+    reply = buyer._call(
+        buyer.broker.Invoke,
+        broker_pb2.InvokeRequest(
+            model="acme-models/sandboxed-echo@1.0.0", json=orjson.dumps(payload)
+        ),
+        60,
+    )
+    received = orjson.loads(reply.json)["received"]
+    # In the broker's sandbox the policy lets restricted data and personal data through.
+    assert received == payload
+    actions = {d.path: d.action for d in reply.decisions if d.direction == "request"}
+    assert actions == {"/secret": "sandbox", "/name": "allow"}
+
+    with pytest.raises(grpc.RpcError) as exc:
+        buyer.invoke("acme-models/remote-echo@1.0.0", payload)
+    assert exc.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert backend.log.requests == []
+
+    broker.stop()
+    out, err = capfd.readouterr()
+    assert canary not in out + err
+    engine = sa.create_engine(database_url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            for table in meta.sorted_tables:
+                for row in conn.execute(sa.select(table)):
+                    assert canary not in repr(tuple(row)), table.name
+    finally:
+        engine.dispose()
