@@ -41,7 +41,16 @@ def _module_exists(name: str) -> bool:
         return False
 
 
-_MODULES = ("hops", "server_model", "plan_cache", "detectors", "audit", "sandbox", "retention")
+_MODULES = (
+    "hops",
+    "server_model",
+    "plan_cache",
+    "detectors",
+    "audit",
+    "sandbox",
+    "retention",
+    "llm",
+)
 _EXTRA = ("SECTION", "DURABLE_SECTION")  # the names a section module may export
 
 

@@ -42,6 +42,9 @@ audit_entries = sa.Table(
     sa.Index("ix_audit_entries_time_us", "time_us"),
     sa.Index("ix_audit_entries_tenant_leaf_index", "tenant", "leaf_index"),
     sa.Index("ix_audit_entries_call_id", "call_id"),
+    # Administrative entries keep their target in ``model``: finds "was record X's deletion
+    # already audited?" without scanning the log (the deletion hook asks on every deletion).
+    sa.Index("ix_audit_entries_kind_model", "kind", "model"),
 )
 
 audit_nodes = sa.Table(

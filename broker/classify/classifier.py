@@ -27,6 +27,7 @@ piece of caller text that does appear).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, Final
 
 from broker.classify.detectors import DetectorSet, Span, default_detector_set
 from broker.classify.paths import PointerError, is_pointer, is_shape_path
-from broker.classify.walk import JsonType, walk
+from broker.classify.walk import JsonType, leaves
 from broker.errors import InvalidArgument
 
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
@@ -96,13 +97,29 @@ class _LabelIndex:
         found: set[str] = set()
         if not self._labels:
             return found
-        for path in (pointer, shape) if pointer != shape else (pointer,):
-            for prefix in _prefixes(path, self._depths):
-                labels = self._labels.get(prefix)
-                if labels is not None:
-                    found |= labels
-                    self.used.add(prefix)
+        self._add(pointer, found)
+        if shape != pointer:
+            self._add(shape, found)
         return found
+
+    def _add(self, path: str, found: set[str]) -> None:
+        """Add the labels of ``path`` cut after each key depth (tokens are escaped, so every
+        ``/`` starts one); inline rather than a generator, as it runs for every leaf."""
+        tokens = path.count("/")
+        end = 0  # where the prefix of ``seen`` tokens ends
+        seen = 0
+        for depth in self._depths:
+            if depth > tokens:
+                return
+            while seen < depth:
+                following = path.find("/", end + 1)
+                end = len(path) if following == -1 else following
+                seen += 1
+            prefix = path[:end]
+            labels = self._labels.get(prefix)
+            if labels is not None:
+                found |= labels
+                self.used.add(prefix)
 
     def unmatched(self) -> tuple[str, ...]:
         """Keys that named no leaf and no ancestor of a leaf."""
@@ -123,48 +140,35 @@ def classify(
     payload that is not a parsed JSON value.
     """
     index = _LabelIndex(schema_labels, buyer_labels)
-    scanner = detectors if detectors is not None else default_detector_set()
+    scan = (detectors if detectors is not None else default_detector_set()).scan
     fields: list[FieldInfo] = []
     entities: dict[str, list[str]] = {}
-    for leaf in walk(payload):
+    for pointer, shape, kind, value in leaves(payload):
         spans: tuple[Span, ...] = ()
-        value = leaf.value
-        if isinstance(value, str):
-            spans = tuple(scanner.scan(value))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            spans = tuple(scanner.scan(str(value)))
-        labels = index.labels_for(leaf.pointer, leaf.shape_path)
+        if kind == "string":
+            if value:
+                spans = tuple(scan(value))
+        elif kind == "number" and isinstance(value, int):  # "number" excludes bool
+            spans = tuple(scan(str(value)))
+        labels = index.labels_for(pointer, shape)
         for span in spans:
             labels.add(span.label)
             found = entities.setdefault(span.label, [])
-            if not found or found[-1] != leaf.pointer:
-                found.append(leaf.pointer)
-        fields.append(
-            FieldInfo(leaf.pointer, leaf.shape_path, leaf.json_type, frozenset(labels), spans)
-        )
+            if not found or found[-1] != pointer:
+                found.append(pointer)
+        fields.append(FieldInfo(pointer, shape, kind, frozenset(labels), spans))
     return Classification(fields, entities, index.unmatched())
 
 
 def _check_key(key: object) -> None:
-    if not isinstance(key, str) or not (is_pointer(key) or is_shape_path(key)):
+    if not isinstance(key, str) or not _is_label_key(key):
         raise PointerError(
             "a label key must be a JSON Pointer ('/a/0/b') or a shape path ('/a/*/b')"
         )
 
 
-def _prefixes(path: str, depths: list[int]) -> Iterable[str]:
-    """``path`` cut after each of ``depths`` tokens (0 gives the root ``""``), while it has them.
-
-    Tokens are escaped, so every ``/`` in ``path`` starts a token.
-    """
-    tokens = path.count("/")
-    end = 0  # where the prefix of ``seen`` tokens ends
-    seen = 0
-    for depth in depths:
-        if depth > tokens:
-            return
-        while seen < depth:
-            following = path.find("/", end + 1)
-            end = len(path) if following == -1 else following
-            seen += 1
-        yield path[:end]
+@functools.lru_cache(maxsize=4096)
+def _is_label_key(key: str) -> bool:
+    """Whether ``key`` is a pointer or a shape path; cached, because the vendor's schema keys
+    come with every call (paths, no secret; the cache is bounded)."""
+    return is_pointer(key) or is_shape_path(key)

@@ -25,6 +25,7 @@ Errors are ``PointerError`` (an ``InvalidArgument``): the message says what is w
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -95,8 +96,13 @@ def shape_path(parts: Iterable[str | int | AnyIndex]) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_pointer(text: str) -> tuple[str | int, ...]:
     """Split a pointer into unescaped tokens; a token in array-index form comes back as ``int``.
+
+    Cached (the result is an immutable tuple): enforcement parses the pointer of every field it
+    acts on, on every call and in both directions, and a model's field pointers repeat from call
+    to call. The cache is bounded, and pointers are no secret (they appear in plans and logs).
 
     RFC 6901 leaves it to the document whether ``/0`` is an index or the key ``"0"``; an ``int``
     here means "index if the container is an array, key ``str(token)`` if it is an object", and

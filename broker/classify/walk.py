@@ -78,38 +78,51 @@ def walk(value: Any) -> Iterator[Leaf]:
     Raises ``TypeError`` for a value no JSON parser produces (a tuple, a set, a non-string key),
     rather than guessing how a policy should see it.
     """
-    # Parallel stacks: the escaped pointer token and shape token of each open container's
-    # current child, and the iterator over that container's children.
-    ptr_tokens: list[str] = []
-    shape_tokens: list[str] = []
-    frames: list[Iterator[tuple[str, str, Any]]] = []
+    for pointer, shape, kind, item in leaves(value):
+        yield Leaf(pointer, shape, kind, item)
 
+
+def leaves(value: Any) -> Iterator[tuple[str, str, JsonType, Any]]:
+    """``walk`` as plain ``(pointer, shape_path, json_type, value)`` tuples.
+
+    The classifier runs this on every call, twice (request and answer), so per-leaf work is
+    kept to what depends on the leaf: the open container's pointer and shape path are kept
+    joined, extended when a container is entered and joined again only when a container that
+    was returned to has another child (not once per leaf, as a join over the whole stack would
+    be), and keys are escaped only when they hold a character that needs it. Only the current
+    container's joined paths are kept, so memory still grows with the depth alone.
+    """
     kind = json_type_of(value)
     if kind not in ("object", "array") or not value:
-        yield Leaf("", "", kind, value)
+        yield "", "", kind, value
         return
-    frames.append(_children(value))
+    # Parallel stacks: the escaped pointer token and shape token of each open container below
+    # the root, and the iterator over each open container's children.
+    ptr_tokens: list[str] = []
+    shape_tokens: list[str] = []
+    frames: list[Iterator[tuple[str, str, Any]]] = [_children(value)]
+    ptr_prefix = shape_prefix = ""  # the joined tokens: the open container's own paths
+    stale = False  # set when a container is left; the join waits until the paths are needed
     while frames:
-        child = next(frames[-1], None)
-        if child is None:
+        for ptr_tok, shape_tok, item in frames[-1]:
+            if stale:
+                ptr_prefix, shape_prefix = "".join(ptr_tokens), "".join(shape_tokens)
+                stale = False
+            kind = json_type_of(item)
+            if kind in ("object", "array") and item:
+                ptr_tokens.append(ptr_tok)
+                shape_tokens.append(shape_tok)
+                frames.append(_children(item))
+                ptr_prefix += ptr_tok
+                shape_prefix += shape_tok
+                break
+            yield ptr_prefix + ptr_tok, shape_prefix + shape_tok, kind, item
+        else:
             frames.pop()
             if ptr_tokens:
                 ptr_tokens.pop()
                 shape_tokens.pop()
-            continue
-        ptr_tok, shape_tok, item = child
-        kind = json_type_of(item)
-        if kind in ("object", "array") and item:
-            ptr_tokens.append(ptr_tok)
-            shape_tokens.append(shape_tok)
-            frames.append(_children(item))
-            continue
-        yield Leaf(
-            "".join(ptr_tokens) + ptr_tok,
-            "".join(shape_tokens) + shape_tok,
-            kind,
-            item,
-        )
+                stale = True
 
 
 def _children(container: dict[Any, Any] | list[Any]) -> Iterator[tuple[str, str, Any]]:
@@ -121,4 +134,8 @@ def _children(container: dict[Any, Any] | list[Any]) -> Iterator[tuple[str, str,
     for key, item in container.items():
         if not isinstance(key, str):
             raise TypeError(f"object keys must be strings, not {type(key).__name__}")
-        yield "/" + escape_token(key), "/" + escape_shape_token(key), item
+        if "~" in key or "/" in key or "*" in key:
+            yield "/" + escape_token(key), "/" + escape_shape_token(key), item
+        else:
+            token = "/" + key
+            yield token, token, item

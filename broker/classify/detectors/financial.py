@@ -13,21 +13,22 @@ group boundary, rather than rejected.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Final
 
-from broker.classify.detectors.base import Span, TextFeatures
+from broker.classify.detectors.base import DualPattern, Span, TextFeatures
 from broker.classify.detectors.checksums import IBAN_LENGTHS, iban_ok, luhn_ok
 
 CARD: Final = "pci.card"
 IBAN: Final = "finance.iban"
 
-_CARD_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z])(?<![0-9][ \-])(?:"
-    r"\d{13,19}"
-    r"|\d{4}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"  # 4-4-4-4(-3)
-    r"|\d{4}(?P<a>[ \-])\d{6}(?P=a)\d{4,5}"  # Amex 4-6-5, Diners 4-6-4
+# The first digit is matched before the look-behinds (see ``national_id._CN_ID_RE``), so each
+# branch below starts at the second digit.
+_CARD_RE: Final = DualPattern(
+    r"\d(?<![0-9A-Za-z]\d)(?<![0-9][ \-]\d)(?:"
+    r"\d{12,18}"
+    r"|\d{3}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"  # 4-4-4-4(-3)
+    r"|\d{3}(?P<a>[ \-])\d{6}(?P=a)\d{4,5}"  # Amex 4-6-5, Diners 4-6-4
     r")(?![0-9A-Za-z])(?![ \-][0-9])"
 )
 
@@ -56,8 +57,34 @@ _IIN: Final[tuple[tuple[range, int, frozenset[int]], ...]] = (
 )
 
 
+# The same table by prefix text, one dict per prefix width: every prefix in ``_IIN`` has exactly
+# its width in digits and no leading zero, so for ASCII digits "int(digits[:w]) in prefixes"
+# is "digits[:w] is one of their decimal texts".
+_IIN_BY_WIDTH: Final[tuple[tuple[int, dict[str, frozenset[int]]], ...]] = tuple(
+    (
+        width,
+        {
+            str(prefix): frozenset().union(
+                *(lens for span, w, lens in _IIN if w == width and prefix in span)
+            )
+            for span, w, _ in _IIN
+            if w == width
+            for prefix in span
+        },
+    )
+    for width in sorted({w for _, w, _ in _IIN})
+)
+
+
 def card_network_ok(digits: str) -> bool:
-    """True if ``digits`` starts with a major network's IIN and has a length that network uses."""
+    """True if ``digits`` starts with a major network's IIN and has a length that network uses.
+
+    ASCII digits are looked up by prefix text (four dict lookups); anything else takes the
+    original test over ``_IIN`` with ``int()``, which also reads non-ASCII digits.
+    """
+    if digits.isascii() and digits.isdigit():
+        length = len(digits)
+        return any(length in table.get(digits[:width], ()) for width, table in _IIN_BY_WIDTH)
     return any(
         int(digits[:width]) in prefixes and len(digits) in lengths
         for prefixes, width, lengths in _IIN
@@ -68,6 +95,7 @@ class CardDetector:
     """Payment card numbers: IIN prefix and length of a major network, and Luhn."""
 
     labels: Final = frozenset({CARD})
+    min_length: Final = 13  # 13 digits
 
     def wants(self, features: TextFeatures) -> bool:
         """The shortest card has 13 digits."""
@@ -81,8 +109,8 @@ class CardDetector:
                 yield Span(CARD, m.start(), m.end())
 
 
-_IBAN_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z])[A-Z]{2}\d{2}"
+_IBAN_RE: Final = DualPattern(
+    r"[A-Z](?<![0-9A-Za-z][A-Z])[A-Z]\d{2}"
     r"(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)"
     r"(?![0-9A-Za-z])"
 )
@@ -92,6 +120,7 @@ class IbanDetector:
     """IBANs: registered country length and ISO 7064 MOD 97-10, bare or in groups of four."""
 
     labels: Final = frozenset({IBAN})
+    min_length: Final = 15  # Norway's 15 characters
 
     def wants(self, features: TextFeatures) -> bool:
         """The shortest IBAN (Norway) has 15 characters, two of them check digits."""
@@ -112,7 +141,25 @@ class IbanDetector:
 
 
 def _char_end(candidate: str, length: int) -> int | None:
-    """Offset after the ``length``-th non-space character, if a printed group ends there."""
+    """Offset after the ``length``-th non-space character, if a printed group ends there.
+
+    ``_IBAN_RE`` only yields a bare run or groups of four separated by one space (the last
+    group 1-4), so the ``k``-th non-space character (from 0) sits at ``k + k // 4`` and the
+    answer is arithmetic; any other shape (none today) takes the loop.
+    """
+    if " " not in candidate:  # bare: the country's length must be all of it
+        return length if length == len(candidate) else None
+    gaps = candidate[4::5]
+    if gaps.strip(" ") == "" and candidate.count(" ") == len(gaps):  # a space every fifth, only
+        end = length + (length - 1) // 4
+        if end > len(candidate):
+            return None
+        return end if end == len(candidate) or candidate[end] == " " else None
+    return _char_end_loop(candidate, length)
+
+
+def _char_end_loop(candidate: str, length: int) -> int | None:
+    """``_char_end`` one character at a time."""
     seen = 0
     for i, ch in enumerate(candidate):
         if ch != " ":

@@ -19,14 +19,20 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
-from broker.classify.detectors.base import Span, TextFeatures
+from broker.classify.detectors.base import DualPattern, Span, TextFeatures
 from broker.classify.detectors.checksums import cn_id_ok
 
 CN_ID: Final = "pii.national_id.cn"
 US_SSN: Final = "pii.national_id.us_ssn"
 
-_CN_ID_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[0-9Xx]"
+# Every pattern here and in the sibling modules starts with a character class and checks the
+# character before it with a look-behind placed *after* that class (``[1-9](?<![0-9A-Za-z][1-9])``
+# rather than ``(?<![0-9A-Za-z])[1-9]``): the two match the same text, but ``re`` can only skip
+# ahead in C to the next possible first character when the pattern starts with a class. That
+# turns one full match attempt per character into one per candidate character.
+_CN_ID_RE: Final = DualPattern(
+    r"[1-9](?<![0-9A-Za-z][1-9])"
+    r"\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[0-9Xx]"
     r"(?![0-9A-Za-z])"
 )
 
@@ -35,6 +41,7 @@ class CnResidentIdDetector:
     """18-character PRC resident identity numbers with a valid province, date and check char."""
 
     labels: Final = frozenset({CN_ID})
+    min_length: Final = 18  # 18 characters, always
 
     def wants(self, features: TextFeatures) -> bool:
         """At least 17 digits."""
@@ -47,9 +54,11 @@ class CnResidentIdDetector:
                 yield Span(CN_ID, m.start(), m.end())
 
 
-_SSN_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z])(?<![0-9][ \-])"
-    r"(?!000|666|9)\d{3}(?P<s>[\- ])(?!00)\d{2}(?P=s)(?!0000)\d{4}"
+# The area (``(?!000|666|9)\d{3}`` before the rewrite): a digit other than 9 first, then the
+# excluded areas checked behind the three digits.
+_SSN_RE: Final = DualPattern(
+    r"[^\D9](?<![0-9A-Za-z][^\D9])(?<![0-9][ \-][^\D9])\d{2}(?<!000)(?<!666)"
+    r"(?P<s>[\- ])(?!00)\d{2}(?P=s)(?!0000)\d{4}"
     r"(?![0-9A-Za-z])(?![ \-][0-9])"
 )
 _ADVERTISED_SSNS: Final = frozenset({"078051120", "219099999", "123456789"})
@@ -59,6 +68,7 @@ class UsSsnDetector:
     """US Social Security numbers printed as ``AAA-GG-SSSS``, never-issued ones excluded."""
 
     labels: Final = frozenset({US_SSN})
+    min_length: Final = 11  # ``AAA-GG-SSSS``
 
     def wants(self, features: TextFeatures) -> bool:
         """Nine digits at least."""

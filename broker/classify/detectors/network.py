@@ -10,18 +10,24 @@ candidates that ``ipaddress`` rejects.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterator
 from typing import Final
 
-from broker.classify.detectors.base import Span, TextFeatures
+from broker.classify.detectors.base import DualPattern, Span, TextFeatures
 
 IP: Final = "net.ip"
 
-_IPV4_RE: Final = re.compile(r"(?<![0-9A-Za-z.])(?:\d{1,3}\.){3}\d{1,3}(?![0-9A-Za-z])(?!\.[0-9])")
-_IPV6_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z.])(?<![0-9A-Fa-f.:]:)"  # not inside a longer run; "ip:fe80::1" is fine
-    r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})"
+# Both patterns match their first character before the look-behinds, so that ``re`` skips to
+# candidates in C (see ``national_id._CN_ID_RE``); the first group of each is split in two.
+_IPV4_RE: Final = DualPattern(
+    r"\d(?<![0-9A-Za-z.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![0-9A-Za-z])(?!\.[0-9])"
+)
+_IPV6_RE: Final = DualPattern(
+    # not inside a longer run; "ip:fe80::1" is fine
+    r"[0-9A-Fa-f:](?<![0-9A-Za-z.][0-9A-Fa-f:])(?<![0-9A-Fa-f.:]:[0-9A-Fa-f:])"
+    # the first of 2-7 groups: the ':' just matched, or up to three more hex digits and a ':'
+    r"(?:(?<=:)|(?<=[0-9A-Fa-f])[0-9A-Fa-f]{0,3}:)"
+    r"(?:[0-9A-Fa-f]{0,4}:){1,6}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})"
     r"(?:%[0-9A-Za-z]{1,16})?"
     r"(?![0-9A-Za-z:])(?!\.[0-9])"
 )
@@ -31,6 +37,7 @@ class IpDetector:
     """IPv4 and IPv6 addresses as ``ipaddress`` parses them."""
 
     labels: Final = frozenset({IP})
+    min_length: Final = 3  # ``::1``: ``::`` alone is rejected
 
     def wants(self, features: TextFeatures) -> bool:
         """IPv4 needs dots and 4 digits; IPv6 needs colons."""

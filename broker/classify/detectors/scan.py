@@ -34,6 +34,11 @@ class DetectorSet:
             raise ValueError("max_scan_chars must be >= 0")
         self._detectors: tuple[Detector, ...] = tuple(detectors)
         self.max_scan_chars: Final = max_scan_chars
+        # A string shorter than every detector's shortest finding is not measured at all
+        # (``min_length`` is optional: a detector without one may find spans of any length).
+        self._min_length = min((getattr(d, "min_length", 0) for d in self._detectors), default=0)
+        # Bound methods looked up once, not twice per detector per string.
+        self._steps = tuple((d.wants, d.find) for d in self._detectors)
 
     @property
     def labels(self) -> frozenset[str]:
@@ -48,11 +53,11 @@ class DetectorSet:
         truncated = len(text) > self.max_scan_chars
         scanned = text[: self.max_scan_chars] if truncated else text
         spans: list[Span] = []
-        if scanned:
+        if scanned and len(scanned) >= self._min_length:
             features = TextFeatures.of(scanned)
-            for detector in self._detectors:
-                if detector.wants(features):
-                    spans.extend(detector.find(scanned))
+            for wants, find in self._steps:
+                if wants(features):
+                    spans.extend(find(scanned))
         kept = resolve_overlaps(spans) if len(spans) > 1 else spans
         if truncated:
             kept.append(Span(TRUNCATED, self.max_scan_chars, len(text)))

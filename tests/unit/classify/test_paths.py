@@ -101,3 +101,11 @@ def test_negative_and_bool_indices_are_refused() -> None:
         pointer([-1])
     with pytest.raises(PointerError):
         pointer([True])
+
+
+def test_parse_pointer_is_cached_but_errors_are_raised_every_time() -> None:
+    first = parse_pointer("/items/0/note")
+    assert parse_pointer("/items/0/note") is first  # an immutable tuple, safe to share
+    for _ in range(2):
+        with pytest.raises(PointerError):
+            parse_pointer("/bad~2escape")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Final
 
@@ -75,17 +74,14 @@ def test_a_string_at_the_cap_is_not_truncated() -> None:
     assert detectors.scan("x@example.com".rjust(30)) == [Span("pii.email", 17, 30)]
 
 
-def test_one_megabyte_is_scanned_in_full_and_quickly() -> None:
+def test_one_megabyte_is_scanned_in_full() -> None:
     filler = "Lorem ipsum dolor sit amet 2023-11-08 v1.2.3 order #100234567. 中文内容。 "
     text = filler * (1_000_000 // len(filler))
     text = text[:500_000] + " card 4111 1111 1111 1111 " + text[500_000:]
     assert len(text) <= DEFAULT_MAX_SCAN_CHARS
-    started = time.perf_counter()
     spans = default_detector_set().scan(text)
-    elapsed = time.perf_counter() - started
     assert [s.label for s in spans] == ["pci.card"]
     assert text[spans[0].start : spans[0].end] == "4111 1111 1111 1111"
-    assert elapsed < 5.0  # about 0.2 s here; generous for slow CI machines
 
 
 def test_empty_string_and_zero_cap() -> None:
