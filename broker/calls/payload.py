@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from google.protobuf import json_format, struct_pb2
 
+from broker.classify.walk import json_type_of
 from broker.config import LimitsConfig
 from broker.errors import InvalidArgument
 
@@ -75,7 +76,7 @@ def check_payload(value: Any, limits: PayloadLimits) -> JsonObject:
     depth 1. The walk uses an explicit stack and stops at the first violation.
     """
     if not isinstance(value, dict):
-        raise InvalidArgument(f"payload must be a JSON object, not a JSON {_json_type(value)}")
+        raise InvalidArgument(f"payload must be a JSON object, not a JSON {json_type_of(value)}")
     fields = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -107,15 +108,3 @@ def to_struct(value: JsonObject) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(value)
     return struct
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if value is None:
-        return "null"
-    return "number"

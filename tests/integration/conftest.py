@@ -13,6 +13,7 @@ import pytest
 
 from broker.demo.mlserver import MLServerProcess, start_mlserver
 from tests.conftest import skip_or_fail
+from tests.integration.harness import backend  # noqa: F401 - the fake OIP backend fixture
 from tests.integration.llm_fixtures import llama_server, llm_venv, smollm2_gguf  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

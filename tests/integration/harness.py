@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from broker._proto.broker.v1 import models_pb2
 from broker._proto.inference.v2 import grpc_predict_v2_pb2 as oip
@@ -79,6 +81,14 @@ class FakeBackend:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    """A fake echo OIP backend for one test (import this fixture into a conftest)."""
+    backend = start_fake_backend()
+    yield backend
+    backend.server.stop(0)
 
 
 def start_fake_backend() -> FakeBackend:

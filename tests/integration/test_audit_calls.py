@@ -22,17 +22,9 @@ from tests.integration.harness import (
     FakeBackend,
     echo_model,
     start_broker,
-    start_fake_backend,
 )
 
 MODEL = "acme-models/echo@1.0.0"
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
 
 
 @pytest.fixture

@@ -25,15 +25,7 @@ from tests.integration.harness import (
     FakeBackend,
     echo_model,
     start_broker,
-    start_fake_backend,
 )
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
 
 
 @pytest.fixture

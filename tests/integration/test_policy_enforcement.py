@@ -26,7 +26,6 @@ from tests.integration.harness import (
     FakeBackend,
     fields_echo_model,
     start_broker,
-    start_fake_backend,
 )
 
 MODEL = "acme-models/fields-echo@1.0.0"
@@ -52,13 +51,6 @@ def _payload(canary: str = "Ada Lovelace") -> dict[str, Any]:
         "internal": f"merger talks {canary}",
         "debug": f"session token {JWT}",
     }
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,15 +15,7 @@ from tests.integration.harness import (
     FakeBackend,
     echo_model,
     start_broker,
-    start_fake_backend,
 )
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
 
 
 def _broker(tmp_path: Path, database_url: str, backend: FakeBackend, **env: str) -> BrokerHarness:

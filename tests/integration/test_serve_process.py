@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,14 +23,7 @@ from cryptography.x509.oid import NameOID
 from broker.auth.dev_issuer import DevIssuer
 from broker.client import BrokerClient
 from broker.config import DevIssuerConfig
-from tests.integration.harness import FakeBackend, echo_model, start_fake_backend
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
+from tests.integration.harness import FakeBackend, echo_model
 
 
 class ServeProcess:

@@ -15,6 +15,7 @@ from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
 from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.probe import sandbox_support
 from tests.conftest import skip_or_fail
+from tests.integration.harness import backend  # noqa: F401 - the fake OIP backend fixture
 
 ESCAPE_PACKAGE = Path(__file__).parent / "escape_pkg"
 

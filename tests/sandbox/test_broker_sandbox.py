@@ -18,19 +18,11 @@ from tests.integration.harness import (
     FakeBackend,
     fields_echo_model,
     start_broker,
-    start_fake_backend,
 )
 
 pytestmark = pytest.mark.sandbox
 
 ECHO_PKG = Path(__file__).parent / "echo_pkg"
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    backend = start_fake_backend()
-    yield backend
-    backend.server.stop(0)
 
 
 @pytest.fixture
