@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,14 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
 from broker.audit.export import MANIFEST_FILE, read_export
 from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
 from broker.audit.verify import verify_export, verify_receipt
-from broker.cli.common import add_client_arguments
+from broker.cli.common import add_client_arguments, channel_from_args, token_from_args
 
 _FILTERS = ("tenant", "subject", "model", "vendor", "status", "action", "label", "call_id", "kind")
 
@@ -117,18 +114,8 @@ def _filter(args: argparse.Namespace) -> audit_pb2.AuditFilter:
 
 @contextmanager
 def _stub(args: argparse.Namespace) -> Iterator[tuple[audit_pb2_grpc.AuditStub, Any]]:
-    token = args.token or os.environ.get("BROKER_TOKEN")
-    if args.token_file is not None:
-        token = args.token_file.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError("no token: pass --token, --token-file or set BROKER_TOKEN")
-    if args.ca is not None:
-        pair = (args.key.read_bytes(), args.cert.read_bytes()) if args.cert and args.key else None
-        key, cert = pair or (None, None)
-        credentials = grpc.ssl_channel_credentials(args.ca.read_bytes(), key, cert)
-        channel = grpc.secure_channel(args.target, credentials)
-    else:
-        channel = grpc.insecure_channel(args.target)
+    token = token_from_args(args)
+    channel = channel_from_args(args)
     try:
         yield audit_pb2_grpc.AuditStub(channel), (("authorization", f"Bearer {token}"),)
     finally:

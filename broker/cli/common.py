@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+import grpc
+
 from broker.client import BrokerClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -26,8 +28,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
 
 
-def client_from_args(args: argparse.Namespace) -> BrokerClient:
-    """A client configured from the common arguments; ValueError if no token is available."""
+def token_from_args(args: argparse.Namespace) -> str:
+    """The bearer token from ``--token``, ``--token-file`` or BROKER_TOKEN; ValueError if none."""
     token = args.token or os.environ.get("BROKER_TOKEN")
     if args.token_file is not None:
         token = args.token_file.read_text(encoding="utf-8").strip()
@@ -36,9 +38,29 @@ def client_from_args(args: argparse.Namespace) -> BrokerClient:
             "no token: pass --token, --token-file or set BROKER_TOKEN "
             "(for the demo: export BROKER_TOKEN=$(broker token mint --tenant acme --role buyer))"
         )
-    root = args.ca.read_bytes() if args.ca else None
-    pair = (args.key.read_bytes(), args.cert.read_bytes()) if args.cert and args.key else None
-    return BrokerClient(args.target, token=token, root_certificates=root, client_certificate=pair)
+    return str(token)
+
+
+def channel_from_args(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``--target``: TLS when ``--ca`` is given (mutual with ``--cert/--key``)."""
+    if args.ca is None:
+        return grpc.insecure_channel(args.target)
+    key, cert = (
+        (args.key.read_bytes(), args.cert.read_bytes())
+        if args.cert and args.key
+        else (
+            None,
+            None,
+        )
+    )
+    credentials = grpc.ssl_channel_credentials(args.ca.read_bytes(), key, cert)
+    return grpc.secure_channel(args.target, credentials)
+
+
+def client_from_args(args: argparse.Namespace) -> BrokerClient:
+    """A client configured from the common arguments; ValueError if no token is available."""
+    token = token_from_args(args)
+    return BrokerClient(args.target, token=token, channel=channel_from_args(args))
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

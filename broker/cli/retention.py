@@ -22,18 +22,21 @@ they are safe to run while replicas serve):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from broker._proto.broker.v1 import retention_pb2, retention_pb2_grpc
-from broker.cli.common import add_client_arguments, add_config_argument
+from broker.cli.common import (
+    add_client_arguments,
+    add_config_argument,
+    channel_from_args,
+    token_from_args,
+)
 from broker.config import ConfigError, load_config
 
 
@@ -105,17 +108,8 @@ def _operator(parser: argparse.ArgumentParser, handler: Any) -> None:
 
 @contextmanager
 def _stub(args: argparse.Namespace) -> Iterator[tuple[retention_pb2_grpc.RetentionStub, Any]]:
-    token = args.token or os.environ.get("BROKER_TOKEN")
-    if args.token_file is not None:
-        token = args.token_file.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError("no token: pass --token, --token-file or set BROKER_TOKEN")
-    if args.ca is not None:
-        pair = (args.key.read_bytes(), args.cert.read_bytes()) if args.cert and args.key else None
-        credentials = grpc.ssl_channel_credentials(args.ca.read_bytes(), *(pair or (None, None)))
-        channel = grpc.secure_channel(args.target, credentials)
-    else:
-        channel = grpc.insecure_channel(args.target)
+    token = token_from_args(args)
+    channel = channel_from_args(args)
     try:
         yield (
             retention_pb2_grpc.RetentionStub(channel),
