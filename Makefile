@@ -55,8 +55,8 @@ test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Ruff, formatting check and mypy (strict)
-	$(BIN)/ruff check broker tests scripts
-	$(BIN)/ruff format --check broker tests scripts
+	$(BIN)/ruff check broker tests scripts bench examples
+	$(BIN)/ruff format --check broker tests scripts bench examples
 	$(BIN)/mypy broker
 
 proto: $(STAMP) ## Regenerate broker/_proto from proto/
