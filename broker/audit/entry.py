@@ -202,10 +202,23 @@ def call_outcome(
     latency_us: int,
     response_digest: str,
     error_class: str = "",
+    usage: Mapping[str, int] | None = None,
+    stream: Mapping[str, int | bool] | None = None,
 ) -> Entry:
-    """The entry written before the answer (or the error) reaches the caller."""
+    """The entry written before the answer (or the error) reaches the caller.
+
+    ``usage`` (token counts a model reported) and ``stream`` (for a streamed answer: chunks
+    delivered and whether the answer was partial) are added only when given, so the bytes of
+    entries without them are those of earlier versions.
+    """
+    extra: dict[str, Any] = {}
+    if usage is not None:
+        extra["usage"] = {key: _nonneg(value, key) for key, value in usage.items()}
+    if stream is not None:
+        extra["stream"] = dict(stream)
     return _make(
         {
+            **extra,
             "kind": KIND_OUTCOME,
             "time_us": _nonneg(time_us, "time_us"),
             "call_id": call_id,

@@ -199,8 +199,13 @@ class AuditLog:
         latency_us: int,
         response: bytes | None,
         error_class: str = "",
+        usage: Mapping[str, int] | None = None,
+        stream: Mapping[str, int | bool] | None = None,
     ) -> Receipt:
-        """Record, before the answer leaves, how the call ended (``response``: answer bytes)."""
+        """Record, before the answer leaves, how the call ended (``response``: answer bytes).
+
+        ``usage`` and ``stream`` are value-free extras (see ``entries.call_outcome``).
+        """
         digest = "" if response is None else self._keys.digest(tenant, response)
         return self.append(
             entries.call_outcome(
@@ -215,6 +220,8 @@ class AuditLog:
                 latency_us=latency_us,
                 response_digest=digest,
                 error_class=error_class,
+                usage=usage,
+                stream=stream,
             )
         )
 

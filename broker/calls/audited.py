@@ -13,7 +13,7 @@ Every call the buyer is told about (answered, denied, failed) therefore has an o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -68,15 +68,48 @@ class CallRecord:
             request=orjson.dumps(sent),
         )
 
-    def record_success(self, answer: JsonObject) -> Receipt:
-        """The call's answer is about to reach the buyer."""
-        return self._outcome("OK", orjson.dumps(answer), "")
+    def record_success(
+        self, answer: JsonObject, *, usage: Mapping[str, int] | None = None
+    ) -> Receipt:
+        """The call's answer is about to reach the buyer (``usage``: the model's token counts)."""
+        return self._outcome("OK", orjson.dumps(answer), "", usage=usage)
 
     def record_failure(self, error: BrokerError) -> Receipt:
         """The call ends with ``error``; recorded before the caller learns of it."""
         return self._outcome(error.code.name, None, type(error).__name__)
 
-    def _outcome(self, status: str, answer: bytes | None, error_class: str) -> Receipt:
+    def record_stream_outcome(
+        self,
+        status: str,
+        delivered: bytes,
+        *,
+        error_class: str = "",
+        usage: Mapping[str, int] | None = None,
+        delta_chunks: int,
+        partial: bool,
+    ) -> Receipt:
+        """A streamed answer ended; ``delivered`` is every byte of text the buyer was sent.
+
+        The digest covers what was delivered even when the stream broke or the buyer left, so
+        the log commits to exactly the partial answer the buyer may hold.
+        """
+        return self._outcome(
+            status,
+            delivered,
+            error_class,
+            usage=usage,
+            stream={"delta_chunks": delta_chunks, "partial": partial},
+        )
+
+    def _outcome(
+        self,
+        status: str,
+        answer: bytes | None,
+        error_class: str,
+        *,
+        usage: Mapping[str, int] | None = None,
+        stream: Mapping[str, int | bool] | None = None,
+    ) -> Receipt:
         model = self.model
         return self.log.record_call_outcome(
             call_id=self.call_id,
@@ -89,6 +122,8 @@ class CallRecord:
             latency_us=int((time.perf_counter() - self.started) * 1_000_000),
             response=answer,
             error_class=error_class,
+            usage=usage,
+            stream=stream,
         )
 
     def _model(self) -> ModelVersion:

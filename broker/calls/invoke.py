@@ -25,6 +25,7 @@ from broker.audit.store import Receipt
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role, require_role
 from broker.calls.audited import CallRecord, field_actions
+from broker.calls.chat import close_tool_arguments, open_tool_arguments
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider, labels_of, refuse_if_denied
 from broker.calls.payload import JsonObject
@@ -38,6 +39,7 @@ from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
 from broker.retention.records import RetentionStore
 from broker.runtimes.base import Runtime as RuntimeClient
+from broker.runtimes.openai.types import usage_from_answer
 
 
 class ModelResolver(Protocol):
@@ -74,6 +76,7 @@ class InvokeResult:
     retained_record_ids: tuple[str, ...] = ()
     receipt: Receipt | None = None
     intent_leaf_index: int = -1
+    usage: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +176,7 @@ class Invoker:
         except BrokerError as exc:
             record.record_failure(exc)
             raise
-        receipt = record.record_success(result.answer)
+        receipt = record.record_success(result.answer, usage=result.usage)
         return dataclasses.replace(
             result,
             receipt=receipt,
@@ -198,13 +201,15 @@ class Invoker:
         parts = self._enforcement
         purpose = self._purpose(request)
         with self._limiter.slot(principal.tenant):
-            classification = parts.decider.classify_request(model, request.payload, request.labels)
+            chat = open_tool_arguments(request.payload)  # see broker.calls.chat
+            classification = parts.decider.classify_request(model, chat.payload, request.labels)
             plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
             self._refuse_unkeepable(plan)
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
-            outgoing = parts.enforcer.apply(request.payload, classification, plan, scope, "request")
+            outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
+            close_tool_arguments(outgoing.payload, chat.opened)
             parts.vault.store(principal.tenant, call_id, outgoing.pending_tokens)
             timeout = deadline - time.monotonic()
             if timeout <= 0:
@@ -218,6 +223,9 @@ class Invoker:
                 on_cancel=on_cancel,
                 tenant=principal.tenant,
             )
+            usage = usage_from_answer(answer)
+            answer_chat = open_tool_arguments(answer)
+            answer = answer_chat.payload
             answer_classification = classify(answer)
             answer_plan = parts.decider.decide(
                 "response",
@@ -232,6 +240,7 @@ class Invoker:
                 answer, answer_classification, answer_plan, scope, "response"
             )
             restored, count = parts.restorer.restore(incoming.payload, principal.tenant, call_id)
+            close_tool_arguments(restored, answer_chat.opened)
             retained = self._retain(
                 principal, model, call_id, plan=plan, request=request.payload, answer=restored
             )
@@ -243,6 +252,7 @@ class Invoker:
             policy_revision=plan.revision,
             restored_values=count,
             retained_record_ids=retained,
+            usage=usage.as_audit() if usage is not None else None,
         )
 
     def _refuse_unkeepable(self, plan: Plan) -> None:

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.config import ConfigError
 
-Purpose = Literal["hash", "encrypt", "vault"]
+Purpose = Literal["hash", "encrypt", "vault", "endpoint-secret"]
+"""``endpoint-secret``: sealing vendors' endpoint API keys at rest (``broker.registry.secrets``),
+derived for the *vendor's* tenant, so it is independent of every buyer-facing key."""
 KEY_BYTES = 32
 
 

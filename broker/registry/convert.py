@@ -107,14 +107,20 @@ def endpoint_from_proto(model: models_pb2.Model) -> Endpoint | None:
     )
 
 
-def endpoint_to_proto(endpoint: Endpoint) -> models_pb2.Endpoint:
-    """The proto form of an endpoint."""
+def api_key_from_proto(model: models_pb2.Model) -> str:
+    """The endpoint API key a vendor sent ("" when none); it never enters the domain types."""
+    return model.endpoint.api_key if model.HasField("endpoint") else ""
+
+
+def endpoint_to_proto(endpoint: Endpoint, *, api_key_set: bool = False) -> models_pb2.Endpoint:
+    """The proto form of an endpoint: never the API key, only whether one is stored."""
     return models_pb2.Endpoint(
         target=endpoint.target,
         remote_model=endpoint.remote_model,
         remote_version=endpoint.remote_version,
         tls=endpoint.tls,
         tls_ca_pem=endpoint.tls_ca_pem,
+        api_key_set=api_key_set,
     )
 
 
@@ -178,8 +184,11 @@ def model_from_proto(msg: models_pb2.Model, *, vendor: str | None = None) -> Mod
     )
 
 
-def model_to_proto(mv: ModelVersion) -> models_pb2.Model:
-    """The full proto form, for the vendor who owns the model (endpoint and mapping included)."""
+def model_to_proto(mv: ModelVersion, *, api_key_set: bool = False) -> models_pb2.Model:
+    """The full proto form, for the vendor who owns the model (endpoint and mapping included).
+
+    ``api_key_set`` says whether an endpoint API key is stored (the key is never returned).
+    """
     msg = models_pb2.Model(
         vendor=mv.vendor,
         name=mv.name,
@@ -193,7 +202,7 @@ def model_to_proto(mv: ModelVersion) -> models_pb2.Model:
         package_digest=mv.package_digest,
     )
     if mv.endpoint is not None:
-        msg.endpoint.CopyFrom(endpoint_to_proto(mv.endpoint))
+        msg.endpoint.CopyFrom(endpoint_to_proto(mv.endpoint, api_key_set=api_key_set))
     if mv.create_time is not None:
         msg.create_time.FromDatetime(mv.create_time)
     if mv.update_time is not None:

@@ -47,6 +47,7 @@ from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider
 from broker.calls.invoke import Enforcement, Invoker
 from broker.calls.payload import PayloadLimits
+from broker.calls.stream import Streamer
 from broker.config import Config, ConfigError
 from broker.enforce.enforcer import Enforcer
 from broker.enforce.keys import TenantKeys
@@ -58,6 +59,7 @@ from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
 from broker.registry.model import Runtime
+from broker.registry.secrets import EndpointSecrets
 from broker.registry.store import RegistryStore
 from broker.retention.scheduler import ExpiryJob
 from broker.retention.setup import Retention, open_retention
@@ -155,9 +157,11 @@ def build_server(config: Config) -> BrokerServer:
         migrate(engine)
     store = RegistryStore(engine)
     verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
+    keys = TenantKeys.load_or_create(config.data_dir)
+    secrets = EndpointSecrets(engine, keys)
     runtimes: dict[Runtime, RuntimeClient] = {
         Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
-        Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends),
+        Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends, secrets=secrets.lookup),
     }
     try:
         runtimes[Runtime.SANDBOX] = SandboxRuntime(
@@ -168,7 +172,6 @@ def build_server(config: Config) -> BrokerServer:
         _log.warning("sandbox_unavailable", missing=list(exc.missing))
     audit = build_audit_log(config, engine)
     policies = build_policy_store(config, audit)
-    keys = TenantKeys.load_or_create(config.data_dir)
     vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)
     retention = open_retention(config, engine, on_deleted=audit_hooks.deletions(audit))
     if retention is not None:
@@ -181,15 +184,26 @@ def build_server(config: Config) -> BrokerServer:
         vault=vault,
         restorer=Restorer(vault, keys),
     )
+    limiter = TenantConcurrencyLimiter(config.limits.tenant_concurrency)
     invoker = Invoker(
         store,
         runtimes,
-        TenantConcurrencyLimiter(config.limits.tenant_concurrency),
+        limiter,
         enforcement,
         audit,
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
+    )
+    streamer = Streamer(
+        store,
+        runtimes,
+        limiter,
+        enforcement,
+        keys,
+        audit,
+        default_timeout=config.backends.default_timeout_seconds,
+        default_purpose=config.policy.default_purpose,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
@@ -208,11 +222,13 @@ def build_server(config: Config) -> BrokerServer:
             store,
             PayloadLimits.from_config(config.limits),
             log_origin=config.audit.origin,
+            streamer=streamer,
         ),
         server,
     )
     registry_pb2_grpc.add_RegistryServicer_to_server(
-        RegistryServicer(store, on_change=audit_hooks.registry_changes(audit)), server
+        RegistryServicer(store, on_change=audit_hooks.registry_changes(audit), secrets=secrets),
+        server,
     )
     audit_pb2_grpc.add_AuditServicer_to_server(
         AuditServicer(engine, audit.store, audit.verifier), server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import grpc
 
@@ -17,8 +17,9 @@ from broker.calls.payload import (
     parse_struct_payload,
     to_struct,
 )
+from broker.calls.stream import StreamDelta, Streamer, StreamEvent, StreamOpened, StreamSummary
 from broker.enforce.enforcer import FieldDecision
-from broker.errors import InvalidArgument
+from broker.errors import FailedPrecondition, InvalidArgument
 from broker.registry.convert import catalog_model_to_proto
 from broker.registry.store import RegistryStore
 from broker.server.context import current_principal
@@ -30,8 +31,15 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
     """Invoke models, preview policies and browse the catalogue."""
 
     def __init__(
-        self, invoker: Invoker, store: RegistryStore, limits: PayloadLimits, *, log_origin: str
+        self,
+        invoker: Invoker,
+        store: RegistryStore,
+        limits: PayloadLimits,
+        *,
+        log_origin: str,
+        streamer: Streamer | None = None,
     ) -> None:
+        self._streamer = streamer
         self._invoker = invoker
         self._store = store
         self._limits = limits
@@ -73,6 +81,58 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
         else:
             response.json = dump_json(result.answer)
         return response
+
+    def InvokeStream(  # noqa: N802 - gRPC method name
+        self, request: broker_pb2.InvokeRequest, context: grpc.ServicerContext
+    ) -> Iterator[broker_pb2.InvokeStreamChunk]:
+        """Call a chat model and stream its answer: decisions, deltas, then a summary.
+
+        The request is parsed and checked before the first message, so a malformed one fails
+        without a stream. A buyer who goes away cancels the vendor request (``on_cancel``) and
+        closes the event iterator, which records the outcome as CANCELLED.
+        """
+        if self._streamer is None:
+            raise FailedPrecondition("this broker does not serve streamed calls")
+        events = self._streamer.stream(
+            current_principal(),
+            self._call_request(request),
+            time_remaining=context.time_remaining(),
+            on_cancel=lambda cancel: _on_termination(context, cancel),
+        )
+        try:
+            for event in events:
+                yield self._stream_chunk(event)
+        finally:
+            events.close()  # type: ignore[attr-defined]  # a generator
+
+    def _stream_chunk(self, event: StreamEvent) -> broker_pb2.InvokeStreamChunk:
+        if isinstance(event, StreamDelta):
+            return broker_pb2.InvokeStreamChunk(delta=dump_json(event.chunk))
+        if isinstance(event, StreamOpened):
+            return broker_pb2.InvokeStreamChunk(
+                decisions=broker_pb2.StreamDecisions(
+                    call_id=event.call_id,
+                    model=event.model.ref,
+                    decisions=_decisions_to_proto(event.decisions),
+                    policy_revision=event.policy_revision,
+                )
+            )
+        return broker_pb2.InvokeStreamChunk(summary=self._summary(event))
+
+    def _summary(self, event: StreamSummary) -> broker_pb2.StreamSummary:
+        summary = broker_pb2.StreamSummary(
+            call_id=event.call_id,
+            model=event.model.ref,
+            policy_revision=event.policy_revision,
+            restored_values=event.restored_values,
+            delta_chunks=event.delta_chunks,
+            finish_reason=event.finish_reason,
+            receipt=self._receipt(event.receipt, event.intent_leaf_index),
+            entity_actions=dict(event.entity_actions),
+        )
+        if event.usage is not None:
+            summary.usage.CopyFrom(broker_pb2.StreamUsage(**event.usage.as_audit()))
+        return summary
 
     def Preview(  # noqa: N802 - gRPC method name
         self, request: broker_pb2.PreviewRequest, context: grpc.ServicerContext

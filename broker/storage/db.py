@@ -42,6 +42,7 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.audit.tables",
     "broker.retention.tables",
     "broker.enforce.vault",
+    "broker.registry.secrets",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000

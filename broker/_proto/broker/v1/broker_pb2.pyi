@@ -428,3 +428,171 @@ class ListModelsResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["models", b"models", "next_page_token", b"next_page_token"]) -> None: ...
 
 Global___ListModelsResponse: typing_extensions.TypeAlias = ListModelsResponse
+
+@typing.final
+class InvokeStreamChunk(google.protobuf.message.Message):
+    """InvokeStreamChunk is one message of an InvokeStream answer: exactly one part is set."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: builtins.int
+    DELTA_FIELD_NUMBER: builtins.int
+    SUMMARY_FIELD_NUMBER: builtins.int
+    delta: builtins.bytes
+    """A piece of the answer: one `chat.completion.chunk` object (UTF-8 JSON) after the
+    answer-side policy, with the buyer's tokens restored. Only known chunk fields are passed
+    on (id, object, created, model, choices[].index/delta/finish_reason, usage).
+    """
+    @property
+    def decisions(self) -> Global___StreamDecisions:
+        """First (once, when the policy allowed the call): what the policy did to each field of the
+        request on its way to the model.
+        """
+
+    @property
+    def summary(self) -> Global___StreamSummary:
+        """Last: how the call ended, after its audit outcome was written."""
+
+    def __init__(
+        self,
+        *,
+        decisions: Global___StreamDecisions | None = ...,
+        delta: builtins.bytes = ...,
+        summary: Global___StreamSummary | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["decisions", b"decisions", "delta", b"delta", "part", b"part", "summary", b"summary"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["decisions", b"decisions", "delta", b"delta", "part", b"part", "summary", b"summary"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["part", b"part"]) -> typing.Literal["decisions", "delta", "summary"] | None: ...
+
+Global___InvokeStreamChunk: typing_extensions.TypeAlias = InvokeStreamChunk
+
+@typing.final
+class StreamDecisions(google.protobuf.message.Message):
+    """StreamDecisions opens an InvokeStream answer."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    DECISIONS_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
+    call_id: builtins.str
+    """Identifier of this call, for support and for the audit trail."""
+    model: builtins.str
+    """The resolved model reference "vendor/name@version"."""
+    policy_revision: builtins.str
+    """Revision (digest) of the policy bundle that decided."""
+    @property
+    def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FieldDecision]:
+        """Request-side decisions, field by field (never a value)."""
+
+    def __init__(
+        self,
+        *,
+        call_id: builtins.str = ...,
+        model: builtins.str = ...,
+        decisions: collections.abc.Iterable[Global___FieldDecision] | None = ...,
+        policy_revision: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "decisions", b"decisions", "model", b"model", "policy_revision", b"policy_revision"]) -> None: ...
+
+Global___StreamDecisions: typing_extensions.TypeAlias = StreamDecisions
+
+@typing.final
+class StreamUsage(google.protobuf.message.Message):
+    """StreamUsage is what the model reported it consumed."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: builtins.int
+    prompt_tokens: builtins.int
+    """Tokens of the prompt."""
+    completion_tokens: builtins.int
+    """Tokens generated."""
+    total_tokens: builtins.int
+    """Total, as the model reported it (or the sum)."""
+    def __init__(
+        self,
+        *,
+        prompt_tokens: builtins.int = ...,
+        completion_tokens: builtins.int = ...,
+        total_tokens: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens"]) -> None: ...
+
+Global___StreamUsage: typing_extensions.TypeAlias = StreamUsage
+
+@typing.final
+class StreamSummary(google.protobuf.message.Message):
+    """StreamSummary closes a complete InvokeStream answer."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class EntityActionsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    CALL_ID_FIELD_NUMBER: builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
+    USAGE_FIELD_NUMBER: builtins.int
+    RESTORED_VALUES_FIELD_NUMBER: builtins.int
+    DELTA_CHUNKS_FIELD_NUMBER: builtins.int
+    FINISH_REASON_FIELD_NUMBER: builtins.int
+    RECEIPT_FIELD_NUMBER: builtins.int
+    ENTITY_ACTIONS_FIELD_NUMBER: builtins.int
+    call_id: builtins.str
+    """Identifier of this call."""
+    model: builtins.str
+    """The resolved model reference "vendor/name@version"."""
+    policy_revision: builtins.str
+    """Revision of the policy bundle that decided."""
+    restored_values: builtins.int
+    """How many of the buyer's own tokenized values were restored in the answer."""
+    delta_chunks: builtins.int
+    """How many `delta` messages were sent."""
+    finish_reason: builtins.str
+    """Why the model stopped (choice 0): "stop", "length", "tool_calls"..."""
+    @property
+    def usage(self) -> Global___StreamUsage:
+        """Token counts, when the model reported them."""
+
+    @property
+    def receipt(self) -> Global___AuditReceipt:
+        """Where this call's outcome sits in the audit log."""
+
+    @property
+    def entity_actions(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """Answer-side entity actions the policy chose for this stream, by entity label."""
+
+    def __init__(
+        self,
+        *,
+        call_id: builtins.str = ...,
+        model: builtins.str = ...,
+        policy_revision: builtins.str = ...,
+        usage: Global___StreamUsage | None = ...,
+        restored_values: builtins.int = ...,
+        delta_chunks: builtins.int = ...,
+        finish_reason: builtins.str = ...,
+        receipt: Global___AuditReceipt | None = ...,
+        entity_actions: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["receipt", b"receipt", "usage", b"usage"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "delta_chunks", b"delta_chunks", "entity_actions", b"entity_actions", "finish_reason", b"finish_reason", "model", b"model", "policy_revision", b"policy_revision", "receipt", b"receipt", "restored_values", b"restored_values", "usage", b"usage"]) -> None: ...
+
+Global___StreamSummary: typing_extensions.TypeAlias = StreamSummary

@@ -27,7 +27,6 @@ if _version_not_supported:
 
 class BrokerStub:
     """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
-    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     def __init__(self, channel):
@@ -40,6 +39,11 @@ class BrokerStub:
                 '/broker.v1.Broker/Invoke',
                 request_serializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.InvokeResponse.FromString,
+                _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/broker.v1.Broker/InvokeStream',
+                request_serializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.InvokeStreamChunk.FromString,
                 _registered_method=True)
         self.Preview = channel.unary_unary(
                 '/broker.v1.Broker/Preview',
@@ -55,13 +59,24 @@ class BrokerStub:
 
 class BrokerServicer:
     """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
-    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     def Invoke(self, request, context):
         """Invoke calls a model with a JSON payload and returns its JSON answer, after the buyer's
         policy has been applied to every field of the payload and again to every field of the
         answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request, context):
+        """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
+        generated: first the request-side `decisions`, then `delta` chunks with the answer-side
+        policy applied and the buyer's tokens restored (even when a token is split across the
+        model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
+        stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
+        entry records a partial answer. Requires the `buyer` role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +105,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.InvokeResponse.SerializeToString,
             ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.InvokeRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.InvokeStreamChunk.SerializeToString,
+            ),
             'Preview': grpc.unary_unary_rpc_method_handler(
                     servicer.Preview,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.PreviewRequest.FromString,
@@ -110,7 +130,6 @@ def add_BrokerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Broker:
     """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
-    Reserved for later: InvokeStream (server-streaming answers).
     """
 
     @staticmethod
@@ -130,6 +149,33 @@ class Broker:
             '/broker.v1.Broker/Invoke',
             broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/broker.v1.Broker/InvokeStream',
+            broker_dot_v1_dot_broker__pb2.InvokeRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.InvokeStreamChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,22 @@ _BrokerInvokeType = typing_extensions.TypeVar(
     ],
 )
 
+_BrokerInvokeStreamType = typing_extensions.TypeVar(
+    '_BrokerInvokeStreamType',
+    grpc.UnaryStreamMultiCallable[
+        broker._proto.broker.v1.broker_pb2.InvokeRequest,
+        broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
+    ],
+    grpc.aio.UnaryStreamMultiCallable[
+        broker._proto.broker.v1.broker_pb2.InvokeRequest,
+        broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
+    ],
+    default=grpc.UnaryStreamMultiCallable[
+        broker._proto.broker.v1.broker_pb2.InvokeRequest,
+        broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
+    ],
+)
+
 _BrokerPreviewType = typing_extensions.TypeVar(
     '_BrokerPreviewType',
     grpc.UnaryUnaryMultiCallable[
@@ -73,16 +89,18 @@ _BrokerListModelsType = typing_extensions.TypeVar(
     ],
 )
 
-class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerPreviewType, _BrokerListModelsType]):
-    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
-    Reserved for later: InvokeStream (server-streaming answers).
-    """
+class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerInvokeStreamType, _BrokerPreviewType, _BrokerListModelsType]):
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue."""
 
     @typing.overload
     def __init__(self: BrokerStub[
         grpc.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.InvokeRequest,
             broker._proto.broker.v1.broker_pb2.InvokeResponse,
+        ],
+        grpc.UnaryStreamMultiCallable[
+            broker._proto.broker.v1.broker_pb2.InvokeRequest,
+            broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
         ],
         grpc.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.PreviewRequest,
@@ -100,6 +118,10 @@ class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerPreviewType, _BrokerLi
             broker._proto.broker.v1.broker_pb2.InvokeRequest,
             broker._proto.broker.v1.broker_pb2.InvokeResponse,
         ],
+        grpc.aio.UnaryStreamMultiCallable[
+            broker._proto.broker.v1.broker_pb2.InvokeRequest,
+            broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
+        ],
         grpc.aio.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.broker_pb2.PreviewRequest,
             broker._proto.broker.v1.broker_pb2.PreviewResponse,
@@ -116,6 +138,15 @@ class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerPreviewType, _BrokerLi
     answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
     """
 
+    InvokeStream: _BrokerInvokeStreamType
+    """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
+    generated: first the request-side `decisions`, then `delta` chunks with the answer-side
+    policy applied and the buyer's tokens restored (even when a token is split across the
+    model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
+    stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
+    entry records a partial answer. Requires the `buyer` role.
+    """
+
     Preview: _BrokerPreviewType
     """Preview says what the policy would do to each field of a payload, without calling the
     model and without returning any value. Requires the `buyer` role.
@@ -129,6 +160,10 @@ BrokerAsyncStub: typing_extensions.TypeAlias = BrokerStub[
         broker._proto.broker.v1.broker_pb2.InvokeRequest,
         broker._proto.broker.v1.broker_pb2.InvokeResponse,
     ],
+    grpc.aio.UnaryStreamMultiCallable[
+        broker._proto.broker.v1.broker_pb2.InvokeRequest,
+        broker._proto.broker.v1.broker_pb2.InvokeStreamChunk,
+    ],
     grpc.aio.UnaryUnaryMultiCallable[
         broker._proto.broker.v1.broker_pb2.PreviewRequest,
         broker._proto.broker.v1.broker_pb2.PreviewResponse,
@@ -140,9 +175,7 @@ BrokerAsyncStub: typing_extensions.TypeAlias = BrokerStub[
 ]
 
 class BrokerServicer(metaclass=abc.ABCMeta):
-    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue.
-    Reserved for later: InvokeStream (server-streaming answers).
-    """
+    """Broker is the buyer-facing service: call models, preview policies, browse the catalogue."""
 
     @abc.abstractmethod
     def Invoke(
@@ -153,6 +186,20 @@ class BrokerServicer(metaclass=abc.ABCMeta):
         """Invoke calls a model with a JSON payload and returns its JSON answer, after the buyer's
         policy has been applied to every field of the payload and again to every field of the
         answer. Requires the `buyer` role. The caller's deadline is propagated to the model.
+        """
+
+    @abc.abstractmethod
+    def InvokeStream(
+        self,
+        request: broker._proto.broker.v1.broker_pb2.InvokeRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[broker._proto.broker.v1.broker_pb2.InvokeStreamChunk], collections.abc.AsyncIterator[broker._proto.broker.v1.broker_pb2.InvokeStreamChunk]]:
+        """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
+        generated: first the request-side `decisions`, then `delta` chunks with the answer-side
+        policy applied and the buyer's tokens restored (even when a token is split across the
+        model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
+        stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
+        entry records a partial answer. Requires the `buyer` role.
         """
 
     @abc.abstractmethod

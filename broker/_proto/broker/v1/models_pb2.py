@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62roker/v1/models.proto\x12\tbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\tFieldSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"i\n\x08\x45ndpoint\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x14\n\x0cremote_model\x18\x02 \x01(\t\x12\x16\n\x0eremote_version\x18\x03 \x01(\t\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x12\n\ntls_ca_pem\x18\x05 \x01(\t\"Y\n\x0bTensorInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\";\n\x0cTensorOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07squeeze\x18\x03 \x01(\x08\"^\n\nOipMapping\x12&\n\x06inputs\x18\x01 \x03(\x0b\x32\x16.broker.v1.TensorInput\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.broker.v1.TensorOutput\"\x98\x03\n\x05Model\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12#\n\x07runtime\x18\x05 \x01(\x0e\x32\x12.broker.v1.Runtime\x12%\n\x08\x65ndpoint\x18\x06 \x01(\x0b\x32\x13.broker.v1.Endpoint\x12$\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x14.broker.v1.FieldSpec\x12*\n\x0boip_mapping\x18\x08 \x01(\x0b\x32\x15.broker.v1.OipMapping\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.broker.v1.ModelStatus\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03ref\x18\x0c \x01(\t\x12\x16\n\x0epackage_digest\x18\r \x01(\t\"\xba\x01\n\x0c\x43\x61talogModel\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06vendor\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12#\n\x07runtime\x18\x06 \x01(\x0e\x32\x12.broker.v1.Runtime\x12$\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x14.broker.v1.FieldSpec\x12\x0e\n\x06labels\x18\x08 \x03(\t*q\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRUNTIME_OPEN_INFERENCE_GRPC\x10\x01\x12\x17\n\x13RUNTIME_OPENAI_HTTP\x10\x02\x12\x13\n\x0fRUNTIME_SANDBOX\x10\x03*v\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATUS_DRAFT\x10\x01\x12\x17\n\x13MODEL_STATUS_LISTED\x10\x02\x12\x18\n\x14MODEL_STATUS_RETIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62roker/v1/models.proto\x12\tbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\tFieldSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\x8f\x01\n\x08\x45ndpoint\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x14\n\x0cremote_model\x18\x02 \x01(\t\x12\x16\n\x0eremote_version\x18\x03 \x01(\t\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x12\n\ntls_ca_pem\x18\x05 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x06 \x01(\t\x12\x13\n\x0b\x61pi_key_set\x18\x07 \x01(\x08\"Y\n\x0bTensorInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\r\n\x05paths\x18\x05 \x03(\t\";\n\x0cTensorOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07squeeze\x18\x03 \x01(\x08\"^\n\nOipMapping\x12&\n\x06inputs\x18\x01 \x03(\x0b\x32\x16.broker.v1.TensorInput\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.broker.v1.TensorOutput\"\x98\x03\n\x05Model\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12#\n\x07runtime\x18\x05 \x01(\x0e\x32\x12.broker.v1.Runtime\x12%\n\x08\x65ndpoint\x18\x06 \x01(\x0b\x32\x13.broker.v1.Endpoint\x12$\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x14.broker.v1.FieldSpec\x12*\n\x0boip_mapping\x18\x08 \x01(\x0b\x32\x15.broker.v1.OipMapping\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.broker.v1.ModelStatus\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03ref\x18\x0c \x01(\t\x12\x16\n\x0epackage_digest\x18\r \x01(\t\"\xba\x01\n\x0c\x43\x61talogModel\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06vendor\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12#\n\x07runtime\x18\x06 \x01(\x0e\x32\x12.broker.v1.Runtime\x12$\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x14.broker.v1.FieldSpec\x12\x0e\n\x06labels\x18\x08 \x03(\t*q\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRUNTIME_OPEN_INFERENCE_GRPC\x10\x01\x12\x17\n\x13RUNTIME_OPENAI_HTTP\x10\x02\x12\x13\n\x0fRUNTIME_SANDBOX\x10\x03*v\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATUS_DRAFT\x10\x01\x12\x17\n\x13MODEL_STATUS_LISTED\x10\x02\x12\x18\n\x14MODEL_STATUS_RETIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNTIME']._serialized_start=1121
-  _globals['_RUNTIME']._serialized_end=1234
-  _globals['_MODELSTATUS']._serialized_start=1236
-  _globals['_MODELSTATUS']._serialized_end=1354
+  _globals['_RUNTIME']._serialized_start=1160
+  _globals['_RUNTIME']._serialized_end=1273
+  _globals['_MODELSTATUS']._serialized_start=1275
+  _globals['_MODELSTATUS']._serialized_end=1393
   _globals['_FIELDSPEC']._serialized_start=70
   _globals['_FIELDSPEC']._serialized_end=164
-  _globals['_ENDPOINT']._serialized_start=166
-  _globals['_ENDPOINT']._serialized_end=271
-  _globals['_TENSORINPUT']._serialized_start=273
-  _globals['_TENSORINPUT']._serialized_end=362
-  _globals['_TENSOROUTPUT']._serialized_start=364
-  _globals['_TENSOROUTPUT']._serialized_end=423
-  _globals['_OIPMAPPING']._serialized_start=425
-  _globals['_OIPMAPPING']._serialized_end=519
-  _globals['_MODEL']._serialized_start=522
-  _globals['_MODEL']._serialized_end=930
-  _globals['_CATALOGMODEL']._serialized_start=933
-  _globals['_CATALOGMODEL']._serialized_end=1119
+  _globals['_ENDPOINT']._serialized_start=167
+  _globals['_ENDPOINT']._serialized_end=310
+  _globals['_TENSORINPUT']._serialized_start=312
+  _globals['_TENSORINPUT']._serialized_end=401
+  _globals['_TENSOROUTPUT']._serialized_start=403
+  _globals['_TENSOROUTPUT']._serialized_end=462
+  _globals['_OIPMAPPING']._serialized_start=464
+  _globals['_OIPMAPPING']._serialized_end=558
+  _globals['_MODEL']._serialized_start=561
+  _globals['_MODEL']._serialized_end=969
+  _globals['_CATALOGMODEL']._serialized_start=972
+  _globals['_CATALOGMODEL']._serialized_end=1158
 # @@protoc_insertion_point(module_scope)

@@ -127,6 +127,8 @@ class Endpoint(google.protobuf.message.Message):
     REMOTE_VERSION_FIELD_NUMBER: builtins.int
     TLS_FIELD_NUMBER: builtins.int
     TLS_CA_PEM_FIELD_NUMBER: builtins.int
+    API_KEY_FIELD_NUMBER: builtins.int
+    API_KEY_SET_FIELD_NUMBER: builtins.int
     target: builtins.str
     """gRPC target ("host:port") or base URL for HTTP runtimes."""
     remote_model: builtins.str
@@ -137,6 +139,14 @@ class Endpoint(google.protobuf.message.Message):
     """Connect with TLS rather than plaintext."""
     tls_ca_pem: builtins.str
     """PEM bundle of CA certificates that sign the endpoint's certificate; empty means system roots."""
+    api_key: builtins.str
+    """Input only: the vendor's API key for the endpoint (sent as `Authorization: Bearer <key>` by
+    the OpenAI-compatible runtime). Stored encrypted at rest and never returned: responses carry
+    `api_key_set` instead. On UpdateModel, an `endpoint` change with an empty key keeps the
+    stored key; name `endpoint.api_key` in the mask to replace it (empty: remove it).
+    """
+    api_key_set: builtins.bool
+    """Output only: whether an API key is stored for this model version."""
     def __init__(
         self,
         *,
@@ -145,8 +155,10 @@ class Endpoint(google.protobuf.message.Message):
         remote_version: builtins.str = ...,
         tls: builtins.bool = ...,
         tls_ca_pem: builtins.str = ...,
+        api_key: builtins.str = ...,
+        api_key_set: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["remote_model", b"remote_model", "remote_version", b"remote_version", "target", b"target", "tls", b"tls", "tls_ca_pem", b"tls_ca_pem"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["api_key", b"api_key", "api_key_set", b"api_key_set", "remote_model", b"remote_model", "remote_version", b"remote_version", "target", b"target", "tls", b"tls", "tls_ca_pem", b"tls_ca_pem"]) -> None: ...
 
 Global___Endpoint: typing_extensions.TypeAlias = Endpoint
 

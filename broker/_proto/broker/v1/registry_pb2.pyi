@@ -166,7 +166,8 @@ class UpdateModelRequest(google.protobuf.message.Message):
     @property
     def update_mask(self) -> google.protobuf.field_mask_pb2.FieldMask:
         """Which fields to change: any of "description", "endpoint", "fields", "oip_mapping",
-        "status" (only DRAFT -> LISTED or LISTED -> DRAFT; use RetireModel to retire).
+        "status" (only DRAFT -> LISTED or LISTED -> DRAFT; use RetireModel to retire), and
+        "endpoint.api_key" to replace only the endpoint's API key (empty: remove it).
         """
 
     def __init__(

@@ -1,0 +1,343 @@
+"""InvokeStream: one streamed chat call, end to end, with the policy applied both ways.
+
+    request -> resolve -> classify (tool arguments opened, see ``chat``) -> decide -> enforce
+            -> decide the answer side -> store tokens -> audit intent -> ``StreamOpened``
+            -> open the vendor's stream (caller's deadline; cancelled when the buyer leaves)
+    chunks  -> per text channel (each choice's content, each tool call's arguments):
+               ``StreamingScanner`` (entity actions) then ``StreamingRestorer`` (the buyer's
+               tokens of this call only) -> ``StreamDelta``
+    end     -> audit outcome (usage, digest of the delivered text, partial?) -> ``StreamSummary``
+
+**The answer-side decision is made once, before the vendor is called**, with every label the
+detectors can report as an entity of the content (see ``_answer_plan``). Why not per label, as
+entities appear: a decision in the middle of the stream could only end the answer half-way, and
+it would put a policy evaluation (a cache miss the first time) on the path of the first chunk.
+Deciding up front costs nothing per call (the input has the same shape every time, so the plan
+cache answers), gives the scanner a fixed action table, and fails closed: a policy that would
+*deny* answers holding some label denies every stream for that buyer, model and purpose, before
+anything is sent. Policies should give answer-side entities actions (the shipped one does).
+
+What the answer side does not do for streams, on purpose and fail-closed:
+
+- a field action other than ``allow`` on ``/choices/0/delta/content`` (or on the tool-call
+  arguments) cannot be applied piece by piece: ``drop`` removes the text, anything else replaces
+  the whole answer text with one redaction marker;
+- field labels *inside* streamed tool-call arguments cannot apply (the arguments arrive as
+  fragments of JSON text); their text goes through the same entity actions and restoration as
+  content. Unary ``Invoke`` opens complete arguments (``broker.calls.chat``);
+- ``encrypt``-ed request values are not decrypted in streamed text (only vault tokens are
+  restored), and a policy that asks for retention is refused (FAILED_PRECONDITION, nothing
+  sent): use ``Invoke`` for those.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from broker.audit.store import Receipt
+from broker.audit.writer import AuditLog
+from broker.auth.principal import Principal, Role, require_role
+from broker.calls.audited import CallRecord
+from broker.calls.chat import close_tool_arguments, open_tool_arguments
+from broker.calls.concurrency import TenantConcurrencyLimiter
+from broker.calls.decide import labels_of, refuse_if_denied
+from broker.calls.invoke import CallRequest, Enforcement, ModelResolver
+from broker.calls.stream_chunks import ChunkRewriter, entity_action
+from broker.classify.classifier import Classification, FieldInfo
+from broker.classify.detectors import TRUNCATED, DetectorSet, default_detector_set
+from broker.enforce.enforcer import CallScope, FieldDecision
+from broker.enforce.keys import TenantKeys
+from broker.errors import BrokerError, Cancelled, DeadlineExceeded, FailedPrecondition
+from broker.policy import Plan
+from broker.registry.model import ModelVersion, Runtime
+from broker.registry.refs import ModelRef
+from broker.runtimes.base import Canceller
+from broker.runtimes.openai import ChatStream, Usage
+
+CONTENT_PATH = "/choices/0/delta/content"
+CONTENT_SHAPE = "/choices/*/delta/content"
+
+
+class StreamingRuntime(Protocol):
+    """A runtime that can stream chat answers (``OpenAIRuntime``)."""
+
+    def stream(
+        self,
+        model: ModelVersion,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        call_id: str,
+        on_cancel: Callable[[Canceller], None] | None = None,
+    ) -> ChatStream:
+        """Start the vendor's stream; errors before its first chunk raise here."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """First event: the request side was decided and enforced; the vendor is about to be called."""
+
+    call_id: str
+    model: ModelVersion
+    decisions: tuple[FieldDecision, ...]
+    policy_revision: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """One ``chat.completion.chunk`` object as the buyer may see it."""
+
+    chunk: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """Last event, sent after the audit outcome was written."""
+
+    call_id: str
+    model: ModelVersion
+    policy_revision: str
+    usage: Usage | None
+    restored_values: int
+    delta_chunks: int
+    finish_reason: str
+    receipt: Receipt
+    intent_leaf_index: int
+    entity_actions: Mapping[str, str]
+
+
+StreamEvent = StreamOpened | StreamDelta | StreamSummary
+
+
+@dataclass
+class _Progress:
+    """What has happened so far, for the outcome entry whatever way the stream ends."""
+
+    record: CallRecord
+    vendor_called: bool = False
+    recorded: bool = False
+    delta_chunks: int = 0
+    delivered: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+
+    def deliver(self, texts: list[str]) -> None:
+        self.delta_chunks += 1
+        self.delivered.extend(texts)
+
+    def fail(self, error: BrokerError) -> None:
+        """Write the outcome of a call that ended with ``error`` (once; later calls do nothing)."""
+        if self.recorded:
+            return
+        self.recorded = True
+        if not self.vendor_called:
+            self.record.record_failure(error)
+            return
+        self._outcome(error.code.name, type(error).__name__, partial=True)
+
+    def succeed(self) -> Receipt:
+        """Write the outcome of a complete answer."""
+        self.recorded = True
+        return self._outcome("OK", "", partial=False)
+
+    def _outcome(self, status: str, error_class: str, *, partial: bool) -> Receipt:
+        return self.record.record_stream_outcome(
+            status,
+            "".join(self.delivered).encode(),
+            error_class=error_class,
+            usage=self.usage.as_audit() if self.usage else None,
+            delta_chunks=self.delta_chunks,
+            partial=partial,
+        )
+
+
+class Streamer:
+    """Runs InvokeStream for authenticated buyers (thread-safe; one per server)."""
+
+    def __init__(  # noqa: PLR0917 - the same collaborators as Invoker, plus the keys
+        self,
+        resolver: ModelResolver,
+        runtimes: Mapping[Runtime, object],
+        limiter: TenantConcurrencyLimiter,
+        enforcement: Enforcement,
+        keys: TenantKeys,
+        audit: AuditLog,
+        *,
+        default_timeout: float,
+        default_purpose: str = "default",
+        detectors: DetectorSet | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._runtimes = dict(runtimes)
+        self._limiter = limiter
+        self._enforcement = enforcement
+        self._keys = keys
+        self._audit = audit
+        self._default_timeout = default_timeout
+        self._default_purpose = default_purpose
+        self._detectors = detectors or default_detector_set()
+        self._labels = tuple(sorted(self._detectors.labels - {TRUNCATED}))
+
+    def stream(
+        self,
+        principal: Principal,
+        request: CallRequest,
+        *,
+        time_remaining: float | None,
+        on_cancel: Callable[[Canceller], None] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """The events of one streamed call; every way it ends is audited before it is seen.
+
+        Closing the iterator early (the buyer went away) records the outcome CANCELLED with the
+        chunks delivered so far; ``on_cancel`` receives the canceller of the vendor request.
+        """
+        require_role(principal, Role.BUYER)
+        call_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(call_id=call_id)
+        progress = _Progress(CallRecord(self._audit, principal, call_id, request.model_ref))
+        try:
+            yield from self._run(principal, request, progress, time_remaining, on_cancel)
+        except BrokerError as exc:
+            progress.fail(exc)
+            raise
+        except GeneratorExit:
+            progress.fail(Cancelled("the caller went away during the stream"))
+            raise
+
+    def _run(
+        self,
+        principal: Principal,
+        request: CallRequest,
+        progress: _Progress,
+        time_remaining: float | None,
+        on_cancel: Callable[[Canceller], None] | None,
+    ) -> Iterator[StreamEvent]:
+        record = progress.record
+        deadline = time.monotonic() + (
+            self._default_timeout if time_remaining is None else time_remaining
+        )
+        model = record.model = self._resolve(request.model_ref)
+        runtime = self._runtime_for(model)
+        parts = self._enforcement
+        purpose = request.purpose or self._default_purpose
+        with self._limiter.slot(principal.tenant):
+            chat = open_tool_arguments(request.payload)
+            classification = parts.decider.classify_request(model, chat.payload, request.labels)
+            plan = parts.decider.decide("request", principal, model, purpose, classification)
+            structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
+            refuse_if_denied(plan, "request")
+            _refuse_retention(plan)
+            scope = CallScope(principal.tenant, record.call_id, to_sandbox=False)
+            outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
+            close_tool_arguments(outgoing.payload, chat.opened)
+            answer_plan = self._answer_plan(principal, model, purpose, classification)
+            parts.vault.store(principal.tenant, record.call_id, outgoing.pending_tokens)
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise DeadlineExceeded("the call's deadline expired before the model was called")
+            record.record_intent(plan.revision, outgoing.decisions, outgoing.payload)
+            yield StreamOpened(record.call_id, model, tuple(outgoing.decisions), plan.revision)
+            progress.vendor_called = True
+            rewriter = ChunkRewriter(
+                self._detectors,
+                entity_action(answer_plan, self._keys, principal.tenant),
+                parts.vault,
+                principal.tenant,
+                record.call_id,
+                field_action=answer_plan.fields.get(CONTENT_PATH, answer_plan.default_action).kind,
+            )
+            vendor = runtime.stream(
+                model, outgoing.payload, timeout=timeout, call_id=record.call_id,
+                on_cancel=on_cancel,
+            )  # fmt: skip
+            with vendor:
+                try:
+                    for chunk in vendor:
+                        progress.usage = vendor.usage
+                        out = rewriter.rewrite(chunk.data)
+                        if out is not None:
+                            progress.deliver(rewriter.take_delivered())
+                            yield StreamDelta(out)
+                except BrokerError as exc:
+                    progress.usage = vendor.usage
+                    if hasattr(exc, "delivered_chunks"):  # the vendor broke: release what's held
+                        yield from self._flush(rewriter, progress)
+                    raise
+                progress.usage = vendor.usage
+            yield from self._flush(rewriter, progress)
+            receipt = progress.succeed()
+        yield StreamSummary(
+            call_id=record.call_id,
+            model=model,
+            policy_revision=plan.revision,
+            usage=progress.usage,
+            restored_values=rewriter.restored,
+            delta_chunks=progress.delta_chunks,
+            finish_reason=vendor.finish_reason or "",
+            receipt=receipt,
+            intent_leaf_index=record.intent.leaf_index if record.intent else -1,
+            entity_actions={
+                label: answer_plan.entities.get(label, answer_plan.default_action).kind
+                for label in self._labels
+            },
+        )
+
+    @staticmethod
+    def _flush(rewriter: ChunkRewriter, progress: _Progress) -> Iterator[StreamEvent]:
+        tail = rewriter.flush()
+        if tail is not None:
+            progress.deliver(rewriter.take_delivered())
+            yield StreamDelta(tail)
+
+    def _answer_plan(
+        self,
+        principal: Principal,
+        model: ModelVersion,
+        purpose: str,
+        request_classification: Classification,
+    ) -> Plan:
+        """The answer-side plan, decided once for every label the detectors can report."""
+        labels = frozenset(self._labels)
+        answer = Classification(
+            [FieldInfo(CONTENT_PATH, CONTENT_SHAPE, "string", labels, ())],
+            {label: [CONTENT_PATH] for label in self._labels},
+        )
+        plan = self._enforcement.decider.decide(
+            "response",
+            principal,
+            model,
+            purpose,
+            answer,
+            request_labels=labels_of(request_classification),
+        )
+        refuse_if_denied(plan, "response")
+        return plan
+
+    def _resolve(self, model_ref: str) -> ModelVersion:
+        model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
+        structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
+        return model
+
+    def _runtime_for(self, model: ModelVersion) -> StreamingRuntime:
+        runtime = self._runtimes.get(model.runtime)
+        if runtime is None or not hasattr(runtime, "stream"):
+            raise FailedPrecondition(
+                f"model {model.ref} uses the {model.runtime.value} runtime, which does not "
+                "stream answers: call it with Invoke"
+            )
+        streaming: StreamingRuntime = runtime
+        return streaming
+
+
+def _refuse_retention(plan: Plan) -> None:
+    if plan.retention.request_ttl_s or plan.retention.response_ttl_s:
+        raise FailedPrecondition(
+            "the policy requires this call to be retained, which InvokeStream does not do; "
+            "use Invoke; nothing was sent"
+        )
