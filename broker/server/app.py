@@ -159,18 +159,8 @@ def build_server(config: Config) -> BrokerServer:
     verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
     keys = TenantKeys.load_or_create(config.data_dir)
     secrets = EndpointSecrets(engine, keys)
-    runtimes: dict[Runtime, RuntimeClient] = {
-        Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
-        Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends, secrets=secrets.lookup),
-    }
-    try:
-        runtimes[Runtime.SANDBOX] = SandboxRuntime(
-            PackageStore(config.data_dir), Environments(config.data_dir / "envs")
-        )
-    except SandboxUnavailable as exc:
-        # Never run a sandbox model unsandboxed: its calls get FAILED_PRECONDITION instead.
-        _log.warning("sandbox_unavailable", missing=list(exc.missing))
     audit = build_audit_log(config, engine)
+    runtimes = build_runtimes(config, secrets, audit)
     policies = build_policy_store(config, audit)
     vault = TokenVault(engine, keys, ttl_seconds=config.enforcement.token_ttl_seconds)
     retention = open_retention(config, engine, on_deleted=audit_hooks.deletions(audit))
@@ -261,6 +251,26 @@ def build_server(config: Config) -> BrokerServer:
         audit=audit,
         grace_seconds=config.server.shutdown_grace_seconds,
     )
+
+
+def build_runtimes(
+    config: Config, secrets: EndpointSecrets, audit: AuditLog
+) -> dict[Runtime, RuntimeClient]:
+    """One client per runtime kind; the sandbox only where the kernel can build it."""
+    runtimes: dict[Runtime, RuntimeClient] = {
+        Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
+        Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends, secrets=secrets.lookup),
+    }
+    try:
+        runtimes[Runtime.SANDBOX] = SandboxRuntime(
+            PackageStore(config.data_dir),
+            Environments(config.data_dir / "envs"),
+            on_violation=audit_hooks.sandbox_violations(audit),
+        )
+    except SandboxUnavailable as exc:
+        # Never run a sandbox model unsandboxed: its calls get FAILED_PRECONDITION instead.
+        _log.warning("sandbox_unavailable", missing=list(exc.missing))
+    return runtimes
 
 
 def build_audit_log(config: Config, engine: sa.Engine) -> AuditLog:

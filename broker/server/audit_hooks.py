@@ -17,6 +17,7 @@ from broker.audit.writer import AuditLog
 from broker.logging import get_logger
 from broker.registry.model import ModelVersion
 from broker.retention.model import DeletionHook, DeletionReason
+from broker.runtimes.sandbox.pool import Violation, ViolationHook
 from broker.server.context import current_principal
 from broker.server.registry_service import ChangeHook, ChangeKind
 from broker.server.retention_service import RetentionEvent, RetentionEventHook
@@ -66,6 +67,21 @@ def retention_events(log: AuditLog) -> RetentionEventHook:
             actor=f"{event.actor_tenant}/{event.actor_subject}",
             target=event.record_id or event.subject or event.tenant,
             details={"reason": event.reason, "count": str(event.count)},
+        )
+
+    return record
+
+
+def sandbox_violations(log: AuditLog) -> ViolationHook:
+    """``admin.sandbox.violation``: a worker killed for a limit hit or a seccomp violation."""
+
+    def record(violation: Violation) -> None:
+        log.record_admin(
+            kind="admin.sandbox.violation",
+            tenant=violation.tenant,
+            actor="sandbox",
+            target=violation.model or violation.package,
+            details={"reason": violation.reason, "package": violation.package},
         )
 
     return record

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from broker._proto.broker.v1 import broker_pb2, models_pb2
+from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc, broker_pb2, models_pb2
 from broker.packages.store import PackageStore
 from tests.integration.harness import (
     BrokerHarness,
@@ -96,3 +96,38 @@ def test_sandbox_field_reaches_only_the_sandboxed_model(
                     assert canary not in repr(tuple(row)), table.name
     finally:
         engine.dispose()
+
+
+def test_a_limit_hit_is_refused_and_audited(broker: BrokerHarness) -> None:
+    digest = PackageStore(broker.config.data_dir).add(Path(__file__).parent / "pool_pkg").digest
+    broker.client("acme-models", "vendor").register_model(
+        models_pb2.Model(
+            name="pool-probe",
+            version="1.0.0",
+            runtime=models_pb2.RUNTIME_SANDBOX,
+            package_digest=digest,
+        )
+    )
+    buyer = broker.client("bank", "buyer", max_attempts=1)
+    with pytest.raises(grpc.RpcError) as exc:
+        buyer.invoke(
+            "acme-models/pool-probe@1.0.0", {"do": "allocate", "bytes": 4 << 30}, timeout=60
+        )
+    assert exc.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert "memory" in exc.value.details()  # type: ignore[attr-defined]
+
+    with broker.channel() as channel:
+        entries = list(
+            audit_pb2_grpc.AuditStub(channel).QueryEntries(
+                audit_pb2.QueryEntriesRequest(
+                    filter=audit_pb2.AuditFilter(kind="admin.sandbox.violation")
+                ),
+                metadata=(("authorization", f"Bearer {broker.token('ops', 'auditor')}"),),
+                timeout=10,
+            )
+        )
+    (entry,) = entries
+    body = orjson.loads(entry.entry)
+    assert body["tenant"] == "bank"
+    assert body["target"] == "acme-models/pool-probe@1.0.0"
+    assert "memory" in body["details"]["reason"]

@@ -83,6 +83,19 @@ class _Pool:
     starting: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A limit hit or a seccomp kill, as the broker sees it: no payload, no model output."""
+
+    reason: str
+    tenant: str
+    package: str
+    model: str
+
+
+ViolationHook = Callable[[Violation], None]
+
+
 class WorkerPools:
     """Every pool of a sandbox runtime; thread-safe. ``close()`` kills every worker."""
 
@@ -94,7 +107,9 @@ class WorkerPools:
         settings: PoolSettings | None = None,
         launcher_factory: LauncherFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_violation: ViolationHook | None = None,
     ) -> None:
+        self._on_violation = on_violation
         self._store = store
         self._envs = environments
         self.settings = settings or PoolSettings()
@@ -303,8 +318,10 @@ class WorkerPools:
         }
         _log.info("sandbox_worker_retired", reason=reason, calls=slot.calls, **tags)
         if reason.startswith(("limit ", "seccomp")):
-            # What the broker can see of a sandbox violation: the lead's audit hook listens here.
+            # What the broker can see of a sandbox violation goes to the log and the audit log.
             _log.warning("sandbox_violation", reason=reason, **tags)
+            if self._on_violation is not None:
+                self._on_violation(Violation(reason=reason, **tags))
         output = slot.worker.output()[-self.settings.output_log_bytes :]
         if output:
             text = output.decode("utf-8", errors="replace")

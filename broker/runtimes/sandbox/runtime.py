@@ -24,7 +24,12 @@ from broker.runtimes.base import Canceller
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.limits import WorkerLimits
-from broker.runtimes.sandbox.pool import LauncherFactory, PoolSettings, WorkerPools
+from broker.runtimes.sandbox.pool import (
+    LauncherFactory,
+    PoolSettings,
+    ViolationHook,
+    WorkerPools,
+)
 from broker.runtimes.sandbox.probe import sandbox_support
 
 PREPARE_TIMEOUT = 1800.0
@@ -42,12 +47,17 @@ class SandboxRuntime:
         settings: PoolSettings | None = None,
         launcher_factory: LauncherFactory | None = None,
         support: Callable[[], list[str]] = sandbox_support,
+        on_violation: ViolationHook | None = None,
     ) -> None:
         missing = support()
         if missing:
             raise SandboxUnavailable(missing)
         self.pools = WorkerPools(
-            store, environments, settings=settings, launcher_factory=launcher_factory
+            store,
+            environments,
+            settings=settings,
+            launcher_factory=launcher_factory,
+            on_violation=on_violation,
         )
 
     def invoke(
