@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -227,7 +228,10 @@ def test_buyer_going_away_cancels_the_outbound_call(
     cancellers: list[Canceller] = []
 
     def buyer_leaves_once_backend_is_busy() -> None:
-        backend.started.wait(60)  # a loaded machine can be slow to get there; cancel anyway
+        # The backend may see the call before the runtime has handed over its canceller.
+        backend.started.wait(60)
+        while not cancellers:
+            time.sleep(0.005)
         cancellers[0]()
 
     leaver = threading.Thread(target=buyer_leaves_once_backend_is_busy)
