@@ -6,11 +6,16 @@ tokenizers and the MiniLM weights: a few hundred MB) once, outside the sandbox. 
 prepares these packages on a background thread, printing pip's progress; each model is
 registered (and callable) as soon as its environment is ready. Later runs find the
 environments prepared and register the models at once.
+
+``smollm2-chat`` (SmolLM2 on llama.cpp, in the sandbox) needs the llama-cpp-python wheel that
+``make llm-env`` builds into the wheel cache (PyPI has only a 10+ minute source build); it is
+prepared from that cache, with PyPI for its other requirements, and skipped without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from broker.config import Config
 from broker.errors import AlreadyExists, BrokerError
-from broker.packages.environment import Environments
+from broker.packages.environment import Environments, PrepareOptions
 from broker.packages.errors import PackageNotPrepared
 from broker.packages.store import PackageStore
 from broker.registry.model import FieldSpec, ModelStatus, ModelVersion, Runtime
@@ -38,6 +43,7 @@ class DemoPackage:
     name: str
     description: str
     fields: tuple[FieldSpec, ...]
+    llama_wheel: bool = False  # installs llama-cpp-python from the local wheel cache
 
 
 PACKAGES = (
@@ -58,7 +64,26 @@ PACKAGES = (
             FieldSpec(path="/documents", type="array", labels=("restricted",)),
         ),
     ),
+    DemoPackage(
+        "smollm2-chat",
+        "smollm2-sandboxed",
+        "Chat (SmolLM2-135M-Instruct on llama.cpp) inside the broker's sandbox, so restricted "
+        "text can go to an LLM. Payload: an OpenAI chat request; answer in choices[0].message",
+        (FieldSpec(path="/messages/*/content", type="string", labels=("text.chat",)),),
+        llama_wheel=True,
+    ),
 )
+LLAMA_WHEEL_GLOB = "llama_cpp_python-0.3.36-*.whl"
+
+
+def llama_wheels() -> Path | None:
+    """The wheel cache ``examples/llm/build.sh`` fills, if it holds the llama-cpp-python wheel."""
+    if os.environ.get("LLM_WHEELS"):
+        folder = Path(os.environ["LLM_WHEELS"])
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = folder / "model-broker" / "wheels"
+    return folder if any(folder.glob(LLAMA_WHEEL_GLOB)) else None
 
 
 def prepare_in_background(
@@ -81,14 +106,26 @@ def _prepare_all(
 ) -> None:
     store = PackageStore(config.data_dir)
     envs = Environments(config.data_dir / "envs")
+    wheels = llama_wheels()
     for demo in PACKAGES:
+        options = PrepareOptions()
+        if demo.llama_wheel:
+            if wheels is None:
+                say(f"sandboxed {demo.folder} skipped: `make llm-env` builds the wheel it needs")
+                continue
+            options = PrepareOptions(find_links=(wheels,))
         try:
             package = store.add(MODELS_DIR / demo.folder)
             try:
                 envs.find(package)
             except PackageNotPrepared:
                 say(f"preparing {demo.folder} (first run only; progress below)")
-            envs.prepare(package, run_hook=sandboxed_prepare_hook(), progress=_progress(demo))
+            envs.prepare(
+                package,
+                run_hook=sandboxed_prepare_hook(),
+                options=options,
+                progress=_progress(demo),
+            )
             model = ModelVersion(
                 vendor=vendor,
                 name=demo.name,
