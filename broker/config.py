@@ -109,6 +109,14 @@ class DatabaseConfig(_Section):
     echo: bool = False
 
 
+class RegistryConfig(_Section):
+    """The model-resolution cache on the call path (staleness bound: broker.registry.cache)."""
+
+    resolve_cache_seconds: float = Field(default=2.0, ge=0, description="0 disables the cache")
+    resolve_cache_negative_seconds: float = Field(default=0.5, ge=0)
+    resolve_cache_entries: int = Field(default=10_000, ge=0)
+
+
 class BackendsConfig(_Section):
     """Outbound connections to remote model endpoints."""
 
@@ -195,6 +203,7 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     database: DatabaseConfig = DatabaseConfig()
+    registry: RegistryConfig = RegistryConfig()
     backends: BackendsConfig = BackendsConfig()
     policy: PolicyConfig = PolicyConfig()
     enforcement: EnforcementConfig = EnforcementConfig()

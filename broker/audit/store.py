@@ -10,6 +10,16 @@ memory, so replicas interleave their batches safely. Rows are therefore born wit
 their tree nodes, nothing is ever updated, and a crash leaves either the whole batch or none of
 it. The price, one integrator at a time, is paid per batch, not per entry (group commit).
 
+What an append costs is kept to the round trips that the design needs (lock, read the last leaf,
+two inserts, commit): every statement is built once at import, not per call, because building
+and cache-keying SQLAlchemy expressions cost more CPU than the database work they describe. The
+old nodes a batch hashes against (the *frontier*, O(log n) perfect subtrees) are read in one
+query, or not at all when this store wrote the last batch: after each commit the store keeps the
+frontier of the tree it left, tagged with that tree's size and last leaf hash, and reuses it only
+if the database, read under the integrator lock, still ends at exactly that leaf. Nodes are
+immutable once written (append-only tables), so a frontier for a given size and last leaf can
+only go stale by the tree growing, which changes the size and forces a read.
+
 Reads that need tree nodes are batched: the proof generators of :mod:`broker.audit.merkle` are
 pure functions of the sizes, so they are first run against a recording reader to learn which
 perfect subtrees they need, those are fetched with one query, and the generator runs again on
@@ -18,6 +28,7 @@ the fetched hashes. A proof thus costs one round trip with O(log n) rows at any 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -35,6 +46,19 @@ from broker.storage.db import for_writes
 INTEGRATOR_LOCK_ID: Final = 0x61756469746C6F67
 _T = TypeVar("_T")
 _Range = tuple[int, int]
+_Pair = tuple[int, int]
+
+# Statements built once (see the module docstring): SQLAlchemy then only looks them up in its
+# compiled cache on each execution instead of constructing and keying a new expression.
+_LOCK_PG: Final = sa.select(sa.func.pg_advisory_xact_lock(INTEGRATOR_LOCK_ID))
+_SIZE: Final = sa.select(sa.func.max(audit_entries.c.leaf_index))
+_LAST_LEAF: Final = (
+    sa.select(audit_entries.c.leaf_index, audit_entries.c.entry_hash)
+    .order_by(audit_entries.c.leaf_index.desc())
+    .limit(1)
+)
+_ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
+_NODE_COLUMNS: Final = (audit_nodes.c.level, audit_nodes.c.node_index, audit_nodes.c.hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +88,28 @@ def _csv_list(values: Iterable[str]) -> str:
 
 def entry_row(index: int, entry: Entry, digest: bytes) -> dict[str, object]:
     """The ``audit_entries`` row of ``entry`` at ``index`` with leaf hash ``digest``."""
+    return dict(zip(_ENTRY_COLUMNS, _entry_values(index, entry, digest), strict=True))
+
+
+def _entry_values(index: int, entry: Entry, digest: bytes) -> tuple[object, ...]:
+    """:func:`entry_row` as a tuple in ``audit_entries`` column order, for driver executemany."""
     body = entry.body
-    fields = body.get("fields", [])
-    return {
-        "leaf_index": index,
-        "entry": entry.data,
-        "entry_hash": digest,
-        "time_us": body["time_us"],
-        "kind": entry.kind,
-        "tenant": body.get("tenant", ""),
-        "subject": body.get("subject", ""),
-        "call_id": entry.call_id,
-        "model": body.get("model", body.get("target", "")),
-        "vendor": body.get("vendor", ""),
-        "status": body.get("status", ""),
-        "actions": _csv_list(f["action"] for f in fields),
-        "labels": _csv_list(label for f in fields for label in f["labels"]),
-    }
+    fields = body.get("fields", ())
+    return (
+        index,
+        entry.data,
+        digest,
+        body["time_us"],
+        entry.kind,
+        body.get("tenant", ""),
+        body.get("subject", ""),
+        entry.call_id,
+        body.get("model", body.get("target", "")),
+        body.get("vendor", ""),
+        body.get("status", ""),
+        _csv_list(f["action"] for f in fields),
+        _csv_list(label for f in fields for label in f["labels"]),
+    )
 
 
 def frontier_pairs(size: int) -> list[tuple[int, int]]:
@@ -100,20 +129,28 @@ def integrate(
     Pure: ``frontier`` maps :func:`frontier_pairs` of ``size`` to their hashes. Used by
     :meth:`AuditStore.append` and by bulk loaders, so there is one way to compute nodes.
     """
+    rows, _ = _integrate(size, hashes, frontier)
+    return [{"level": lv, "node_index": i, "hash": h} for lv, i, h in rows]
+
+
+def _integrate(
+    size: int, hashes: Sequence[bytes], frontier: dict[_Pair, bytes]
+) -> tuple[list[tuple[int, int, bytes]], dict[_Pair, bytes]]:
+    """:func:`integrate` as ``audit_nodes`` tuples, with every node it knows (new frontier too)."""
     known = dict(frontier)
     if len(known) != len(frontier_pairs(size)):
         raise Internal("audit log tree is missing nodes: refusing to append")
-    rows: list[dict[str, object]] = []
+    rows: list[tuple[int, int, bytes]] = []
     for offset, digest in enumerate(hashes):
         index, level, current = size + offset, 0, digest
         known[(0, index)] = digest
-        rows.append({"level": 0, "node_index": index, "hash": digest})
+        rows.append((0, index, digest))
         while index & 1:
             current = node_hash(known[(level, index - 1)], current)
             level, index = level + 1, index >> 1
             known[(level, index)] = current
-            rows.append({"level": level, "node_index": index, "hash": current})
-    return rows
+            rows.append((level, index, current))
+    return rows, known
 
 
 def _to_pair(rng: _Range) -> tuple[int, int]:
@@ -128,6 +165,9 @@ class AuditStore:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._writer = for_writes(engine)
+        # (size, last leaf hash, frontier of that tree) as this store last committed it; one
+        # tuple, replaced whole, so threads never see half of it (see the module docstring).
+        self._tip: tuple[int, bytes, dict[_Pair, bytes]] | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -140,29 +180,42 @@ class AuditStore:
         """Insert, sequence and integrate ``entries`` atomically; return their receipts."""
         if not entries:
             return []
+        hashes = [leaf_hash(e.data) for e in entries]
         with self._writer.begin() as conn:
             self._lock(conn)
-            size = _size(conn)
-            hashes = [leaf_hash(e.data) for e in entries]
-            frontier = _read_pairs(conn, frontier_pairs(size))
-            nodes = integrate(size, hashes, frontier)
-            conn.execute(
-                audit_entries.insert(),
+            size, frontier = self._frontier(conn)
+            nodes, known = _integrate(size, hashes, frontier)
+            entries_sql, nodes_sql = _inserts(conn.dialect.paramstyle)
+            conn.exec_driver_sql(
+                entries_sql,
                 [
-                    entry_row(size + i, e, h)
+                    _entry_values(size + i, e, h)
                     for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
                 ],
             )
-            if nodes:
-                conn.execute(audit_nodes.insert(), nodes)
+            conn.exec_driver_sql(nodes_sql, nodes)
+        # Only after the commit: a rolled-back batch must leave no trace in the cache.
+        end = size + len(hashes)
+        self._tip = (end, hashes[-1], {pair: known[pair] for pair in frontier_pairs(end)})
         return [
             Receipt(size + i, h, e.call_id)
             for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
         ]
 
+    def _frontier(self, conn: sa.Connection) -> tuple[int, dict[_Pair, bytes]]:
+        """The tree's size and frontier, read under the lock; cached nodes if still the tip."""
+        last = conn.execute(_LAST_LEAF).first()
+        if last is None:
+            return 0, {}
+        size, last_hash = int(last[0]) + 1, bytes(last[1])
+        tip = self._tip
+        if tip is not None and tip[0] == size and tip[1] == last_hash:
+            return size, tip[2]
+        return size, _read_frontier(conn, size)
+
     def _lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(INTEGRATOR_LOCK_ID)))
+            conn.execute(_LOCK_PG)
 
     def add_checkpoint(
         self, sign: Callable[[int, bytes], str], time_us: int
@@ -249,7 +302,7 @@ class AuditStore:
 
 
 def _size(conn: sa.Connection) -> int:
-    value = conn.execute(sa.select(sa.func.max(audit_entries.c.leaf_index))).scalar()
+    value = conn.execute(_SIZE).scalar()
     return 0 if value is None else int(value) + 1
 
 
@@ -276,6 +329,52 @@ def _read_pairs(
         for row in conn.execute(query)
         if len(row[2]) == HASH_SIZE
     }
+
+
+@functools.cache
+def _inserts(paramstyle: str) -> tuple[str, str]:
+    """INSERT text for entries and nodes in the driver's own placeholder style.
+
+    Rows go to the driver's executemany as plain tuples: SQLAlchemy's per-row parameter
+    processing cost more than the inserts themselves, and these columns need no conversion
+    (bytes, str and int reach SQLite and psycopg as they are, exactly as bulk loaders send them).
+    """
+    mark = "?" if paramstyle == "qmark" else "%s"
+
+    def insert(table: sa.Table) -> str:
+        names = ", ".join(c.name for c in table.columns)
+        marks = ", ".join(mark for _ in table.columns)
+        # Names come from this module's Table objects, never from input.
+        return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
+
+    return insert(audit_entries), insert(audit_nodes)
+
+
+def _read_frontier(conn: sa.Connection, size: int) -> dict[_Pair, bytes]:
+    """Hashes of :func:`frontier_pairs` of ``size``, in one query built once per pair count.
+
+    Each level holds exactly one frontier node, so the statement only depends on how many there
+    are: ``level = :lK AND node_index = :iK`` branches UNION ALL-ed, each a primary-key lookup.
+    """
+    pairs = frontier_pairs(size)
+    params: dict[str, int] = {}
+    for k, (level, index) in enumerate(pairs):
+        params[f"l{k}"], params[f"i{k}"] = level, index
+    rows = conn.execute(_frontier_query(len(pairs)), params)
+    return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if len(r[2]) == HASH_SIZE}
+
+
+@functools.cache
+def _frontier_query(count: int) -> sa.Executable:
+    """The statement :func:`_read_frontier` runs for ``count`` (1 to 64) frontier nodes."""
+    branches = [
+        sa.select(*_NODE_COLUMNS).where(
+            audit_nodes.c.level == sa.bindparam(f"l{k}", type_=sa.SmallInteger()),
+            audit_nodes.c.node_index == sa.bindparam(f"i{k}", type_=sa.BigInteger()),
+        )
+        for k in range(count)
+    ]
+    return branches[0] if count == 1 else sa.union_all(*branches)
 
 
 def _prove(conn: sa.Connection, build: Callable[[merkle.SubtreeHashReader], _T]) -> _T:

@@ -100,7 +100,7 @@ def build_request(
         model_name=model_name, model_version=model_version, id=request_id
     )
     for item in plan.inputs:
-        request.inputs.append(_build_input(item, payload))
+        _add_input(request, item, payload)
     for name in dict.fromkeys(out.name for out in plan.outputs):
         request.outputs.add(name=name)
     return request
@@ -182,9 +182,12 @@ def _mapping_error(reason: str) -> NoReturn:
     raise FailedPrecondition(f"the model's tensor mapping is invalid: {reason}")
 
 
-def _build_input(
-    item: _InputPlan, payload: dict[str, Any]
-) -> pb.ModelInferRequest.InferInputTensor:
+def _add_input(request: pb.ModelInferRequest, item: _InputPlan, payload: dict[str, Any]) -> None:
+    """Check and convert one input's values, then add its tensor to ``request``.
+
+    The tensor is built in place (``inputs.add``), not built apart and appended, which would
+    copy every tensor once more; nothing is added unless the whole tensor is valid.
+    """
     spec = item.spec
     pointers = (spec.path,) if spec.path else spec.paths
     values: list[Any] = []
@@ -218,11 +221,8 @@ def _build_input(
             converted.append(_convert(value, item.datatype, spec.datatype))
         except _ElementError as exc:
             _element_error(spec, pointers, found, position, str(exc))
-    tensor = pb.ModelInferRequest.InferInputTensor(
-        name=spec.name, datatype=spec.datatype, shape=shape
-    )
+    tensor = request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
     getattr(tensor.contents, item.datatype.field).extend(converted)
-    return tensor
 
 
 def _payload_error(reason: str) -> NoReturn:

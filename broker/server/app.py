@@ -58,7 +58,8 @@ from broker.packages.environment import Environments
 from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
-from broker.registry.model import Runtime
+from broker.registry.cache import CachedResolver
+from broker.registry.model import ModelVersion, Runtime
 from broker.registry.secrets import EndpointSecrets
 from broker.registry.store import RegistryStore
 from broker.retention.scheduler import ExpiryJob
@@ -73,7 +74,7 @@ from broker.server.audit_service import AuditServicer
 from broker.server.broker_service import BrokerServicer
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
-from broker.server.registry_service import RegistryServicer
+from broker.server.registry_service import ChangeKind, RegistryServicer
 from broker.server.retention_service import RetentionServicer
 from broker.storage.db import create_engine_for, migrate
 
@@ -156,6 +157,12 @@ def build_server(config: Config) -> BrokerServer:
     if config.database.auto_migrate:
         migrate(engine)
     store = RegistryStore(engine)
+    resolver = CachedResolver(
+        store,
+        ttl_seconds=config.registry.resolve_cache_seconds,
+        negative_ttl_seconds=config.registry.resolve_cache_negative_seconds,
+        max_entries=config.registry.resolve_cache_entries,
+    )
     verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
     keys = TenantKeys.load_or_create(config.data_dir)
     secrets = EndpointSecrets(engine, keys)
@@ -176,7 +183,7 @@ def build_server(config: Config) -> BrokerServer:
     )
     limiter = TenantConcurrencyLimiter(config.limits.tenant_concurrency)
     invoker = Invoker(
-        store,
+        resolver,
         runtimes,
         limiter,
         enforcement,
@@ -186,7 +193,7 @@ def build_server(config: Config) -> BrokerServer:
         retention=retention.store if retention is not None else None,
     )
     streamer = Streamer(
-        store,
+        resolver,
         runtimes,
         limiter,
         enforcement,
@@ -206,6 +213,12 @@ def build_server(config: Config) -> BrokerServer:
         ],
         maximum_concurrent_rpcs=config.server.max_workers * 8,
     )
+    record_change = audit_hooks.registry_changes(audit)
+
+    def on_registry_change(kind: ChangeKind, model: ModelVersion) -> None:
+        resolver.invalidate(model.vendor, model.name)  # first: the audit hook may raise
+        record_change(kind, model)
+
     broker_pb2_grpc.add_BrokerServicer_to_server(
         BrokerServicer(
             invoker,
@@ -217,7 +230,7 @@ def build_server(config: Config) -> BrokerServer:
         server,
     )
     registry_pb2_grpc.add_RegistryServicer_to_server(
-        RegistryServicer(store, on_change=audit_hooks.registry_changes(audit), secrets=secrets),
+        RegistryServicer(store, on_change=on_registry_change, secrets=secrets),
         server,
     )
     audit_pb2_grpc.add_AuditServicer_to_server(
