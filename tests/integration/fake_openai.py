@@ -29,6 +29,11 @@ def whole(text: str) -> list[str]:
     return [text]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's default backlog of 5 resets bursts of connects
+
+
 @dataclass
 class FakeOpenAI:
     """The server's state; tests set ``script`` and friends, then read ``requests``."""
@@ -161,8 +166,7 @@ def _role() -> bytes:
 
 def start_fake_openai() -> FakeOpenAI:
     """Start the fake on a free loopback port (stop it with ``stop``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), BaseHTTPRequestHandler)
     fake = FakeOpenAI(server)
     server.RequestHandlerClass = _handler(fake)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -197,6 +197,7 @@ class Vendor(BaseHTTPRequestHandler):
 
 class VendorServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default backlog of 5 resets bursts of connects
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Vendor)
