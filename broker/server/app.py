@@ -7,8 +7,8 @@ accepting calls, reports NOT_SERVING to health checks and drains the calls in fl
 
 The server is grpcio's synchronous server on a thread pool. ``make bench`` measures both server
 models for the same echo service in the same run (section ``server_model``): on these 2-core
-machines the 16-thread sync server answered 1.68x the calls/s of ``grpc.aio`` at saturation
-and had half its p50 at 100 calls/s (2026-11-27, quick run). The broker's outbound calls are
+machines the 16-thread sync server answered 1.05x the calls/s of ``grpc.aio`` on a quiet
+machine and 1.68x on a busy one (2026-11-27), never less. The broker's outbound calls are
 blocking gRPC/HTTP calls that release the GIL, so threads suit them, and regorus engines are
 bound to the thread that made them, which an event loop would funnel into one thread.
 """
