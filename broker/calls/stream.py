@@ -58,14 +58,27 @@ from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
 from broker.runtimes.base import Canceller
-from broker.runtimes.openai import ChatStream, Usage
+from broker.runtimes.openai import ChatChunk, Usage
 
 CONTENT_PATH = "/choices/0/delta/content"
 CONTENT_SHAPE = "/choices/*/delta/content"
 
 
+class ChunkStream(Protocol):
+    """What the call path reads from a model's stream (``ChatStream``, ``AnswerAsStream``)."""
+
+    usage: Usage | None
+    finish_reason: str | None
+
+    def __iter__(self) -> Iterator[ChatChunk]: ...
+
+    def __enter__(self) -> ChunkStream: ...
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
+
+
 class StreamingRuntime(Protocol):
-    """A runtime that can stream chat answers (``OpenAIRuntime``)."""
+    """A runtime that streams chat answers (OpenAIRuntime; SandboxRuntime in one chunk)."""
 
     def stream(
         self,
@@ -75,8 +88,9 @@ class StreamingRuntime(Protocol):
         timeout: float,
         call_id: str,
         on_cancel: Callable[[Canceller], None] | None = None,
-    ) -> ChatStream:
-        """Start the vendor's stream; errors before its first chunk raise here."""
+        tenant: str,
+    ) -> ChunkStream:
+        """Start the model's stream; errors before its first chunk raise here."""
         ...
 
 
@@ -233,7 +247,9 @@ class Streamer:
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
             _refuse_retention(plan)
-            scope = CallScope(principal.tenant, record.call_id, to_sandbox=False)
+            scope = CallScope(
+                principal.tenant, record.call_id, to_sandbox=model.runtime is Runtime.SANDBOX
+            )
             outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
             close_tool_arguments(outgoing.payload, chat.opened)
             answer_plan = self._answer_plan(principal, model, purpose, classification)
@@ -254,7 +270,7 @@ class Streamer:
             )
             vendor = runtime.stream(
                 model, outgoing.payload, timeout=timeout, call_id=record.call_id,
-                on_cancel=on_cancel,
+                on_cancel=on_cancel, tenant=principal.tenant,
             )  # fmt: skip
             with vendor:
                 try:

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 
-from broker._proto.broker.v1 import models_pb2
+from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc, models_pb2
 from broker.errors import BrokerError
 from broker.packages.digest import dir_name
 from broker.packages.environment import Environments, PrepareOptions
@@ -172,3 +173,25 @@ def test_a_request_the_model_does_not_support_is_an_error(broker: BrokerHarness)
     # The model's own refusal: the call fails, the worker stays up for the next one.
     assert exc.value.code() is not grpc.StatusCode.OK
     assert buyer.invoke(SANDBOXED, CHAT, labels=LABELS, timeout=120).answer["choices"]
+
+
+def test_invoke_stream_serves_the_sandboxed_llm_in_one_chunk(broker: BrokerHarness) -> None:
+    token = broker.token("bank", "buyer")
+    request = broker_pb2.InvokeRequest(model=SANDBOXED, json=orjson.dumps(CHAT))
+    for path, names in LABELS.items():
+        request.labels[path].labels.extend(names)
+    with broker.channel() as channel:
+        chunks = list(
+            broker_pb2_grpc.BrokerStub(channel).InvokeStream(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=120
+            )
+        )
+    kinds = [chunk.WhichOneof("part") for chunk in chunks]
+    assert kinds[0] == "decisions"
+    assert kinds[-1] == "summary"
+    deltas = [orjson.loads(c.delta) for c in chunks if c.WhichOneof("part") == "delta"]
+    text = "".join(d["choices"][0]["delta"].get("content", "") for d in deltas)
+    assert CODENAME.lower() in text.lower(), text
+    actions = {d.path: d.action for d in chunks[0].decisions.decisions}
+    assert actions["/messages/2/content"] == "sandbox"
+    assert chunks[-1].summary.receipt.leaf_index > 0

@@ -157,6 +157,7 @@ class OpenAIRuntime:
         timeout: float,
         call_id: str,
         on_cancel: Callable[[Canceller], None] | None = None,
+        tenant: str = "",
     ) -> ChatStream:
         """Start a streamed chat completion; errors before the first chunk raise here.
 

@@ -21,6 +21,7 @@ from broker.packages.store import PackageStore, StoredPackage
 from broker.registry.model import ModelVersion
 from broker.registry.model import Runtime as RuntimeKind
 from broker.runtimes.base import Canceller
+from broker.runtimes.sandbox.chat_stream import AnswerAsStream
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.limits import WorkerLimits
@@ -85,6 +86,27 @@ class SandboxRuntime:
             model=model.ref,
             on_cancel=on_cancel,
         )
+
+    def stream(
+        self,
+        model: ModelVersion,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        call_id: str,
+        on_cancel: Callable[[Canceller], None] | None = None,
+        tenant: str,
+    ) -> AnswerAsStream:
+        """Run a chat call in the sandbox and deliver its answer as a one-chunk stream.
+
+        Workers answer in one frame, so there is nothing to stream token by token; see
+        ``broker.runtimes.sandbox.chat_stream``. Streaming options are not the model's concern.
+        """
+        request = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        answer = self.invoke(
+            model, request, timeout=timeout, call_id=call_id, on_cancel=on_cancel, tenant=tenant
+        )
+        return AnswerAsStream(answer)
 
     def close(self) -> None:
         """Kill every worker; later calls fail with ``Unavailable``."""
