@@ -147,16 +147,11 @@ class BrokerClient:
         self, *, vendor: str = "", timeout: float = 10.0
     ) -> Iterator[models_pb2.CatalogModel]:
         """Every listed model in the catalogue, page by page."""
-        token = ""
-        while True:
-            request = broker_pb2.ListModelsRequest(vendor=vendor, page_token=token)
-            page: broker_pb2.ListModelsResponse = self._call(
-                self.broker.ListModels, request, timeout
-            )
-            yield from page.models
-            token = page.next_page_token
-            if not token:
-                return
+        return self._pages(
+            self.broker.ListModels,
+            lambda token: broker_pb2.ListModelsRequest(vendor=vendor, page_token=token),
+            timeout,
+        )
 
     def register_model(self, model: models_pb2.Model, *, timeout: float = 10.0) -> models_pb2.Model:
         """Register a new model version (vendor role)."""
@@ -178,12 +173,19 @@ class BrokerClient:
         self, *, vendor: str = "", timeout: float = 10.0
     ) -> Iterator[models_pb2.Model]:
         """The caller's own model versions in every status (vendor role)."""
+        return self._pages(
+            self.registry.ListVendorModels,
+            lambda token: registry_pb2.ListVendorModelsRequest(vendor=vendor, page_token=token),
+            timeout,
+        )
+
+    def _pages(
+        self, method: Callable[..., Any], request_for: Callable[[str], Any], timeout: float
+    ) -> Iterator[Any]:
+        """Follow ``next_page_token`` from the first page to the last, yielding each item."""
         token = ""
         while True:
-            request = registry_pb2.ListVendorModelsRequest(vendor=vendor, page_token=token)
-            page: registry_pb2.ListVendorModelsResponse = self._call(
-                self.registry.ListVendorModels, request, timeout
-            )
+            page = self._call(method, request_for(token), timeout)
             yield from page.models
             token = page.next_page_token
             if not token:
