@@ -12,9 +12,14 @@ can cross the release point:
 2. **Word breaks.** A whitespace that follows a plain word (letters with at least one lowercase
    letter, at most one punctuation mark around it) ends every entity the detectors know: emails,
    JWTs, keys and IP addresses hold no whitespace, and phone numbers, cards, IBANs and ID numbers
-   hold only digits and capitals between their spaces. So prose is released word by word, and
-   the time to first chunk stays at the model's own. (Not after an unclosed
-   ``-----BEGIN ... PRIVATE KEY-----``, whose block may contain anything.)
+   hold only digits and capitals between their spaces. So does a whitespace *before* a word
+   once that word's first lowercase letter has arrived (capitals, then a lowercase letter): no
+   detector lets an entity end right before a letter (each right edge refuses ``[0-9A-Za-z]``),
+   so no entity reaches into that word, and none crosses the whitespace without doing so. That
+   second rule releases a leading ``1.`` or ``42`` as soon as the next word shows itself, not a
+   word later. So prose is released word by word, and the time to first chunk stays at the
+   model's own. (Not after an unclosed ``-----BEGIN ... PRIVATE KEY-----``, whose block may
+   contain anything.)
 3. **No cut through an entity.** If the release point falls inside an entity found in the
    window, it moves back to the entity's start: the whole entity waits until it is complete.
 
@@ -53,6 +58,8 @@ _PLAIN_WORD_BREAK: Final = re.compile(
     # possessive, with the lowercase test in a look-ahead: linear time on long letter runs
     r"(?<!\S)[\"'(\[]?(?=[A-Za-z]*[a-z])[A-Za-z]++[,.;:!?)\"'\]]?\s"
 )
+_BREAK_BEFORE_WORD: Final = re.compile(r"\s(?=[A-Z]*[a-z])")
+"""A whitespace followed by a word with a lowercase letter (seen up to that letter)."""
 _PEM_BEGIN: Final = "-----BEGIN"
 _PEM_END: Final = "-----END"
 
@@ -161,7 +168,7 @@ class StreamingScanner:
 
     @staticmethod
     def _last_word_break(buf: str, boundary: int, *, at_start: bool) -> int:
-        """The last position after a plain word's trailing whitespace, or ``boundary``."""
+        """The last word break (rule 2 of the module docstring) after ``boundary``, or it."""
         limit = len(buf)
         begin = buf.rfind(_PEM_BEGIN)
         if begin != -1 and buf.find(_PEM_END, begin) == -1:
@@ -171,5 +178,7 @@ class StreamingScanner:
         # Position 0 is a word start only at the very start of the answer, not of a window.
         start = max(0 if at_start else 1, boundary - 64)
         for match in _PLAIN_WORD_BREAK.finditer(buf, start, limit):
+            found = max(found, match.end())
+        for match in _BREAK_BEFORE_WORD.finditer(buf, max(boundary - 1, 0), limit):
             found = max(found, match.end())
         return found

@@ -112,6 +112,32 @@ def test_prose_is_released_word_by_word() -> None:
     assert s.held == len("you")
 
 
+def test_a_leading_number_goes_out_when_the_next_word_shows_a_lowercase_letter() -> None:
+    """A list answer ("1. Red") must not wait a whole word more than prose does."""
+    s = scanner()
+    assert s.feed("1") == ""
+    assert s.feed(".") == ""
+    assert s.feed(" R") == ""  # "R" could still be part of an IBAN group or an ID
+    assert s.feed("ed") == "1. "
+    assert s.feed(": This") == "Red: "
+
+
+def test_digits_before_a_capitalised_word_wait_for_its_lowercase_letter() -> None:
+    """ "GB82 WEST ... 32 RE" could still grow into a longer IBAN until a lowercase letter."""
+    iban = "GB82 WEST 1234 5698 7654 32"
+    s = scanner()
+    assert s.feed(f"the IBAN {iban} ") == "the "
+    assert s.feed("RE") == ""
+    start = len("the IBAN ")
+    assert s.feed("ady") == f"IBAN [{DETECTORS.scan(iban)[0].label}@{start}-{start + len(iban)}] "
+
+
+def test_a_phone_number_split_by_spaces_is_not_cut_at_its_spaces() -> None:
+    s = scanner()
+    assert s.feed("call +44 20 ") == "call "
+    assert s.feed("7946 0958 to") == "[pii.phone@5-21] "
+
+
 def test_an_entity_waits_until_it_is_complete() -> None:
     s = scanner()
     assert s.feed("mail ada@example.o") == "mail "
