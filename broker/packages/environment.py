@@ -13,8 +13,15 @@
 Everything is built in a staging directory and renamed into place with a ``prepared.json``
 marker, so a half-built environment is never used. Workers see the artefacts at
 ``/env/0`` (:data:`broker.packages.manifest.ARTEFACTS_MOUNT`) and site-packages at ``/env/1``,
-both read-only. The environment is not re-hashed at each start (hundreds of MB); it is the
-broker's own output, written by the broker's user and bound read-only.
+both read-only.
+
+``prepare`` also records a digest manifest of what it built, beside the environment
+(:mod:`broker.packages.env_digest`), and ``find`` (called at every worker start) checks the
+environment against it: hashed in full once per ``Environments`` object (the broker keeps one
+per process), then a cheap ``lstat`` comparison at each later start that re-hashes only when
+something changed. A mismatch raises :class:`EnvironmentTampered` naming the first differing
+file. An environment without a manifest (built by an older broker) is treated as not prepared:
+``prepare`` rebuilds it, as it rebuilds a tampered one, instead of trusting what is on disk.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ import orjson
 
 from broker.packages.archive import ExtractLimits, _safe_relative, remove_tree
 from broker.packages.digest import dir_name
+from broker.packages.env_digest import (
+    EnvironmentVerifier,
+    build_manifest,
+    discard_manifest,
+    write_manifest,
+)
 from broker.packages.errors import InvalidPackage, PackageNotPrepared
 from broker.packages.store import StoredPackage
 
@@ -70,9 +83,14 @@ class Environments:
 
     def __init__(self, envs_root: Path) -> None:
         self.root = Path(envs_root)
+        self._verifier = EnvironmentVerifier()
 
     def find(self, package: StoredPackage) -> Environment:
-        """The package's prepared environment (empty for a package that needs none)."""
+        """The package's prepared environment, checked against its manifest (empty if none needed).
+
+        Raises :class:`PackageNotPrepared` (or its :class:`EnvironmentTampered`) when it is
+        missing, from an older broker, or changed on disk since ``prepare``.
+        """
         if not package.manifest.needs_environment:
             return Environment(root=self.root, mounts=())
         root = self.root / dir_name(package.digest)
@@ -82,6 +100,7 @@ class Environments:
             raise PackageNotPrepared(package.digest) from None
         if marker.get("digest") != package.digest or marker.get("python") != PYTHON_TAG:
             raise PackageNotPrepared(package.digest)
+        self._verifier.verify(root, package.digest)
         return Environment(root=root, mounts=_mounts(root))
 
     def prepare(
@@ -100,8 +119,9 @@ class Environments:
         if not options.force:
             try:
                 return self.find(package)
-            except PackageNotPrepared:
-                pass
+            except PackageNotPrepared as exc:
+                if exc.why != PackageNotPrepared.NEVER_BUILT:
+                    progress(f"rebuilding: model package {package.digest} {exc.why}")
         if package.manifest.prepare and run_hook is None:
             raise InvalidPackage("this package has a prepare step, which needs a sandbox runner")
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -117,9 +137,12 @@ class Environments:
                 _write_artefacts(staging / "artefacts", answer, progress)
             marker = {"digest": package.digest, "python": PYTHON_TAG, "built": time.time()}
             (staging / MARKER).write_bytes(orjson.dumps(marker))
+            manifest = build_manifest(staging, package.digest)
             final = self.root / dir_name(package.digest)
+            discard_manifest(final)
             remove_tree(final)
             staging.rename(final)
+            write_manifest(final, manifest)
             progress(f"prepared {package.digest} in {time.monotonic() - started:.1f} s")
         finally:
             remove_tree(staging)

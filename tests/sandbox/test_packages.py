@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from broker.packages.archive import ExtractLimits
 from broker.packages.digest import package_digest
 from broker.packages.environment import Environments
 from broker.packages.errors import (
+    EnvironmentTampered,
     InvalidPackage,
     PackageNotFound,
     PackageNotPrepared,
@@ -20,6 +22,9 @@ from broker.packages.errors import (
 )
 from broker.packages.manifest import Manifest
 from broker.packages.store import PackageStore
+from broker.runtimes.sandbox.launcher import SandboxLauncher
+from broker.runtimes.sandbox.pool import WorkerPools
+from broker.runtimes.sandbox.runtime import sandboxed_prepare_hook
 
 POOL_PACKAGE = Path(__file__).parent / "pool_pkg"
 IRIS_PACKAGE = Path(__file__).parents[2] / "examples" / "models" / "iris-sklearn"
@@ -180,3 +185,47 @@ def test_a_package_with_requirements_must_be_prepared(tmp_path: Path) -> None:
     package = PackageStore(tmp_path).add(IRIS_PACKAGE)
     with pytest.raises(PackageNotPrepared, match="broker packages prepare"):
         Environments(tmp_path / "envs").find(package)
+
+
+_ARTEFACT_MODEL = """
+import base64
+
+
+def prepare(payload):
+    return {"artefacts": {"greeting.txt": base64.b64encode(b"prepared").decode()}}
+
+
+def answer(payload):
+    with open("/env/0/greeting.txt", "rb") as f:
+        return {"greeting": f.read().decode()}
+"""
+
+
+@pytest.mark.sandbox
+def test_a_tampered_environment_is_refused_at_the_next_worker_start(
+    tmp_path: Path, launcher: SandboxLauncher
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    manifest = {
+        "name": "artefact-reader",
+        "version": "1.0.0",
+        "entry_point": "reader:answer",
+        "prepare": "reader:prepare",
+    }
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    (source / "reader.py").write_text(_ARTEFACT_MODEL)
+    store = PackageStore(tmp_path / "data")
+    package = store.add(source)
+    envs = Environments(tmp_path / "envs")
+    env = envs.prepare(package, run_hook=sandboxed_prepare_hook())
+    pools = WorkerPools(store, envs)
+    try:
+        assert pools.call(package.digest, "tenant-a", {}, timeout=30) == {"greeting": "prepared"}
+        (env.mounts[0] / "greeting.txt").write_bytes(b"swapped")
+        with pytest.raises(EnvironmentTampered) as caught:
+            pools.call(package.digest, "tenant-b", {}, timeout=30)  # a new worker: checked
+        assert caught.value.path == "artefacts/greeting.txt"
+        assert "broker packages prepare" in caught.value.message
+    finally:
+        pools.close()
