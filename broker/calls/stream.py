@@ -5,8 +5,10 @@
             -> open the vendor's stream (caller's deadline; cancelled when the buyer leaves)
     chunks  -> per text channel (each choice's content, each tool call's arguments):
                ``StreamingScanner`` (entity actions) then ``StreamingRestorer`` (the buyer's
-               tokens of this call only) -> ``StreamDelta``
-    end     -> audit outcome (usage, digest of the delivered text, partial?) -> ``StreamSummary``
+               tokens of this call only) then ``CiphertextRestorer`` (the ciphertexts this
+               call's ``encrypt`` actions issued, if any) -> ``StreamDelta``
+    end     -> retain (if the policy says so) -> audit outcome (usage, digest of the delivered
+               text, partial?) -> ``StreamSummary``
 
 **The answer-side decision is made once, before the vendor is called**, with every label the
 detectors can report as an entity of the content (see ``_answer_plan``). Why not per label, as
@@ -17,6 +19,24 @@ cache answers), gives the scanner a fixed action table, and fails closed: a poli
 *deny* answers holding some label denies every stream for that buyer, model and purpose, before
 anything is sent. Policies should give answer-side entities actions (the shipped one does).
 
+**Encrypted values come back as with ``Invoke``**, but only the ciphertexts this call issued
+for this tenant (found in the payload sent and not in the one the buyer sent): a ciphertext of
+another call stays text, even one of the same tenant that ``Invoke`` would open. The stage holds
+back at most the longest of them (``broker/streaming/README.md``), and is left out of calls
+that encrypted nothing.
+
+**Retention as with ``Invoke``** (``broker.calls.retain``): a policy that asks to keep the call
+on a broker without a root key is refused before anything is sent (FAILED_PRECONDITION). Kept
+are the request as the buyer sent it and, for the answer, what the buyer was actually sent: the
+JSON array of the ``chat.completion.chunk`` objects delivered (``Invoke`` keeps the one answer
+object it returns). They are written once the stream ends, before the outcome entry: after the
+last chunk, or, when the stream breaks or the buyer leaves after the vendor was called, with
+the chunks delivered so far (the outcome says ``partial``); the summary lists the record ids,
+as ``Invoke``'s answer does. Unlike ``Invoke``, which keeps nothing of a call whose model
+failed, a stream that reached the vendor keeps the request even if no chunk came back: it left
+the broker. If the records cannot be written after a complete answer, the buyer gets that
+error instead of the summary, and the outcome records it (status UNAVAILABLE, not partial).
+
 What the answer side does not do for streams, on purpose and fail-closed:
 
 - a field action other than ``allow`` on ``/choices/0/delta/content`` (or on the tool-call
@@ -24,10 +44,7 @@ What the answer side does not do for streams, on purpose and fail-closed:
   the whole answer text with one redaction marker;
 - field labels *inside* streamed tool-call arguments cannot apply (the arguments arrive as
   fragments of JSON text); their text goes through the same entity actions and restoration as
-  content. Unary ``Invoke`` opens complete arguments (``broker.calls.chat``);
-- ``encrypt``-ed request values are not decrypted in streamed text (only vault tokens are
-  restored), and a policy that asks for retention is refused (FAILED_PRECONDITION, nothing
-  sent): use ``Invoke`` for those.
+  content. Unary ``Invoke`` opens complete arguments (``broker.calls.chat``).
 """
 
 from __future__ import annotations
@@ -48,17 +65,25 @@ from broker.calls.chat import close_tool_arguments, open_tool_arguments
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import labels_of, refuse_if_denied
 from broker.calls.invoke import CallRequest, Enforcement, ModelResolver
+from broker.calls.payload import JsonObject
+from broker.calls.retain import refuse_unkeepable, retain_call, wants_retention
 from broker.calls.stream_chunks import ChunkRewriter, entity_action
 from broker.classify.classifier import Classification, FieldInfo
 from broker.classify.detectors import TRUNCATED, DetectorSet, default_detector_set
-from broker.enforce.enforcer import CallScope, FieldDecision
+from broker.enforce.enforcer import CallScope, Enforced, FieldDecision
 from broker.enforce.keys import TenantKeys
+from broker.enforce.restore import ciphertexts_in
 from broker.errors import BrokerError, Cancelled, DeadlineExceeded, FailedPrecondition
+from broker.logging import get_logger
 from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
+from broker.retention.records import RetentionStore
 from broker.runtimes.base import Canceller
 from broker.runtimes.openai import ChatChunk, Usage
+from broker.streaming import ciphertext_opener
+
+_log = get_logger(__name__)
 
 CONTENT_PATH = "/choices/0/delta/content"
 CONTENT_SHAPE = "/choices/*/delta/content"
@@ -125,40 +150,67 @@ class StreamSummary:
     receipt: Receipt
     intent_leaf_index: int
     entity_actions: Mapping[str, str]
+    retained_record_ids: tuple[str, ...] = ()
 
 
 StreamEvent = StreamOpened | StreamDelta | StreamSummary
 
 
+_Keeper = Callable[[list[JsonObject]], tuple[str, ...]]
+"""Retains the call with the given delivered chunks as its answer; the record ids."""
+
+
 @dataclass
 class _Progress:
-    """What has happened so far, for the outcome entry whatever way the stream ends."""
+    """What has happened so far, for retention and the outcome whatever way the stream ends."""
 
     record: CallRecord
     vendor_called: bool = False
+    complete: bool = False
     recorded: bool = False
     delta_chunks: int = 0
     delivered: list[str] = field(default_factory=list)
     usage: Usage | None = None
+    keeper: _Keeper | None = None
+    answer_chunks: list[JsonObject] | None = None  # kept only when the answer is retained
+    retained: tuple[str, ...] = ()
+    kept: bool = False
 
-    def deliver(self, texts: list[str]) -> None:
+    def deliver(self, texts: list[str], chunk: JsonObject) -> None:
         self.delta_chunks += 1
         self.delivered.extend(texts)
+        if self.answer_chunks is not None:
+            self.answer_chunks.append(chunk)
 
     def fail(self, error: BrokerError) -> None:
-        """Write the outcome of a call that ended with ``error`` (once; later calls do nothing)."""
+        """Write the outcome of a call that ended with ``error`` (once; later calls do nothing).
+
+        After the vendor was called, what was delivered is retained first (if the policy says
+        so); a retention failure then is logged, and the outcome keeps the first error.
+        """
         if self.recorded:
             return
         self.recorded = True
         if not self.vendor_called:
             self.record.record_failure(error)
             return
-        self._outcome(error.code.name, type(error).__name__, partial=True)
+        try:
+            self._keep()
+        except BrokerError as exc:
+            _log.warning("stream_retention_failed", error=type(exc).__name__)
+        self._outcome(error.code.name, type(error).__name__, partial=not self.complete)
 
     def succeed(self) -> Receipt:
-        """Write the outcome of a complete answer."""
+        """Retain (if asked; its error propagates to ``fail``), then write the outcome."""
+        self._keep()
         self.recorded = True
         return self._outcome("OK", "", partial=False)
+
+    def _keep(self) -> None:
+        if self.keeper is None or self.kept:
+            return
+        self.kept = True
+        self.retained = self.keeper(self.answer_chunks or [])
 
     def _outcome(self, status: str, error_class: str, *, partial: bool) -> Receipt:
         return self.record.record_stream_outcome(
@@ -186,7 +238,10 @@ class Streamer:
         default_timeout: float,
         default_purpose: str = "default",
         detectors: DetectorSet | None = None,
+        retention: RetentionStore | None = None,
     ) -> None:
+        """``retention``: where kept calls go; None means this broker keeps nothing."""
+        self._retention = retention
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
@@ -246,7 +301,7 @@ class Streamer:
             plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
-            _refuse_retention(plan)
+            refuse_unkeepable(plan, self._retention)
             scope = CallScope(
                 principal.tenant, record.call_id, to_sandbox=model.runtime is Runtime.SANDBOX
             )
@@ -259,7 +314,10 @@ class Streamer:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
             record.record_intent(plan.revision, outgoing.decisions, outgoing.payload)
             yield StreamOpened(record.call_id, model, tuple(outgoing.decisions), plan.revision)
+            if wants_retention(plan):
+                self._plan_keeping(progress, principal, model, plan, request.payload)
             progress.vendor_called = True
+            issued = _issued_ciphertexts(chat.payload, outgoing)
             rewriter = ChunkRewriter(
                 self._detectors,
                 entity_action(answer_plan, self._keys, principal.tenant),
@@ -267,6 +325,8 @@ class Streamer:
                 principal.tenant,
                 record.call_id,
                 field_action=answer_plan.fields.get(CONTENT_PATH, answer_plan.default_action).kind,
+                ciphertexts=issued,
+                opener=ciphertext_opener(self._keys, principal.tenant) if issued else None,
             )
             vendor = runtime.stream(
                 model, outgoing.payload, timeout=timeout, call_id=record.call_id,
@@ -278,7 +338,7 @@ class Streamer:
                         progress.usage = vendor.usage
                         out = rewriter.rewrite(chunk.data)
                         if out is not None:
-                            progress.deliver(rewriter.take_delivered())
+                            progress.deliver(rewriter.take_delivered(), out)
                             yield StreamDelta(out)
                 except BrokerError as exc:
                     progress.usage = vendor.usage
@@ -287,6 +347,7 @@ class Streamer:
                     raise
                 progress.usage = vendor.usage
             yield from self._flush(rewriter, progress)
+            progress.complete = True
             receipt = progress.succeed()
         yield StreamSummary(
             call_id=record.call_id,
@@ -302,14 +363,41 @@ class Streamer:
                 label: answer_plan.entities.get(label, answer_plan.default_action).kind
                 for label in self._labels
             },
+            retained_record_ids=progress.retained,
         )
 
     @staticmethod
     def _flush(rewriter: ChunkRewriter, progress: _Progress) -> Iterator[StreamEvent]:
         tail = rewriter.flush()
         if tail is not None:
-            progress.deliver(rewriter.take_delivered())
+            progress.deliver(rewriter.take_delivered(), tail)
             yield StreamDelta(tail)
+
+    def _plan_keeping(
+        self,
+        progress: _Progress,
+        principal: Principal,
+        model: ModelVersion,
+        plan: Plan,
+        request: JsonObject,
+    ) -> None:
+        """Get ready to retain: collect delivered chunks if the answer is kept."""
+        store, call_id = self._retention, progress.record.call_id
+
+        def keep(answer: list[JsonObject]) -> tuple[str, ...]:
+            return retain_call(
+                store,
+                plan,
+                principal=principal,
+                model=model,
+                call_id=call_id,
+                request=request,
+                answer=answer,
+            )
+
+        progress.keeper = keep
+        if plan.retention.response_ttl_s:
+            progress.answer_chunks = []
 
     def _answer_plan(
         self,
@@ -351,9 +439,13 @@ class Streamer:
         return streaming
 
 
-def _refuse_retention(plan: Plan) -> None:
-    if plan.retention.request_ttl_s or plan.retention.response_ttl_s:
-        raise FailedPrecondition(
-            "the policy requires this call to be retained, which InvokeStream does not do; "
-            "use Invoke; nothing was sent"
-        )
+def _issued_ciphertexts(received: JsonObject, sent: Enforced) -> frozenset[str]:
+    """The ciphertexts this call's ``encrypt`` actions put into what was sent (often none)."""
+    encrypted = any(
+        decision.action == "encrypt"
+        or any(entity.action == "encrypt" for entity in decision.entities)
+        for decision in sent.decisions
+    )
+    if not encrypted:
+        return frozenset()
+    return frozenset(ciphertexts_in(sent.payload) - ciphertexts_in(received))

@@ -10,9 +10,10 @@ Two jobs, both for ``broker.calls.stream``:
   ``reasoning_content``; extensions) could carry text past the policy, so it is dropped.
 - **Police the text.** Every text channel (the content of each choice, the arguments of each
   tool call) has its own ``TextPipeline``: ``StreamingScanner`` applies the answer-side entity
-  actions, then ``StreamingRestorer`` restores the buyer's tokens of this call. A channel is
-  flushed when its choice reports a ``finish_reason`` (into that chunk, before the reason) or
-  when the stream ends.
+  actions, then ``StreamingRestorer`` restores the buyer's tokens of this call, then (when the
+  call encrypted request values) ``CiphertextRestorer`` opens the ciphertexts it issued. A
+  channel is flushed when its choice reports a ``finish_reason`` (into that chunk, before the
+  reason) or when the stream ends.
 
 Text held back by a pipeline simply shows up in a later chunk; a chunk left with nothing to
 say (no text, role, tool-call header, finish reason or usage) is not sent at all.
@@ -20,7 +21,7 @@ say (no text, role, tool-call header, finish reason or usage) is not sent at all
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 from broker.classify.detectors import DetectorSet, Span
@@ -30,10 +31,13 @@ from broker.enforce.vault import TokenVault, new_token
 from broker.policy import Plan
 from broker.runtimes.openai import usage_from_answer
 from broker.streaming import (
+    CiphertextRestorer,
     EntityAction,
+    Opener,
     StreamingRestorer,
     StreamingScanner,
     TextPipeline,
+    TextStage,
     vault_resolver,
 )
 
@@ -81,19 +85,26 @@ class ChunkRewriter:
         call_id: str,
         *,
         field_action: str = "allow",
+        ciphertexts: Collection[str] = (),
+        opener: Opener | None = None,
     ) -> None:
+        """``ciphertexts``: those this call issued; ``opener`` opens them (both or neither)."""
+        if bool(ciphertexts) != (opener is not None):
+            raise ValueError("ciphertexts and opener go together")
         self._detectors = detectors
         self._action = action
         self._resolve = vault_resolver(vault, tenant, call_id)
         self._field_action = field_action
+        self._ciphertexts = frozenset(ciphertexts)
+        self._opener = opener
         self._channels: dict[tuple[int, int], TextPipeline] = {}
-        self._restorers: list[StreamingRestorer] = []
+        self._restorers: list[StreamingRestorer | CiphertextRestorer] = []
         self._suppressed: set[tuple[int, int]] = set()
         self._delivered: list[str] = []
 
     @property
     def restored(self) -> int:
-        """How many of the buyer's tokens were restored so far, over every channel."""
+        """How many of the buyer's tokens and ciphertexts were restored, over every channel."""
         return sum(restorer.restored for restorer in self._restorers)
 
     def take_delivered(self) -> list[str]:
@@ -211,11 +222,19 @@ class ChunkRewriter:
     def _feed(self, key: tuple[int, int], text: str) -> str:
         pipeline = self._channels.get(key)
         if pipeline is None:
-            restorer = StreamingRestorer(self._resolve)
-            self._restorers.append(restorer)
-            scanner = StreamingScanner(self._detectors, self._action)
-            pipeline = self._channels[key] = TextPipeline([scanner, restorer])
+            pipeline = self._channels[key] = TextPipeline(self._stages())
         return self._released(key, pipeline.feed(text))
+
+    def _stages(self) -> list[TextStage]:
+        """A new channel's stages: the policy first, then the buyer's own values back."""
+        tokens = StreamingRestorer(self._resolve)
+        stages: list[TextStage] = [StreamingScanner(self._detectors, self._action), tokens]
+        self._restorers.append(tokens)
+        if self._opener is not None:
+            opened = CiphertextRestorer(self._ciphertexts, self._opener)
+            self._restorers.append(opened)
+            stages.append(opened)
+        return stages
 
     def _released(self, key: tuple[int, int], text: str) -> str:
         """Apply a non-``allow`` field action to released text, and note what is delivered."""

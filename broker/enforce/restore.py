@@ -90,3 +90,22 @@ def _strings(value: Any) -> list[str]:
         elif isinstance(node, str) and "TKN-" in node:
             out.append(node)
     return out
+
+
+def ciphertexts_in(value: Any) -> set[str]:
+    """Every ciphertext-shaped text (``enc:v1:...``) inside the strings of a JSON value.
+
+    InvokeStream opens only the ciphertexts its own enforcement issued: those in the payload it
+    sent and not in the one the buyer sent (``broker.streaming.ciphertexts``).
+    """
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and transforms.ENCRYPTED_PREFIX in node:
+            found.update(CIPHERTEXT_RE.findall(node))
+    return found

@@ -201,6 +201,7 @@ def build_server(config: Config) -> BrokerServer:
         audit,
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
+        retention=retention.store if retention is not None else None,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),

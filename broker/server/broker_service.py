@@ -129,6 +129,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             finish_reason=event.finish_reason,
             receipt=self._receipt(event.receipt, event.intent_leaf_index),
             entity_actions=dict(event.entity_actions),
+            retained_record_ids=list(event.retained_record_ids),
         )
         if event.usage is not None:
             summary.usage.CopyFrom(broker_pb2.StreamUsage(**event.usage.as_audit()))

@@ -3,7 +3,8 @@
 The answer path applies the policy first and restores the buyer's tokens last (as for
 ``Invoke``): the policy must never see restored values, and the buyer must get its own values
 back. Each stage holds back only what it must, so the pipeline holds back at most the sum of
-the stages' bounds (``StreamingScanner.max_hold`` + ``MAX_TOKEN_HOLD``).
+the stages' bounds (``StreamingScanner.max_hold`` + ``MAX_TOKEN_HOLD``, + the
+``CiphertextRestorer.max_hold`` of a call that encrypted something).
 """
 
 from __future__ import annotations

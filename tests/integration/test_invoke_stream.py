@@ -8,8 +8,11 @@ silence, a slow stream the buyer abandons). The audit outcome of each call is re
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc, models_pb2
+from broker.enforce.restore import CIPHERTEXT_RE
 from broker.enforce.vault import TOKEN_RE, new_token
 from tests.integration.fake_openai import FakeOpenAI, start_fake_openai
 from tests.integration.harness import BrokerHarness, start_broker
@@ -284,3 +288,70 @@ def test_a_non_streaming_runtime_is_refused(broker: BrokerHarness) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.InvokeStream(request, timeout=5, metadata=metadata))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def confidential(value: str, *before: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """``value`` as the last user message, labelled ``confidential``: encrypted for the model."""
+    payload = chat(*before, value)
+    return payload, {f"/messages/{len(before)}/content": ["confidential"]}
+
+
+def test_encrypted_value_echoed_is_opened_at_every_two_and_three_chunk_split(
+    broker: BrokerHarness, fake: FakeOpenAI
+) -> None:
+    value = f"Cy{uuid.uuid4().hex[:6]}"
+    payload, labels = confidential(value)
+    messages, error = stream(broker, payload, labels=labels)
+    assert error is None
+    ciphertext = fake.last_user_text()
+    assert CIPHERTEXT_RE.fullmatch(ciphertext) and value.encode() not in orjson.dumps(fake.requests)
+    assert text_of(messages) == value and messages[-1].summary.restored_values == 1
+
+    # The model repeats the ciphertext, each copy cut in two at another offset: all opened.
+    cuts = range(1, len(ciphertext))
+
+    def in_two(text: str) -> list[str]:
+        return [piece for i in cuts for piece in (text[:i], text[i:] + " ")]
+
+    fake.split = in_two
+    messages, error = stream(broker, payload, labels=labels)
+    assert error is None
+    assert text_of(messages) == f"{value} " * len(cuts)
+    assert messages[-1].summary.restored_values == len(cuts)
+
+    # Cut in three at every pair of offsets (a few calls, to stay under the answer size limit).
+    for first_cuts in (cuts[i : i + 12] for i in range(0, len(cuts), 12)):
+        pairs = [(i, j) for i in first_cuts for j in range(i + 1, len(ciphertext))]
+
+        def in_three(text: str, pairs: list[tuple[int, int]] = pairs) -> list[str]:
+            return [p for i, j in pairs for p in (text[:i], text[i:j], text[j:] + " ")]
+
+        fake.split = in_three
+        messages, error = stream(broker, payload, labels=labels)
+        assert error is None
+        assert text_of(messages) == f"{value} " * len(pairs), first_cuts
+        assert CIPHERTEXT_RE.search(orjson.dumps(deltas(messages)).decode()) is None
+
+
+def test_ciphertexts_of_other_calls_and_tenants_and_forged_ones_stay_text(
+    broker: BrokerHarness, fake: FakeOpenAI
+) -> None:
+    payload, labels = confidential("earlier value")
+    stream(broker, payload, labels=labels, tenant="bank")
+    own_earlier = fake.last_user_text()
+    stream(broker, payload, labels=labels, tenant="other-bank")
+    foreign = fake.last_user_text()
+    key_id = own_earlier.split(":")[2]
+    forged = f"enc:v1:{key_id}:{base64.urlsafe_b64encode(os.urandom(40)).decode().rstrip('=')}"
+    assert len({own_earlier, foreign, forged}) == 3
+
+    # This call issues its own ciphertext (so the stage runs), and the buyer itself passes the
+    # earlier one along in its request: only this call's is opened.
+    payload, labels = confidential("this call's value", f"earlier note: {own_earlier}")
+    others = f"a {own_earlier} b {foreign} c {forged} d "
+    fake.split = lambda text: [*others, *text]  # one character per chunk
+    messages, error = stream(broker, payload, labels=labels, tenant="bank")
+    assert error is None
+    assert own_earlier in fake.requests[-1][1]["messages"][0]["content"]
+    assert text_of(messages) == f"{others}this call's value"
+    assert messages[-1].summary.restored_values == 1

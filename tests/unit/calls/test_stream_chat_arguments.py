@@ -5,16 +5,20 @@ Also the stream chunk rewriter: allow-listed fields, per-channel pipelines, flus
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
+import pytest
 
 from broker.calls.chat import close_tool_arguments, open_tool_arguments
 from broker.calls.stream_chunks import ChunkRewriter
 from broker.classify.classifier import classify
 from broker.classify.detectors import Span, default_detector_set
 from broker.enforce import transforms
+from broker.enforce.keys import TenantKeys
+from broker.streaming import ciphertext_opener
 
 CARD = "4111 1111 1111 1111"
 
@@ -163,3 +167,36 @@ def test_rewriter_drops_chunks_with_nothing_to_say() -> None:
     rewriter = _rewriter()
     assert rewriter.rewrite({"choices": [{"index": 0, "delta": {}}]}) is None
     assert rewriter.rewrite({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+
+
+def test_rewriter_opens_this_calls_ciphertexts_in_content_and_tool_arguments() -> None:
+    keys = TenantKeys(os.urandom(32))
+    mine = transforms.encrypt_value(keys.key("t", "encrypt"), keys.key_id, "t", "Ada")
+    other = transforms.encrypt_value(keys.key("t", "encrypt"), keys.key_id, "t", "Bob")
+    vault: Any = _Vault({})
+    rewriter = ChunkRewriter(
+        default_detector_set(), _redact, vault, "t", "c",
+        ciphertexts={mine}, opener=ciphertext_opener(keys, "t"),
+    )  # fmt: skip
+    text = f"Hi {mine}, not {other}."
+    out = [rewriter.rewrite(_chunk(text[i : i + 4])) for i in range(0, len(text), 4)]
+    arguments = f'{{"name": "{mine}"}}'
+    for i in range(0, len(arguments), 3):
+        call = {"index": 0, "function": {"arguments": arguments[i : i + 3]}}
+        out.append(rewriter.rewrite(_chunk(tool_calls=[call])))
+    out.append(rewriter.rewrite(_chunk(finish="stop")))
+    assert _text(out) == f"Hi Ada, not {other}."
+    sent = "".join(
+        call.get("function", {}).get("arguments", "")
+        for chunk in out
+        if chunk
+        for call in chunk["choices"][0]["delta"].get("tool_calls", [])
+    )
+    assert sent == '{"name": "Ada"}'
+    assert rewriter.restored == 2
+
+
+def test_rewriter_wants_ciphertexts_and_their_opener_together() -> None:
+    vault: Any = _Vault({})
+    with pytest.raises(ValueError, match="together"):
+        ChunkRewriter(default_detector_set(), _redact, vault, "t", "c", ciphertexts={"enc:v1:x"})

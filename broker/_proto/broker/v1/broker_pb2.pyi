@@ -555,6 +555,7 @@ class StreamSummary(google.protobuf.message.Message):
     FINISH_REASON_FIELD_NUMBER: builtins.int
     RECEIPT_FIELD_NUMBER: builtins.int
     ENTITY_ACTIONS_FIELD_NUMBER: builtins.int
+    RETAINED_RECORD_IDS_FIELD_NUMBER: builtins.int
     call_id: builtins.str
     """Identifier of this call."""
     model: builtins.str
@@ -562,7 +563,7 @@ class StreamSummary(google.protobuf.message.Message):
     policy_revision: builtins.str
     """Revision of the policy bundle that decided."""
     restored_values: builtins.int
-    """How many of the buyer's own tokenized values were restored in the answer."""
+    """How many of the buyer's own tokenized or encrypted values were restored in the answer."""
     delta_chunks: builtins.int
     """How many `delta` messages were sent."""
     finish_reason: builtins.str
@@ -579,6 +580,12 @@ class StreamSummary(google.protobuf.message.Message):
     def entity_actions(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """Answer-side entity actions the policy chose for this stream, by entity label."""
 
+    @property
+    def retained_record_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Ids of the records this call was retained in (the request and/or the delivered chunks),
+        when the policy keeps it; read them with `Retention/GetRecord`.
+        """
+
     def __init__(
         self,
         *,
@@ -591,8 +598,9 @@ class StreamSummary(google.protobuf.message.Message):
         finish_reason: builtins.str = ...,
         receipt: Global___AuditReceipt | None = ...,
         entity_actions: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        retained_record_ids: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["receipt", b"receipt", "usage", b"usage"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "delta_chunks", b"delta_chunks", "entity_actions", b"entity_actions", "finish_reason", b"finish_reason", "model", b"model", "policy_revision", b"policy_revision", "receipt", b"receipt", "restored_values", b"restored_values", "usage", b"usage"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "delta_chunks", b"delta_chunks", "entity_actions", b"entity_actions", "finish_reason", b"finish_reason", "model", b"model", "policy_revision", b"policy_revision", "receipt", b"receipt", "restored_values", b"restored_values", "retained_record_ids", b"retained_record_ids", "usage", b"usage"]) -> None: ...
 
 Global___StreamSummary: typing_extensions.TypeAlias = StreamSummary

@@ -73,10 +73,11 @@ class BrokerServicer:
     def InvokeStream(self, request, context):
         """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
         generated: first the request-side `decisions`, then `delta` chunks with the answer-side
-        policy applied and the buyer's tokens restored (even when a token is split across the
-        model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
-        stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
-        entry records a partial answer. Requires the `buyer` role.
+        policy applied and the buyer's tokens and this call's encrypted values restored (even when
+        one is split across the model's chunks), then a `summary`. If the model's stream breaks,
+        the chunks already sent stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN
+        (malformed); the audit entry records a partial answer. A policy that keeps calls keeps the
+        request and the chunks delivered, partial ones too. Requires the `buyer` role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

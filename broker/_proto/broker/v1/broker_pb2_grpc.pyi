@@ -141,10 +141,11 @@ class BrokerStub(typing.Generic[_BrokerInvokeType, _BrokerInvokeStreamType, _Bro
     InvokeStream: _BrokerInvokeStreamType
     """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
     generated: first the request-side `decisions`, then `delta` chunks with the answer-side
-    policy applied and the buyer's tokens restored (even when a token is split across the
-    model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
-    stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
-    entry records a partial answer. Requires the `buyer` role.
+    policy applied and the buyer's tokens and this call's encrypted values restored (even when
+    one is split across the model's chunks), then a `summary`. If the model's stream breaks,
+    the chunks already sent stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN
+    (malformed); the audit entry records a partial answer. A policy that keeps calls keeps the
+    request and the chunks delivered, partial ones too. Requires the `buyer` role.
     """
 
     Preview: _BrokerPreviewType
@@ -196,10 +197,11 @@ class BrokerServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[collections.abc.Iterator[broker._proto.broker.v1.broker_pb2.InvokeStreamChunk], collections.abc.AsyncIterator[broker._proto.broker.v1.broker_pb2.InvokeStreamChunk]]:
         """InvokeStream calls a chat model (OpenAI-compatible runtime) and streams its answer as it is
         generated: first the request-side `decisions`, then `delta` chunks with the answer-side
-        policy applied and the buyer's tokens restored (even when a token is split across the
-        model's chunks), then a `summary`. If the model's stream breaks, the chunks already sent
-        stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN (malformed); the audit
-        entry records a partial answer. Requires the `buyer` role.
+        policy applied and the buyer's tokens and this call's encrypted values restored (even when
+        one is split across the model's chunks), then a `summary`. If the model's stream breaks,
+        the chunks already sent stay sent and the call ends with UNAVAILABLE (dropped) or UNKNOWN
+        (malformed); the audit entry records a partial answer. A policy that keeps calls keeps the
+        request and the chunks delivered, partial ones too. Requires the `buyer` role.
         """
 
     @abc.abstractmethod
