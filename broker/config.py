@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "BROKER__"
 
@@ -188,8 +188,42 @@ class AuditConfig(_Section):
     batch_max: int = Field(default=512, ge=1, le=100_000)
 
 
+class SandboxConfig(_Section):
+    """Sandbox workers: the host ids a root broker gives them, and per-worker cgroups.
+
+    A root broker runs each live worker as a host uid (and gid) of its own from
+    ``[worker_uid_base, worker_uid_base + worker_uid_count)``, so ``RLIMIT_NPROC`` is per worker,
+    not shared by tenants. Pick a range no account uses; it bounds how many workers can live at
+    once on the host. Locks in ``worker_uid_lock_dir`` keep an id to one live worker across
+    broker processes. A non-root broker ignores these: its workers keep its own uid.
+    ``cgroups`` bounds memory and process count per worker tree where the host delegates cgroups
+    (see ``sandbox/README.md``); where it does not, the broker logs a warning and the
+    per-process rlimits remain the only bound. ``zygote`` forks workers from a pre-started clean
+    interpreter (a start costs about a quarter of a fresh one); off, every worker is a fresh
+    interpreter, which also gives each its own address-space layout and string-hash secret
+    (``sandbox/README.md``, "What it does not stop").
+    """
+
+    zygote: bool = True
+    worker_uid_base: int = Field(default=200_000, ge=1, description="never 0: not host root")
+    worker_uid_count: int = Field(default=1024, ge=1, le=1_000_000)
+    worker_uid_lock_dir: Path = Path("/run/model-broker/worker-uids")
+    cgroups: bool = True
+
+    @model_validator(mode="after")
+    def _range_fits(self) -> SandboxConfig:
+        if self.worker_uid_base + self.worker_uid_count - 1 > 2**32 - 2:
+            raise ValueError("worker_uid_base + worker_uid_count must stay below 2**32 - 1")
+        return self
+
+
 class LoggingConfig(_Section):
-    """Structured logging."""
+    """Structured logging.
+
+    At ``info`` (the default) and above, nothing a sandboxed package prints reaches the log:
+    its stdout/stderr is logged (``sandbox_worker_output``) at ``debug`` only, because vendor
+    code may print the payload it was given.
+    """
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = True
@@ -210,6 +244,7 @@ class Config(_Section):
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
     retention: RetentionConfig = RetentionConfig()
+    sandbox: SandboxConfig = SandboxConfig()
 
     @field_validator("data_dir")
     @classmethod

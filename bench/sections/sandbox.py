@@ -1,21 +1,26 @@
 """Sandbox: cold start and warm round trip of a sandboxed worker, against a plain subprocess.
 
 The same echo model (``answer(payload) -> {"echo": payload}``) runs three ways: in a sandboxed
-worker started by ``SandboxLauncher`` (namespaces, seccomp, Landlock, limits), and in an
-unsandboxed subprocess worker speaking length-prefixed JSON over pipes, the cheapest design a
-broker could use without isolation. Cold start is from spawn to the first answer; the warm round
-trip sends the workload's 2 KB payload to a running worker. The gap is the price of isolation.
+worker forked by the launcher's zygote (the default: namespaces, seccomp, Landlock, limits), in
+a sandboxed worker that is a fresh interpreter of its own (``SandboxLauncher(zygote=False)``),
+and in an unsandboxed subprocess worker speaking length-prefixed JSON over pipes, the cheapest
+design a broker could use without isolation. Cold start is from asking for a worker to its first
+answer (the zygote is already running: its own start is measured apart, as the first worker of a
+new launcher); the warm round trip sends the workload's 2 KB payload to a running worker. The
+gap to the plain worker is the price of isolation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,7 +77,7 @@ class _PlainWorker:
 
 
 def run(settings: Settings) -> list[Figure]:
-    """Start and call workers both ways, ``settings.repeat`` rounds."""
+    """Start and call workers all three ways, ``settings.repeat`` rounds."""
     from broker.runtimes.sandbox.launcher import SandboxLauncher  # noqa: PLC0415 - optional
     from broker.runtimes.sandbox.limits import WorkerLimits  # noqa: PLC0415
     from broker.runtimes.sandbox.probe import sandbox_support  # noqa: PLC0415
@@ -82,7 +87,11 @@ def run(settings: Settings) -> list[Figure]:
         raise NotAvailable("; ".join(missing))
     payload = workload.payload()
     starts = 2 if settings.quick else 5
-    cold = Figure("sandboxed worker cold start", "ms", note=f"mean of {starts} starts")
+    cold = Figure("sandboxed worker cold start, zygote", "ms", note=f"mean of {starts} starts")
+    fresh_cold = Figure(
+        "sandboxed worker cold start, fresh interpreter", "ms", note=f"mean of {starts} starts"
+    )
+    first = Figure("first worker of a new launcher (zygote start-up included)", "ms")
     warm = Figure("sandboxed worker warm round trip", "µs/call", note="2 KB payload")
     plain_cold = Figure("plain subprocess worker cold start", "ms", note=f"mean of {starts}")
     plain_warm = Figure("plain subprocess worker warm round trip", "µs/call", note="2 KB payload")
@@ -90,28 +99,38 @@ def run(settings: Settings) -> list[Figure]:
     try:
         package.chmod(0o755)
         (package / "bench_model.py").write_text(_MODEL, encoding="utf-8")
-        launcher = SandboxLauncher(startup_timeout=30.0)
+        fresh = SandboxLauncher(startup_timeout=30.0, zygote=False)
 
-        def sandboxed() -> Any:
-            return launcher.start(
+        def starter(launcher: SandboxLauncher) -> Any:
+            return lambda: launcher.start(
                 package, limits=WorkerLimits(), tenant="bench", entry_point="bench_model:answer"
             )
 
         for _ in range(settings.repeat):
-            cold.add(_cold_ms(sandboxed, payload, starts))
-            plain_cold.add(_cold_ms(lambda: _PlainWorker(package), payload, starts))
-            for figure, start in ((warm, sandboxed), (plain_warm, lambda: _PlainWorker(package))):
-                worker = start()
-                try:
-                    per_call = seconds_per_call(
-                        lambda w=worker: w.call(payload, timeout=10), settings.micro_seconds
-                    )
-                finally:
-                    worker.kill()
-                figure.add(per_call * 1e6)
+            launcher = SandboxLauncher(startup_timeout=30.0)  # a new zygote each repeat
+            try:
+                sandboxed = starter(launcher)
+                first.add(_cold_ms(sandboxed, payload, 1))
+                cold.add(_cold_ms(sandboxed, payload, starts))
+                fresh_cold.add(_cold_ms(starter(fresh), payload, starts))
+                plain_cold.add(_cold_ms(lambda: _PlainWorker(package), payload, starts))
+                runs: list[tuple[Figure, Callable[[], Any]]] = [
+                    (warm, sandboxed),
+                    (plain_warm, lambda: _PlainWorker(package)),
+                ]
+                for figure, start in runs:
+                    worker = start()
+                    try:
+                        call = functools.partial(worker.call, payload, timeout=10)
+                        per_call = seconds_per_call(call, settings.micro_seconds)
+                    finally:
+                        worker.kill()
+                    figure.add(per_call * 1e6)
+            finally:
+                launcher.close()
     finally:
         shutil.rmtree(package, ignore_errors=True)
-    return [cold, plain_cold, warm, plain_warm]
+    return [cold, fresh_cold, plain_cold, first, warm, plain_warm]
 
 
 def _cold_ms(start: Any, payload: dict[str, Any], count: int) -> float:

@@ -67,8 +67,11 @@ from broker.retention.setup import Retention, open_retention
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
 from broker.runtimes.openai import OpenAIRuntime
+from broker.runtimes.sandbox.cgroups import configured_cgroups
 from broker.runtimes.sandbox.errors import SandboxUnavailable
+from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.runtime import SandboxRuntime
+from broker.runtimes.sandbox.uids import WorkerIds
 from broker.server import audit_hooks
 from broker.server.audit_service import AuditServicer
 from broker.server.broker_service import BrokerServicer
@@ -275,10 +278,16 @@ def build_runtimes(
         Runtime.OPEN_INFERENCE_GRPC: OpenInferenceRuntime(config.backends),
         Runtime.OPENAI_HTTP: OpenAIRuntime(config.backends, secrets=secrets.lookup),
     }
+    box = config.sandbox
+    ids = WorkerIds(box.worker_uid_base, box.worker_uid_count, lock_dir=box.worker_uid_lock_dir)
+    cgroups = configured_cgroups(box.cgroups)
     try:
         runtimes[Runtime.SANDBOX] = SandboxRuntime(
             PackageStore(config.data_dir),
             Environments(config.data_dir / "envs"),
+            launcher_factory=lambda dirs: SandboxLauncher(
+                env_dirs=dirs, worker_ids=ids, cgroups=cgroups, zygote=box.zygote
+            ),
             on_violation=audit_hooks.sandbox_violations(audit),
         )
     except SandboxUnavailable as exc:

@@ -1,19 +1,22 @@
 """Start sandboxed workers for model packages and call them: the broker's side of the sandbox.
 
-``SandboxLauncher.start`` spawns a fresh ``python -I -S`` with an empty environment, no inherited
-descriptors but one end of a socket pair, and :func:`broker.runtimes.sandbox.worker.main` as its
-program; the worker locks itself in (no ``preexec_fn``, which is unsafe in a threaded broker) and
-says ``ready``. ``Worker.call`` then exchanges length-prefixed JSON frames, with the caller's
-deadline and a frame cap enforced here, on the broker's side, where the worker cannot lie.
+``SandboxLauncher.start`` gets a new process holding one end of a socket pair (and a pipe for its
+output) that runs :func:`broker.runtimes.sandbox.worker.main`: by default forked by the launcher's
+zygote (:mod:`.zygote`, a clean ``python -I -S -B`` with an empty environment started once, which
+has already paid for the interpreter and the imports), or with ``zygote=False`` spawned as a
+fresh ``python -I -S -B`` of its own. Either way the worker locks itself in (no ``preexec_fn``,
+which is unsafe in a threaded broker) and says ``ready``. ``Worker.call`` then exchanges
+length-prefixed JSON frames, with the caller's deadline and a frame cap enforced here, on the
+broker's side, where the worker cannot lie.
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes.util
+import functools
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +28,8 @@ from typing import IO, Any
 import orjson
 
 from broker.runtimes.sandbox import frames, namespaces
+from broker.runtimes.sandbox.cgroups import CgroupError, Cgroups
+from broker.runtimes.sandbox.confinement import HostConfinement, WorkerLease
 from broker.runtimes.sandbox.errors import (
     SandboxCrashed,
     SandboxLimitExceeded,
@@ -34,6 +39,7 @@ from broker.runtimes.sandbox.errors import (
     SandboxViolation,
 )
 from broker.runtimes.sandbox.limits import WorkerLimits
+from broker.runtimes.sandbox.process import SpawnedProcess, WorkerProcess
 from broker.runtimes.sandbox.spec import (
     EXIT_CPU,
     EXIT_MEMORY,
@@ -41,10 +47,12 @@ from broker.runtimes.sandbox.spec import (
     EXIT_SECCOMP,
     WorkerSpec,
 )
+from broker.runtimes.sandbox.uids import WorkerIds
+from broker.runtimes.sandbox.zygote_client import Zygote, ZygoteGone
 
-DEFAULT_WORKER_ID = 65534  # "nobody": unprivileged on the host; use a dedicated id in production
 _STDERR_KEEP = 64 * 1024
 _REAP_WAIT = 2.0
+_KILL_WAIT = 10.0  # a SIGKILLed reaper is reported within microseconds; this bounds a lost report
 _SPEC_CAP = 1024 * 1024  # the start handshake's frames, whatever the package's frame cap
 
 
@@ -57,12 +65,13 @@ def _site_dir(module: str) -> str:
 
 
 class SandboxLauncher:
-    """Starts workers; holds what is the same for all of them (interpreter, runtime, worker id).
+    """Starts workers; holds what is the same for all of them (interpreter, runtime, confinement).
 
-    ``worker_uid``/``worker_gid`` are the host ids a worker runs as when the broker is root: a
-    non-zero id, ideally one that nothing else on the host uses, because ``RLIMIT_NPROC`` counts
-    every process of that id. As a non-root broker the worker keeps the broker's id inside its
-    own user namespace.
+    When the broker is root, each live worker runs as a host uid/gid of its own from
+    ``worker_ids`` (default: :func:`broker.runtimes.sandbox.confinement.default_worker_ids`),
+    because ``RLIMIT_NPROC`` counts every process of a uid. As a non-root broker the worker keeps
+    the broker's id inside its own user namespace. ``cgroups`` (default: detected once per
+    process) bounds each worker's whole process tree where the host allows it.
     """
 
     def __init__(
@@ -70,12 +79,11 @@ class SandboxLauncher:
         *,
         env_dirs: tuple[Path, ...] = (),
         runtime_dirs: tuple[Path, ...] | None = None,
-        worker_uid: int = DEFAULT_WORKER_ID,
-        worker_gid: int = DEFAULT_WORKER_ID,
+        worker_ids: WorkerIds | None = None,
+        cgroups: Cgroups | None = None,
         startup_timeout: float = 10.0,
+        zygote: bool = True,
     ) -> None:
-        if worker_uid == 0 or worker_gid == 0:
-            raise ValueError("a sandbox worker must never run as host root (uid or gid 0)")
         self._python = os.path.realpath(sys.executable)
         runtime = (
             tuple(str(d) for d in runtime_dirs)
@@ -84,8 +92,7 @@ class SandboxLauncher:
         )
         self._runtime_dirs = runtime
         self._env_dirs = tuple(str(Path(d).resolve(strict=True)) for d in env_dirs)
-        self._uid = worker_uid
-        self._gid = worker_gid
+        self._host = HostConfinement(worker_ids, cgroups)  # per-worker uid and cgroup
         self._startup_timeout = startup_timeout
         libseccomp = ctypes.util.find_library("seccomp")
         if libseccomp is None:
@@ -93,10 +100,25 @@ class SandboxLauncher:
         self._libseccomp = libseccomp
         import_paths = [str(Path(__file__).resolve().parents[3])]
         import_paths.append(_site_dir("pyseccomp"))
+        paths = list(dict.fromkeys(import_paths))
         self._bootstrap = (
-            f"import sys; sys.path[:0] = {list(dict.fromkeys(import_paths))!r}; "
+            f"import sys; sys.path[:0] = {paths!r}; "
             "from broker.runtimes.sandbox.worker import main; main({fd})"
         )
+        # The command must not refer to the launcher: the zygote is stopped when the launcher
+        # (and every worker it started) is gone, which a reference back would prevent.
+        command = functools.partial(_zygote_command, self._python, paths, libseccomp)
+        self._zygote = Zygote(command, startup_timeout) if zygote else None
+
+    @property
+    def zygote(self) -> Zygote | None:
+        """The zygote forking this launcher's workers; ``None`` if made with ``zygote=False``."""
+        return self._zygote
+
+    def close(self) -> None:
+        """Stop the zygote, and with it every worker it started; idempotent."""
+        if self._zygote is not None:
+            self._zygote.close()
 
     def start(
         self,
@@ -113,19 +135,66 @@ class SandboxLauncher:
         sandbox, :class:`SandboxCrashed` when the package fails to load.
         """
         package = Path(package_dir).resolve(strict=True)
+        entry = entry_point or _manifest_entry_point(package)
+        lease = self._host.lease(limits)  # [confinement] a host uid of its own (root broker)
         spec = WorkerSpec(
             package_dir=str(package),
-            entry_point=entry_point or _manifest_entry_point(package),
+            entry_point=entry,
             runtime_dirs=self._runtime_dirs,
             env_dirs=self._env_dirs,
-            uid=self._uid,
-            gid=self._gid,
+            uid=lease.uid,
+            gid=lease.gid,
             limits=limits,
             libseccomp=self._libseccomp,
         )
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            process = subprocess.Popen(  # noqa: S603 - our interpreter, our bootstrap, no shell
+            channel, process, output = self._spawn()
+        except BaseException:
+            lease.release()
+            raise
+        worker = Worker(process, channel, output, tenant=tenant, limits=limits, lease=lease)
+        # From here the worker's reaper exists (host pid ``process.pid``) and waits for its spec
+        # (the worker has run only our bootstrap): what must happen to it first goes here.
+        try:
+            # [confinement] join the worker's cgroup before it gets its spec: it runs nothing
+            # of the package before, so every process the package starts is inside the group.
+            lease.confine(process.pid)
+        except CgroupError as exc:
+            worker.kill()
+            raise SandboxUnavailable([str(exc)]) from exc
+        try:
+            worker.handshake(spec, self._startup_timeout)
+        except BaseException:
+            worker.kill()  # reaps, and releases the worker's uid and cgroup
+            raise
+        return worker
+
+    def _spawn(self) -> tuple[socket.socket, WorkerProcess, IO[bytes] | None]:
+        """A new worker process holding one end of a fresh socket pair; returns the other end.
+
+        Through the zygote, a start that races with the zygote's death is tried once more on a
+        new zygote, with a new socket pair (nothing of the first attempt is reused).
+        """
+        for attempt in (1, 2):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                process, output = self._new_process(theirs)
+            except ZygoteGone as exc:
+                ours.close()
+                if attempt == 1:
+                    continue
+                raise SandboxCrashed(f"the sandbox zygote ended before forking: {exc}") from exc
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            return ours, process, output
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _new_process(self, theirs: socket.socket) -> tuple[WorkerProcess, IO[bytes] | None]:
+        if self._zygote is None:
+            popen = subprocess.Popen(  # noqa: S603 - our interpreter, our bootstrap, no shell
                 [self._python, "-I", "-S", "-B", "-c", self._bootstrap.format(fd=theirs.fileno())],
                 env={},
                 stdin=subprocess.DEVNULL,
@@ -135,11 +204,27 @@ class SandboxLauncher:
                 cwd="/",
                 start_new_session=True,
             )
+            return SpawnedProcess(popen), popen.stdout
+        read_end, write_end = os.pipe()
+        try:
+            child = self._zygote.spawn(theirs.fileno(), write_end)
+        except BaseException as exc:
+            os.close(read_end)
+            if isinstance(exc, OSError):  # the fork failed, or no answer (TimeoutError)
+                raise SandboxCrashed(f"the sandbox zygote forked no worker: {exc}") from exc
+            raise
         finally:
-            theirs.close()
-        worker = Worker(process, ours, tenant=tenant, limits=limits)
-        worker.handshake(spec, self._startup_timeout)
-        return worker
+            os.close(write_end)  # the worker holds it now; EOF on ours when the worker is gone
+        return child, os.fdopen(read_end, "rb")
+
+
+def _zygote_command(python: str, paths: list[str], libseccomp: str, control_fd: int) -> list[str]:
+    """The zygote's command line: like a worker's, with the zygote's entry point."""
+    bootstrap = (
+        f"import sys; sys.path[:0] = {paths!r}; from broker.runtimes.sandbox.zygote import main; "
+        f"main({control_fd}, {os.getpid()}, {libseccomp!r})"
+    )
+    return [python, "-I", "-S", "-B", "-c", bootstrap]
 
 
 def _manifest_entry_point(package: Path) -> str:
@@ -160,22 +245,23 @@ class Worker:
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: WorkerProcess,
         channel: socket.socket,
+        output: IO[bytes] | None,
         *,
         tenant: str,
         limits: WorkerLimits,
+        lease: WorkerLease | None = None,
     ) -> None:
         self.tenant = tenant
         self.limits = limits
+        self._lease = lease  # [confinement] released by kill()
         self._process = process
         self._channel = channel
         self._lock = threading.Lock()
         self._dead: str | None = None
         self._output: collections.deque[bytes] = collections.deque()
-        self._drain = threading.Thread(
-            target=_drain, args=(process.stdout, self._output), daemon=True
-        )
+        self._drain = threading.Thread(target=_drain, args=(output, self._output), daemon=True)
         self._drain.start()
 
     @property
@@ -186,7 +272,11 @@ class Worker:
     @property
     def alive(self) -> bool:
         """Whether the worker can still take calls."""
-        return self._dead is None and self._process.poll() is None
+        return self._dead is None and not self._process.exited()
+
+    def oom_killed(self) -> bool:
+        """Whether the worker's cgroup saw an OOM kill (memory across its process tree)."""
+        return self._lease is not None and self._lease.oom_killed()
 
     def output(self) -> bytes:
         """The last 64 KiB the worker wrote to stdout/stderr, for the broker's log."""
@@ -260,7 +350,7 @@ class Worker:
         """Work out why the worker died, from its reaper's exit code."""
         code = self._reap()
         self._dead = f"exit code {code}"
-        if code == EXIT_MEMORY:
+        if code == EXIT_MEMORY or self.oom_killed():  # [confinement] a cgroup OOM is a SIGKILL
             return SandboxLimitExceeded("memory")
         if code == EXIT_CPU:
             return SandboxLimitExceeded("cpu")
@@ -269,11 +359,10 @@ class Worker:
         return SandboxCrashed(f"worker exited unexpectedly with code {code}", code)
 
     def _reap(self) -> int | None:
-        try:
-            return self._process.wait(_REAP_WAIT)
-        except subprocess.TimeoutExpired:
+        code = self._process.wait(_REAP_WAIT)
+        if code is None and not self._process.exited():
             self.kill()
-            return None
+        return code
 
     def _fail(self, reason: str) -> None:
         self._dead = reason
@@ -283,12 +372,14 @@ class Worker:
         """Kill the worker and everything in its PID namespace; idempotent."""
         if self._dead is None:
             self._dead = "killed"
-        if self._process.poll() is None:
+        if not self._process.exited():
             # SIGKILL to the reaper; the worker has PR_SET_PDEATHSIG=SIGKILL, and as PID 1 of its
             # namespace its death takes every process it started with it.
-            os.kill(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+            self._process.kill()
+            self._process.wait(_KILL_WAIT)
         self._channel.close()
+        if self._lease is not None:
+            self._lease.release()  # [confinement] after the reaper: cgroup removed, uid freed
 
     def __enter__(self) -> Worker:
         return self

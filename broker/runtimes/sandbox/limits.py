@@ -1,8 +1,10 @@
 """Per-worker resource limits, and how the worker applies them to itself with setrlimit.
 
-Limits are per process (the kernel has no per-sandbox rlimit), which is why the worker is one
-process whose children it may not create (``RLIMIT_NPROC``) beyond a handful. A memory cgroup
-would bound the whole process tree; it is not used yet (see ``sandbox/README.md``).
+rlimits are per process (the kernel has no per-sandbox rlimit); ``RLIMIT_NPROC`` counts the
+processes of the worker's host uid, which is why a root broker gives every live worker a uid of
+its own (:mod:`broker.runtimes.sandbox.uids`). Where the host delegates cgroups, the same
+``memory_bytes`` (plus ``scratch_bytes``) and ``processes`` also bound the worker's whole process
+tree (:mod:`broker.runtimes.sandbox.cgroups`); the rlimits apply in any case.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ class WorkerLimits:
 
     ``cpu_seconds`` is a lifetime cap on CPU time (``RLIMIT_CPU``): the pool recycles workers
     after a number of calls, and the caller's deadline bounds wall time per call.
-    ``processes`` counts threads too, and every process of the worker's host uid.
+    ``processes`` counts threads too, and every process of the worker's host uid (one uid per
+    live worker under a root broker); the worker's cgroup, if any, allows one more task for its
+    reaper. ``memory_bytes`` caps each process's address space and, with ``scratch_bytes``
+    (tmpfs pages are charged to it), the cgroup's memory.
     """
 
     memory_bytes: int = 1024 * 1024 * 1024

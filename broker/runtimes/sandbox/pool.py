@@ -4,10 +4,12 @@ A call borrows an idle worker of its own (package, tenant) pool or starts one (t
 digest is re-checked at every start); at most ``resources.concurrency`` workers per pool exist,
 and a caller waits for one until its deadline. A worker is retired, and its scratch tmpfs dies
 with it, after ``max_calls_per_worker`` calls, ``idle_seconds`` unused, a crash, a timeout or a
-limit hit; the next call gets a fresh one. Whatever a retired worker wrote to stdout/stderr goes
-to the log as one ``sandbox_worker_output`` event tagged with its tenant and package (capped).
-The broker never writes payload values there; what the vendor's code prints (or puts in an
-exception message) is the vendor's responsibility.
+limit hit; the next call gets a fresh one.
+
+Whatever a retired worker wrote to stdout/stderr goes to the log as one ``sandbox_worker_output``
+event tagged with its tenant and package (capped), at **debug** level only: the vendor's code may
+print anything, payload values included, and the broker's log must not carry them. An operator
+who needs it to debug a package turns ``[logging] level = "debug"`` on, knowing what it shows.
 """
 
 from __future__ import annotations
@@ -157,7 +159,14 @@ class WorkerPools:
         watch = self._watchdog.watch(slot.worker.pid, budget, cpu_spent)
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
-            answer = slot.worker.call(payload, timeout=remaining)
+            try:
+                answer = slot.worker.call(payload, timeout=remaining)
+            finally:
+                # cgroup v1 OOM-kills one process, not the group: a worker that lost a child to
+                # its memory limit is retired, and the call reports that limit, whatever it says.
+                if slot.worker.oom_killed():
+                    slot.worker.kill()
+                    raise SandboxLimitExceeded("memory")
         except SandboxModelError:
             with lease:
                 self._release(slot)
@@ -197,14 +206,17 @@ class WorkerPools:
             return [slot.worker for slot in pool.live] if pool else []
 
     def close(self) -> None:
-        """Kill every worker; later calls raise ``Unavailable``."""
+        """Kill every worker and close the launchers it made; later calls raise ``Unavailable``."""
         self._stop.set()
         with self._cond:
             self._closed = True
             slots = [slot for pool in self._pools.values() for slot in pool.live]
+            launchers = list(self._launchers.values())
             self._cond.notify_all()
         for slot in slots:
             self._retire(slot, "closed")
+        for launcher in launchers:
+            launcher.close()  # their zygotes
 
     # --- internals --------------------------------------------------------------------------
 
@@ -325,7 +337,8 @@ class WorkerPools:
         output = slot.worker.output()[-self.settings.output_log_bytes :]
         if output:
             text = output.decode("utf-8", errors="replace")
-            _log.info("sandbox_worker_output", output=text, bytes=len(output), **tags)
+            # Debug only: vendor code may print payload values (see the module docstring).
+            _log.debug("sandbox_worker_output", output=text, bytes=len(output), **tags)
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,6 +4,10 @@ The broker calls it before it enables sandbox runtimes and refuses them when the
 empty; it never falls back to running a package unsandboxed. Static checks give precise
 messages for the usual gaps (no libseccomp, Landlock disabled); a real worker start then catches
 whatever else the kernel or a container runtime refuses (user namespaces, mounting ``/proc``).
+
+``cgroup_status()`` says whether each worker's process tree is also bounded by a cgroup. Missing
+cgroups never make the sandbox unavailable: the per-process rlimits still apply, and the broker
+has logged a warning naming what is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from broker.runtimes.sandbox import _libc, landlock
+from broker.runtimes.sandbox.cgroups import CgroupStatus, default_cgroups
 from broker.runtimes.sandbox.errors import SandboxError
 from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.limits import WorkerLimits
@@ -28,6 +33,11 @@ _PROBE_MODULE = "def answer(payload):\n    return {'echo': payload}\n"
 def sandbox_support() -> list[str]:
     """Names of the missing features; an empty list means workers can be started here."""
     return list(_probe())
+
+
+def cgroup_status() -> CgroupStatus:
+    """Which controllers bound each worker's whole process tree here, and what is missing."""
+    return default_cgroups().status
 
 
 @functools.cache

@@ -30,7 +30,12 @@ EXIT_SECCOMP = 128 + signal.SIGSYS  # killed by the seccomp filter
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """Everything the worker needs to build its sandbox and load the package."""
+    """Everything the worker needs to build its sandbox and load the package.
+
+    ``uid``/``gid``: the host ids the broker reserved for this worker alone (a root broker; see
+    :mod:`broker.runtimes.sandbox.uids`), never 0. A non-root worker ignores them and keeps the
+    broker's ids, mapped to 0 in its user namespace.
+    """
 
     package_dir: str
     entry_point: str

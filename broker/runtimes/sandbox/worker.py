@@ -1,10 +1,13 @@
 """The worker process: it locks itself into the sandbox, then serves one package on its channel.
 
-The broker starts ``python -I -S`` running :func:`main` with the channel on fd 3 and an empty
-environment. Setting up from inside the new process (rather than in a ``preexec_fn``) keeps the
-broker's threads out of it. The process first becomes a *reaper*: it enters the new namespaces and
-forks; the child is PID 1 of the new PID namespace and becomes the worker, the reaper stays
-outside, waits for it and turns the way it died into an exit code (see ``spec.EXIT_*``).
+:func:`main` runs in a clean ``python -I -S -B`` with an empty environment, the channel and
+stdout/stderr (a pipe to the broker): either a fresh interpreter spawned by the broker, or a fork
+of the launcher's zygote (:mod:`.zygote`), which imported this module before it forked and hands
+over nothing else. Setting up from inside the new process (rather than in a ``preexec_fn``) keeps
+the broker's threads out of it. The process first becomes a *reaper*: it enters the new
+namespaces and forks; the child is PID 1 of the new PID namespace and becomes the worker, the
+reaper stays outside, waits for it and turns the way it died into an exit code (see
+``spec.EXIT_*``).
 
 Order of the worker's setup, each step needed by the next:
 namespaces -> root filesystem + pivot_root -> rlimits -> unprivileged id -> user namespace ->
