@@ -90,7 +90,7 @@ CONTENT_SHAPE = "/choices/*/delta/content"
 
 
 class ChunkStream(Protocol):
-    """What the call path reads from a model's stream (``ChatStream``, ``AnswerAsStream``)."""
+    """What the call path reads from a model's stream (``ChatStream``, ``SandboxChatStream``...)."""
 
     usage: Usage | None
     finish_reason: str | None
@@ -103,7 +103,7 @@ class ChunkStream(Protocol):
 
 
 class StreamingRuntime(Protocol):
-    """A runtime that streams chat answers (OpenAIRuntime; SandboxRuntime in one chunk)."""
+    """A runtime that streams chat answers (OpenAIRuntime, SandboxRuntime)."""
 
     def stream(
         self,

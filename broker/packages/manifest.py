@@ -13,8 +13,10 @@ Example::
     }
 
 ``entry_point`` is ``module:callable``: imported from the package root inside the sandbox,
-called with the payload (a JSON object) and returning a JSON object. ``requirements`` are pip
-requirement strings installed once by ``prepare`` into a virtualenv outside the sandbox.
+called with the payload (a JSON object) and returning a JSON object. A chat model may stream: for
+``InvokeStream`` its payload carries ``"stream": true``, and it may then return a generator of
+``chat.completion.chunk`` objects (``broker.runtimes.sandbox.chat_stream``). ``requirements``
+are pip requirement strings installed once by ``prepare`` into a virtualenv outside the sandbox.
 ``prepare`` (optional) is a ``module:callable`` run once in that environment, *outside* the
 sandbox, with a directory to write artefacts into (a trained model, an index); the worker sees
 that directory read-only at :data:`ARTEFACTS_MOUNT`. ``files`` (optional) lists paths that must

@@ -7,14 +7,17 @@ seccomp, Landlock). What these tests prove:
   action) and the model really worked on it: asked to repeat it, the model's answer holds it;
 - the same payload bound for a remote OpenAI-compatible model is refused (FAILED_PRECONDITION)
   and nothing is sent to that model;
-- the answer is deterministic (greedy decoding, fixed seed).
+- the answer is deterministic (greedy decoding, fixed seed);
+- ``InvokeStream`` delivers the model's tokens as llama.cpp decodes them, several chunks, with
+  the same text as ``Invoke``; a buyer leaving mid-stream leaves the next call working.
 
 The environment needs llama-cpp-python, which PyPI has only as a source build of 10+ minutes:
 it is installed from the wheel cache that ``make llm-env`` fills (``examples/llm/build.sh``),
 every other requirement from PyPI (or pip's cache). Without that wheel, or without the sandbox,
 the tests skip (fail in CI). The environment is prepared once into ``.cache/sandbox-envs/`` and
-reused across sessions (it is keyed by the package's digest); the broker under test finds it
-through a link in its own ``<data_dir>/envs``, since that is where a broker looks.
+reused across sessions (it is keyed by the package's digest); the broker under test finds it,
+and the digest manifest it is checked against, through links in its own ``<data_dir>/envs``,
+since that is where a broker looks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pytest
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc, models_pb2
 from broker.errors import BrokerError
 from broker.packages.digest import dir_name
+from broker.packages.env_digest import manifest_path
 from broker.packages.environment import Environments, PrepareOptions
 from broker.packages.store import PackageStore, StoredPackage
 from broker.runtimes.sandbox.launcher import SandboxLauncher
@@ -106,6 +110,8 @@ def broker(
     (data_dir / "envs").mkdir(parents=True)
     name = dir_name(smollm2_prepared.digest)
     (data_dir / "envs" / name).symlink_to(ENVS_CACHE / name, target_is_directory=True)
+    manifest = manifest_path(ENVS_CACHE / name)  # the environment's digest manifest, beside it
+    (data_dir / "envs" / manifest.name).symlink_to(manifest)
     harness = start_broker(data_dir, f"sqlite:///{tmp / 'broker.db'}")
     digest = PackageStore(harness.config.data_dir).add(PACKAGE_DIR).digest
     assert digest == smollm2_prepared.digest
@@ -175,7 +181,9 @@ def test_a_request_the_model_does_not_support_is_an_error(broker: BrokerHarness)
     assert buyer.invoke(SANDBOXED, CHAT, labels=LABELS, timeout=120).answer["choices"]
 
 
-def test_invoke_stream_serves_the_sandboxed_llm_in_one_chunk(broker: BrokerHarness) -> None:
+def test_invoke_stream_delivers_the_sandboxed_llms_tokens_as_they_come(
+    broker: BrokerHarness,
+) -> None:
     token = broker.token("bank", "buyer")
     request = broker_pb2.InvokeRequest(model=SANDBOXED, json=orjson.dumps(CHAT))
     for path, names in LABELS.items():
@@ -190,8 +198,39 @@ def test_invoke_stream_serves_the_sandboxed_llm_in_one_chunk(broker: BrokerHarne
     assert kinds[0] == "decisions"
     assert kinds[-1] == "summary"
     deltas = [orjson.loads(c.delta) for c in chunks if c.WhichOneof("part") == "delta"]
-    text = "".join(d["choices"][0]["delta"].get("content", "") for d in deltas)
+    # llama.cpp's chunks, one per token, not the whole answer in one chunk.
+    pieces = [d["choices"][0]["delta"].get("content", "") for d in deltas]
+    assert len([piece for piece in pieces if piece]) > 2, pieces
+    text = "".join(pieces)
     assert CODENAME.lower() in text.lower(), text
+    # Greedy and seeded: the streamed text is the text Invoke answers.
+    buyer = broker.client("bank", "buyer", max_attempts=1)
+    whole = buyer.invoke(SANDBOXED, CHAT, labels=LABELS, timeout=120).answer
+    assert text == whole["choices"][0]["message"]["content"]
     actions = {d.path: d.action for d in chunks[0].decisions.decisions}
     assert actions["/messages/2/content"] == "sandbox"
-    assert chunks[-1].summary.receipt.leaf_index > 0
+    summary = chunks[-1].summary
+    assert summary.delta_chunks == len(deltas)
+    assert summary.finish_reason in {"stop", "length"}
+    assert summary.receipt.leaf_index > 0
+
+
+def test_a_stream_the_buyer_leaves_early_does_not_break_the_next_call(
+    broker: BrokerHarness,
+) -> None:
+    """Leaving mid-answer kills the generating worker; the pool starts a fresh one."""
+    token = broker.token("bank", "buyer")
+    request = broker_pb2.InvokeRequest(model=SANDBOXED, json=orjson.dumps(CHAT))
+    for path, names in LABELS.items():
+        request.labels[path].labels.extend(names)
+    with broker.channel() as channel:
+        call = broker_pb2_grpc.BrokerStub(channel).InvokeStream(
+            request, metadata=(("authorization", f"Bearer {token}"),), timeout=120
+        )
+        for part in call:
+            if part.WhichOneof("part") == "delta":
+                call.cancel()
+                break
+    buyer = broker.client("bank", "buyer", max_attempts=1)
+    answer = buyer.invoke(SANDBOXED, CHAT, labels=LABELS, timeout=120).answer
+    assert CODENAME.lower() in answer["choices"][0]["message"]["content"].lower()

@@ -7,12 +7,14 @@ has already paid for the interpreter and the imports), or with ``zygote=False`` 
 fresh ``python -I -S -B`` of its own. Either way the worker locks itself in (no ``preexec_fn``,
 which is unsafe in a threaded broker) and says ``ready``. ``Worker.call`` then exchanges
 length-prefixed JSON frames, with the caller's deadline and a frame cap enforced here, on the
-broker's side, where the worker cannot lie.
+broker's side, where the worker cannot lie; ``Worker.stream`` does the same for an answer the
+package streams, chunk by chunk (:mod:`.worker_stream`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes.util
 import functools
 import importlib.util
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +51,7 @@ from broker.runtimes.sandbox.spec import (
     WorkerSpec,
 )
 from broker.runtimes.sandbox.uids import WorkerIds
+from broker.runtimes.sandbox.worker_stream import WorkerStream
 from broker.runtimes.sandbox.zygote_client import Zygote, ZygoteGone
 
 _STDERR_KEEP = 64 * 1024
@@ -239,8 +243,9 @@ def _manifest_entry_point(package: Path) -> str:
 class Worker:
     """One sandboxed worker process serving one tenant; not safe to share between tenants.
 
-    Calls are serialised. After a timeout, a limit hit or a crash the worker is dead and every
-    later call raises :class:`SandboxCrashed`; the pool starts a new one (and a new scratch).
+    Calls are serialised (a stream holds the worker until its answer ends). After a timeout, a
+    limit hit, a crash or a stream abandoned mid-answer the worker is dead and every later call
+    raises :class:`SandboxCrashed`; the pool starts a new one (and a new scratch).
     """
 
     def __init__(
@@ -305,32 +310,76 @@ class Worker:
         raise SandboxCrashed(f"worker setup failed: {error}")
 
     def call(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send ``payload`` to the package's callable and return its answer (a JSON object)."""
+        """Send ``payload`` to the package's callable and return its answer (a JSON object).
+
+        A package that returns an iterator here is refused (:class:`SandboxModelError`, the
+        worker stays usable): packages stream only when asked, through :meth:`stream`.
+        """
         with self._lock:
-            if self._dead is not None:
-                raise SandboxCrashed(f"worker is dead: {self._dead}")
-            deadline = time.monotonic() + timeout
-            cap = self.limits.max_frame_bytes
-            try:
-                request = frames.pack(orjson.dumps({"payload": payload}), cap)
-            except frames.FrameTooLargeError as exc:  # the request: the worker is still fine
-                raise SandboxLimitExceeded("frame") from exc
-            try:
-                self._channel.settimeout(timeout)
-                self._channel.sendall(request)
-                reply = orjson.loads(frames.recv(self._channel, cap, deadline))
-            except TimeoutError as exc:
-                self._fail("timeout")
-                raise SandboxTimeout(timeout) from exc
-            except frames.FrameTooLargeError as exc:
-                self._fail("frame cap")
-                raise SandboxLimitExceeded("frame") from exc
-            except (OSError, EOFError) as exc:
-                raise self._death() from exc
-            except orjson.JSONDecodeError as exc:
-                self._fail("protocol")
-                raise SandboxCrashed("worker sent a malformed frame") from exc
+            deadline = self._request({"payload": payload}, timeout)
+            reply, _ = self._receive(deadline, timeout, self.limits.max_frame_bytes)
             return self._interpret(reply)
+
+    def stream(self, payload: dict[str, Any], timeout: float) -> WorkerStream:
+        """Send ``payload`` for a streamed answer; the package's chunks arrive as it yields them.
+
+        The returned :class:`WorkerStream` holds this worker until the answer ends: ``timeout``
+        bounds the whole stream, the frame cap each chunk, and ``max_frame_bytes`` the whole
+        answer too. Errors before the first chunk raise here. Closing it before the end kills
+        the worker (see :class:`WorkerStream`).
+        """
+        self._lock.acquire()
+        try:
+            deadline = self._request({"payload": payload, "stream": True}, timeout)
+        except BaseException:
+            self._lock.release()
+            raise
+        return WorkerStream(self, deadline, timeout)  # it owns the lock from here
+
+    def _request(self, message: dict[str, Any], timeout: float) -> float:
+        """Send one request (the caller holds the lock); returns the deadline of its answer."""
+        if self._dead is not None:
+            raise SandboxCrashed(f"worker is dead: {self._dead}")
+        deadline = time.monotonic() + timeout
+        try:
+            request = frames.pack(orjson.dumps(message), self.limits.max_frame_bytes)
+        except frames.FrameTooLargeError as exc:  # the request: the worker is still fine
+            raise SandboxLimitExceeded("frame") from exc
+        with self._exchanging(timeout):
+            self._channel.settimeout(timeout)
+            self._channel.sendall(request)
+        return deadline
+
+    def _receive(
+        self, deadline: float, timeout: float, cap: int, limit: str = "frame"
+    ) -> tuple[Any, int]:
+        """The next frame before ``deadline``, decoded, and its size on the wire.
+
+        A frame over ``cap`` kills the worker and raises the limit named ``limit`` (``frame``
+        when it is over the frame cap too).
+        """
+        with self._exchanging(timeout, limit):
+            body = frames.recv(self._channel, cap, deadline)
+            return orjson.loads(body), frames.HEADER.size + len(body)
+
+    @contextlib.contextmanager
+    def _exchanging(self, timeout: float, limit: str = "frame") -> Iterator[None]:
+        """Map what can go wrong on the channel to the sandbox errors; the worker dies of most."""
+        try:
+            yield
+        except TimeoutError as exc:
+            self._fail("timeout")
+            raise SandboxTimeout(timeout) from exc
+        except frames.FrameTooLargeError as exc:
+            if exc.size > self.limits.max_frame_bytes:
+                limit = "frame"  # over the frame cap as well as ``limit``: name the plainer one
+            self._fail(f"{limit} cap")
+            raise SandboxLimitExceeded(limit) from exc
+        except (OSError, EOFError) as exc:
+            raise self._death() from exc
+        except orjson.JSONDecodeError as exc:
+            self._fail("protocol")
+            raise SandboxCrashed("worker sent a malformed frame") from exc
 
     def _interpret(self, reply: Any) -> dict[str, Any]:
         if not isinstance(reply, dict):

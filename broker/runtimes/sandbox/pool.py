@@ -2,9 +2,10 @@
 
 A call borrows an idle worker of its own (package, tenant) pool or starts one (the package's
 digest is re-checked at every start); at most ``resources.concurrency`` workers per pool exist,
-and a caller waits for one until its deadline. A worker is retired, and its scratch tmpfs dies
-with it, after ``max_calls_per_worker`` calls, ``idle_seconds`` unused, a crash, a timeout or a
-limit hit; the next call gets a fresh one.
+and a caller waits for one until its deadline (a streamed call holds its worker until the
+answer ends). A worker is retired, and its scratch tmpfs dies with it, after
+``max_calls_per_worker`` calls, ``idle_seconds`` unused, a crash, a timeout, a limit hit or a
+stream left mid-answer; the next call gets a fresh one.
 
 Whatever a retired worker wrote to stdout/stderr goes to the log as one ``sandbox_worker_output``
 event tagged with its tenant and package (capped), at **debug** level only: the vendor's code may
@@ -14,9 +15,10 @@ who needs it to debug a package turns ``[logging] level = "debug"`` on, knowing 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from broker.runtimes.sandbox.errors import (
 )
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
 from broker.runtimes.sandbox.limits import WorkerLimits
+from broker.runtimes.sandbox.worker_stream import WorkerStream
 
 _log = get_logger(__name__)
 
@@ -136,6 +139,47 @@ class WorkerPools:
         on_cancel: Callable[[Canceller], None] | None = None,
     ) -> dict[str, Any]:
         """Run one call on a worker of ``tenant``'s pool for package ``digest``."""
+        with self._borrow(digest, tenant, timeout, model, on_cancel) as (worker, remaining):
+            return worker.call(payload, timeout=remaining)
+
+    @contextlib.contextmanager
+    def streaming(
+        self,
+        digest: str,
+        tenant: str,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        model: str = "",
+        on_cancel: Callable[[Canceller], None] | None = None,
+    ) -> Iterator[WorkerStream]:
+        """Run one streamed call on a worker of ``tenant``'s pool; the worker is held inside.
+
+        The deadline, CPU budget and cancellation of :meth:`call` cover the whole stream. An
+        error raised while reading it must leave through this context (so the worker is
+        retired and the error mapped as for a call). Leaving before the end of the answer
+        kills the worker (``WorkerStream.close``); the pool then retires it.
+        """
+        with (
+            self._borrow(digest, tenant, timeout, model, on_cancel) as (worker, remaining),
+            worker.stream(payload, timeout=remaining) as chunks,
+        ):
+            yield chunks
+
+    @contextlib.contextmanager
+    def _borrow(
+        self,
+        digest: str,
+        tenant: str,
+        timeout: float,
+        model: str,
+        on_cancel: Callable[[Canceller], None] | None,
+    ) -> Iterator[tuple[Worker, float]]:
+        """A worker of the pool and the time left, for the body of one call; then give it back.
+
+        Errors inside are mapped here: a model error keeps the worker, anything else retires it
+        (cancellation, the CPU budget and a cgroup OOM kill named as such).
+        """
         deadline = self._clock() + timeout
         slot = self._acquire(digest, tenant, deadline, model)
         cancelled = threading.Event()
@@ -160,7 +204,7 @@ class WorkerPools:
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
             try:
-                answer = slot.worker.call(payload, timeout=remaining)
+                yield slot.worker, remaining
             finally:
                 # cgroup v1 OOM-kills one process, not the group: a worker that lost a child to
                 # its memory limit is retired, and the call reports that limit, whatever it says.
@@ -183,7 +227,6 @@ class WorkerPools:
             self._watchdog.unwatch(watch)
         with lease:
             self._release(slot)
-        return answer
 
     def sweep(self) -> int:
         """Retire workers idle for longer than ``idle_seconds``; returns how many."""

@@ -1,9 +1,10 @@
 """``SandboxRuntime``: the broker's ``Runtime`` for ``Runtime.SANDBOX`` models.
 
-model.package_digest -> verified package -> (package, tenant) pool -> worker.call. Built only
-where the sandbox works: the constructor runs ``sandbox_support()`` and raises
-:class:`SandboxUnavailable` with the missing features, so a broker that cannot sandbox serves
-no sandbox model (FAILED_PRECONDITION) and never runs a package bare.
+model.package_digest -> verified package -> (package, tenant) pool -> worker.call (or, for
+``InvokeStream``, worker.stream: see ``chat_stream``). Built only where the sandbox works: the
+constructor runs ``sandbox_support()`` and raises :class:`SandboxUnavailable` with the missing
+features, so a broker that cannot sandbox serves no sandbox model (FAILED_PRECONDITION) and
+never runs a package bare.
 
 The tenant decides which pool, so it must be the authenticated caller's: ``invoke`` takes it
 as ``tenant=``; without it, it reads the ``tenant`` the server's boundary interceptor bound in
@@ -12,6 +13,7 @@ structlog's context for this call, and refuses the call when neither is there.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +23,7 @@ from broker.packages.store import PackageStore, StoredPackage
 from broker.registry.model import ModelVersion
 from broker.registry.model import Runtime as RuntimeKind
 from broker.runtimes.base import Canceller
-from broker.runtimes.sandbox.chat_stream import AnswerAsStream
+from broker.runtimes.sandbox.chat_stream import AnswerAsStream, SandboxChatStream
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.limits import WorkerLimits
@@ -72,14 +74,8 @@ class SandboxRuntime:
         tenant: str,
     ) -> dict[str, Any]:
         """Call ``model``'s package with ``payload`` on a worker that serves ``tenant`` only."""
-        if model.runtime is not RuntimeKind.SANDBOX:
-            raise Internal(f"model {model.ref} is not a sandbox model")
-        if not model.package_digest:
-            raise FailedPrecondition(f"model {model.ref} names no package (package_digest)")
-        if not tenant:
-            raise Internal("a sandbox call needs the caller's tenant", log_reason="no tenant")
         return self.pools.call(
-            model.package_digest,
+            _package_digest(model, tenant),
             tenant,
             payload,
             timeout=timeout,
@@ -96,21 +92,46 @@ class SandboxRuntime:
         call_id: str,
         on_cancel: Callable[[Canceller], None] | None = None,
         tenant: str,
-    ) -> AnswerAsStream:
-        """Run a chat call in the sandbox and deliver its answer as a one-chunk stream.
+    ) -> SandboxChatStream | AnswerAsStream:
+        """Run a chat call in the sandbox and deliver its answer chunk by chunk.
 
-        Workers answer in one frame, so there is nothing to stream token by token; see
-        ``broker.runtimes.sandbox.chat_stream``. Streaming options are not the model's concern.
+        The package gets the payload with ``"stream": true`` (``stream_options`` removed) and
+        streams if it can; a whole completion comes back as one chunk. See
+        ``broker.runtimes.sandbox.chat_stream``. Errors before the first chunk raise here;
+        ``timeout`` covers the whole stream.
         """
-        request = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
-        answer = self.invoke(
-            model, request, timeout=timeout, call_id=call_id, on_cancel=on_cancel, tenant=tenant
+        request = {k: v for k, v in payload.items() if k != "stream_options"}
+        request["stream"] = True
+        context = contextlib.ExitStack()
+        chunks = context.enter_context(
+            self.pools.streaming(
+                _package_digest(model, tenant),
+                tenant,
+                request,
+                timeout=timeout,
+                model=model.ref,
+                on_cancel=on_cancel,
+            )
         )
-        return AnswerAsStream(answer)
+        if chunks.answer is not None:
+            context.close()  # the package answered in one piece: its worker is free again
+            return AnswerAsStream(chunks.answer)
+        return SandboxChatStream(chunks, context)
 
     def close(self) -> None:
         """Kill every worker; later calls fail with ``Unavailable``."""
         self.pools.close()
+
+
+def _package_digest(model: ModelVersion, tenant: str) -> str:
+    """The package to run for ``model``, once the call is known to be a sandbox call."""
+    if model.runtime is not RuntimeKind.SANDBOX:
+        raise Internal(f"model {model.ref} is not a sandbox model")
+    if not model.package_digest:
+        raise FailedPrecondition(f"model {model.ref} names no package (package_digest)")
+    if not tenant:
+        raise Internal("a sandbox call needs the caller's tenant", log_reason="no tenant")
+    return model.package_digest
 
 
 def sandboxed_prepare_hook(launcher_factory: LauncherFactory | None = None) -> HookRunner:

@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from broker.runtimes.sandbox import _libc, frames, landlock, namespaces, privileges, seccomp_filter
@@ -41,6 +42,7 @@ from broker.runtimes.sandbox.spec import (
 )
 
 _SPEC_CAP = 1024 * 1024
+_UNENCODABLE = (frames.FrameTooLargeError, TypeError, ValueError)  # an answer that cannot go
 
 
 def main(channel_fd: int) -> NoReturn:
@@ -163,7 +165,13 @@ def _load_entry_point(entry_point: str) -> Any:
 
 
 def _serve(channel: socket.socket, entry: Any, cap: int) -> NoReturn:
-    """Answer requests until the broker closes the channel."""
+    """Answer requests until the broker closes the channel.
+
+    A request is ``{"payload": ...}``, with ``"stream": true`` when the broker reads a streamed
+    answer. The answer is one frame (``ok``, or ``error`` with ``limit`` when a limit was hit);
+    when the callable returns an iterator and the request streams, it is one ``chunk`` frame per
+    item, then ``end`` or the error frame that ended it (see :func:`_stream`).
+    """
     while True:
         try:
             request = json.loads(frames.recv(channel, cap))
@@ -173,6 +181,9 @@ def _serve(channel: socket.socket, entry: Any, cap: int) -> NoReturn:
             os._exit(EXIT_SETUP_FAILED)
         try:
             reply = _answer(entry, request, cap)
+            if isinstance(reply, Iterator):
+                request = None
+                reply = _stream(channel, reply, cap)
         except MemoryError:
             reply = None
         if reply is None:
@@ -182,20 +193,74 @@ def _serve(channel: socket.socket, entry: Any, cap: int) -> NoReturn:
         channel.sendall(reply)
 
 
-def _answer(entry: Any, request: Any, cap: int) -> bytes | None:
-    """Run the callable on one request and encode the reply; ``None`` means out of memory."""
+def _answer(entry: Any, request: Any, cap: int) -> bytes | Iterator[Any] | None:
+    """Run the callable on one request and encode the reply; ``None`` means out of memory.
+
+    An iterator the callable returns is handed back, unread, for :func:`_stream` when the
+    request streams; to a request that does not, it is refused (and closed): a package streams
+    only when its payload asks for it (``"stream": true``), so this is the package's mistake.
+    """
     try:
         result = entry(request["payload"])
     except MemoryError:
         return None
     except Exception as exc:  # noqa: BLE001 - the model's failure is reported, not fatal
         return _encode({"error": type(exc).__name__, "detail": str(exc)[:200]}, cap)
+    if isinstance(result, Iterator):
+        if request.get("stream") is True:
+            return result
+        _close(result)
+        detail = "the model streamed an answer to a call that did not ask for a stream"
+        return _encode({"error": "unrequested stream", "detail": detail}, cap)
     try:
         return _encode({"ok": result}, cap)
-    except frames.FrameTooLargeError as exc:
+    except _UNENCODABLE as exc:
+        return _refusal(exc, cap)
+
+
+def _stream(channel: socket.socket, chunks: Iterator[Any], cap: int) -> bytes | None:
+    """Send each item of ``chunks`` as its own frame; return the frame that ends the stream.
+
+    Each item must be a JSON object within the frame cap: an item that is not ends the stream
+    with the same error a unary answer would get. The broker bounds the stream's total size and
+    time; if it stops reading (the buyer went away) it kills this worker, so a failed send just
+    ends the process. ``None`` means out of memory, as for :func:`_answer`.
+    """
+    try:
+        for chunk in chunks:
+            if not isinstance(chunk, dict):
+                detail = f"a streamed chunk is a {type(chunk).__name__}, not a JSON object"
+                return _encode({"error": "answer is not JSON", "detail": detail}, cap)
+            try:
+                frame = _encode({"chunk": chunk}, cap)
+            except _UNENCODABLE as exc:
+                return _refusal(exc, cap)
+            try:
+                channel.sendall(frame)
+            except OSError:
+                os._exit(0)
+    except MemoryError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the model's failure is reported, not fatal
+        return _encode({"error": type(exc).__name__, "detail": str(exc)[:200]}, cap)
+    finally:
+        _close(chunks)
+    return _encode({"end": {}}, cap)
+
+
+def _refusal(exc: Exception, cap: int) -> bytes:
+    """The error frame for an answer (or chunk) that cannot be sent as it is."""
+    if isinstance(exc, frames.FrameTooLargeError):
         return _encode({"error": "answer too large", "limit": "frame", "size": exc.size}, cap)
-    except (TypeError, ValueError) as exc:
-        return _encode({"error": "answer is not JSON", "detail": str(exc)[:200]}, cap)
+    return _encode({"error": "answer is not JSON", "detail": str(exc)[:200]}, cap)
+
+
+def _close(chunks: Iterator[Any]) -> None:
+    """Close a generator the package returned, so its ``finally`` blocks run now."""
+    close = getattr(chunks, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
 
 
 def _encode(message: Any, cap: int) -> bytes:

@@ -19,13 +19,21 @@ Why it is written this way:
 - Two threads: the sandbox's ``RLIMIT_NPROC`` counts threads, and the broker's host has few
   cores; one worker per tenant at a time (``concurrency`` 1 in the manifest).
 
-Payload: ``{"messages": [{"role": "user", "content": "..."}], "max_tokens": 64}``.
-Answer: an OpenAI chat completion, ``choices[0].message.content`` holding the text.
+- Streaming the OpenAI way: with ``"stream": true`` in the payload (``Broker/InvokeStream``
+  asks so) the entry point returns a generator of ``chat.completion.chunk`` objects, one per
+  decoded token, which the sandbox worker sends as they come. llama-cpp-python 0.3.36 puts no
+  token counts in streamed chunks, so a streamed answer reports no usage (a whole one does).
+
+Payload: ``{"messages": [{"role": "user", "content": "..."}], "max_tokens": 64}``, optionally
+``"stream": true``.
+Answer: an OpenAI chat completion, ``choices[0].message.content`` holding the text; streamed,
+``chat.completion.chunk`` objects whose ``choices[0].delta.content`` pieces make up the text.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +90,9 @@ def _options(payload: dict[str, Any]) -> dict[str, Any]:
     unknown = set(payload) - ACCEPTED
     if unknown:
         raise ValueError(f"unsupported request fields: {', '.join(sorted(unknown))}")
-    if payload.get("stream"):
-        raise ValueError("this model answers whole completions only (no stream)")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise TypeError("stream must be true or false")
     max_tokens = payload.get("max_tokens", DEFAULT_MAX_TOKENS)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise TypeError("max_tokens must be an integer")
@@ -98,10 +107,16 @@ def _options(payload: dict[str, Any]) -> dict[str, Any]:
     return {"max_tokens": max(1, min(max_tokens, MAX_TOKENS)), "seed": seed, "stop": stop}
 
 
-def chat(payload: dict[str, Any]) -> dict[str, Any]:
-    """The sandbox entry point: one chat completion, greedy and seeded."""
+def chat(payload: dict[str, Any]) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    """The sandbox entry point: one chat completion, greedy and seeded; streamed if asked.
+
+    The request is checked here, before anything is generated, so a bad request fails before
+    the first chunk as it does for a whole completion.
+    """
     messages = _messages(payload)
     options = _options(payload)
+    if payload.get("stream") is True:
+        return _chunks(messages, options)
     answer: dict[str, Any] = dict(
         _llm.create_chat_completion(
             messages=messages,  # type: ignore[arg-type]  # plain role/content dicts
@@ -111,3 +126,16 @@ def chat(payload: dict[str, Any]) -> dict[str, Any]:
     )
     answer["model"] = MODEL_ID
     return answer
+
+
+def _chunks(messages: list[dict[str, str]], options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """llama.cpp's ``chat.completion.chunk`` objects, each as soon as its token is decoded."""
+    for chunk in _llm.create_chat_completion(
+        messages=messages,  # type: ignore[arg-type]  # plain role/content dicts
+        temperature=0.0,
+        stream=True,
+        **options,
+    ):
+        out: dict[str, Any] = dict(chunk)  # type: ignore[arg-type]  # a chunk, since stream=True
+        out["model"] = MODEL_ID
+        yield out
