@@ -184,7 +184,9 @@ class AuditConfig(_Section):
         default="broker.local/audit",
         description="log origin in signed checkpoints (C2SP); also the signing key's name",
     )
-    batch_ms: float = Field(default=2.0, gt=0, le=1000)
+    batch_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="extra wait for more entries per commit"
+    )
     batch_max: int = Field(default=512, ge=1, le=100_000)
 
 

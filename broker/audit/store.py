@@ -11,14 +11,21 @@ their tree nodes, nothing is ever updated, and a crash leaves either the whole b
 it. The price, one integrator at a time, is paid per batch, not per entry (group commit).
 
 What an append costs is kept to the round trips that the design needs (lock, read the last leaf,
-two inserts, commit): every statement is built once at import, not per call, because building
-and cache-keying SQLAlchemy expressions cost more CPU than the database work they describe. The
+two inserts, commit), spoken to the driver directly as fixed text with bind parameters: building,
+cache-keying and executing SQLAlchemy expressions cost more CPU than the database work they
+describe, and the append runs once or twice per model call. The
 old nodes a batch hashes against (the *frontier*, O(log n) perfect subtrees) are read in one
 query, or not at all when this store wrote the last batch: after each commit the store keeps the
 frontier of the tree it left, tagged with that tree's size and last leaf hash, and reuses it only
 if the database, read under the integrator lock, still ends at exactly that leaf. Nodes are
 immutable once written (append-only tables), so a frontier for a given size and last leaf can
 only go stale by the tree growing, which changes the size and forces a read.
+
+Rows of other tables that must be durable exactly when an entry is (a call's token-vault rows,
+which must exist before the call's intent lets the request leave) can ride in the entry's batch
+as :class:`Companion` rows: inserted in the same transaction, by the same executemany path, so
+the call path pays for one commit instead of two and SQLite has one writer instead of several
+racing for its lock. A companion that cannot be written fails the whole batch, like any entry.
 
 Reads that need tree nodes are batched: the proof generators of :mod:`broker.audit.merkle` are
 pure functions of the sizes, so they are first run against a recording reader to learn which
@@ -29,9 +36,10 @@ the fetched hashes. A proof thus costs one round trip with O(log n) rows at any 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
@@ -51,14 +59,13 @@ _Pair = tuple[int, int]
 # Statements built once (see the module docstring): SQLAlchemy then only looks them up in its
 # compiled cache on each execution instead of constructing and keying a new expression.
 _LOCK_PG: Final = sa.select(sa.func.pg_advisory_xact_lock(INTEGRATOR_LOCK_ID))
-_SIZE: Final = sa.select(sa.func.max(audit_entries.c.leaf_index))
-_LAST_LEAF: Final = (
-    sa.select(audit_entries.c.leaf_index, audit_entries.c.entry_hash)
-    .order_by(audit_entries.c.leaf_index.desc())
-    .limit(1)
+# The append's statements as driver text (see ``AuditStore._append_in_driver``).
+_LOCK_PG_SQL: Final = "SELECT pg_advisory_xact_lock(%s)"
+_LAST_LEAF_SQL: Final = (
+    "SELECT leaf_index, entry_hash FROM audit_entries ORDER BY leaf_index DESC LIMIT 1"
 )
+_SIZE: Final = sa.select(sa.func.max(audit_entries.c.leaf_index))
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
-_NODE_COLUMNS: Final = (audit_nodes.c.level, audit_nodes.c.node_index, audit_nodes.c.hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,18 @@ class Receipt:
     leaf_index: int
     entry_hash: bytes
     call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Companion:
+    """Rows of another table, committed in the same transaction as an entry (or not at all).
+
+    ``rows`` are tuples in ``table``'s column order holding values the drivers take as they are
+    (str, bytes, int, float), as :meth:`AuditStore.append` sends its own rows.
+    """
+
+    table: sa.Table
+    rows: Sequence[tuple[object, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +187,11 @@ class AuditStore:
         # (size, last leaf hash, frontier of that tree) as this store last committed it; one
         # tuple, replaced whole, so threads never see half of it (see the module docstring).
         self._tip: tuple[int, bytes, dict[_Pair, bytes]] | None = None
+        # The writer and the checkpointer of one process take turns here before they ask the
+        # database for its lock. SQLite's busy handler polls by sleeping (1, 2, 5, 10 ms ...),
+        # so two threads racing for its write lock cost the loser milliseconds per collision;
+        # a thread lock hands over at once. Other processes still meet at the database lock.
+        self._write_turn = threading.Lock()
 
     @property
     def engine(self) -> sa.Engine:
@@ -176,24 +200,18 @@ class AuditStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def append(self, entries: Sequence[Entry]) -> list[Receipt]:
-        """Insert, sequence and integrate ``entries`` atomically; return their receipts."""
+    def append(
+        self, entries: Sequence[Entry], companions: Sequence[Companion] = ()
+    ) -> list[Receipt]:
+        """Insert, sequence and integrate ``entries`` atomically; return their receipts.
+
+        ``companions`` are written in the same transaction: all of it commits, or none.
+        """
         if not entries:
             return []
         hashes = [leaf_hash(e.data) for e in entries]
-        with self._writer.begin() as conn:
-            self._lock(conn)
-            size, frontier = self._frontier(conn)
-            nodes, known = _integrate(size, hashes, frontier)
-            entries_sql, nodes_sql = _inserts(conn.dialect.paramstyle)
-            conn.exec_driver_sql(
-                entries_sql,
-                [
-                    _entry_values(size + i, e, h)
-                    for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
-                ],
-            )
-            conn.exec_driver_sql(nodes_sql, nodes)
+        with self._write_turn, self._writer.connect() as conn:
+            size, known = self._append_in_driver(conn, entries, hashes, companions)
         # Only after the commit: a rolled-back batch must leave no trace in the cache.
         end = size + len(hashes)
         self._tip = (end, hashes[-1], {pair: known[pair] for pair in frontier_pairs(end)})
@@ -202,16 +220,65 @@ class AuditStore:
             for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
         ]
 
-    def _frontier(self, conn: sa.Connection) -> tuple[int, dict[_Pair, bytes]]:
+    def _append_in_driver(
+        self,
+        conn: sa.Connection,
+        entries: Sequence[Entry],
+        hashes: list[bytes],
+        companions: Sequence[Companion],
+    ) -> tuple[int, dict[_Pair, bytes]]:
+        """The append's one transaction, spoken to the driver directly; (old size, nodes).
+
+        Every statement here is fixed text with bind parameters, so SQLAlchemy has nothing to
+        compile; going around its execution layer (begin hook, execution contexts, result
+        objects) halves the CPU of a small batch, which is the common case at low load. The
+        pooled connection still comes from SQLAlchemy, so pre-ping and disposal work as for any
+        store. Driver errors propagate as they are; the caller fails the batch on any error.
+        """
+        driver: Any = conn.connection.dbapi_connection
+        postgres = conn.dialect.name == "postgresql"
+        paramstyle = conn.dialect.paramstyle
+        cursor = driver.cursor()
+        try:
+            if postgres:
+                cursor.execute(_LOCK_PG_SQL, (INTEGRATOR_LOCK_ID,))
+            else:
+                cursor.execute("BEGIN IMMEDIATE")  # the connection runs in driver autocommit
+            size, frontier = self._frontier(cursor, paramstyle)
+            nodes, known = _integrate(size, hashes, frontier)
+            cursor.executemany(
+                _insert_sql(audit_entries, paramstyle),
+                [
+                    _entry_values(size + i, e, h)
+                    for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
+                ],
+            )
+            cursor.executemany(_insert_sql(audit_nodes, paramstyle), nodes)
+            for table, rows in _group(companions):
+                cursor.executemany(_insert_sql(table, paramstyle), rows)
+            driver.commit()
+        except BaseException:
+            driver.rollback()
+            raise
+        finally:
+            cursor.close()
+        return size, known
+
+    def _frontier(self, cursor: Any, paramstyle: str) -> tuple[int, dict[_Pair, bytes]]:
         """The tree's size and frontier, read under the lock; cached nodes if still the tip."""
-        last = conn.execute(_LAST_LEAF).first()
+        cursor.execute(_LAST_LEAF_SQL)
+        last = cursor.fetchone()
         if last is None:
             return 0, {}
         size, last_hash = int(last[0]) + 1, bytes(last[1])
         tip = self._tip
         if tip is not None and tip[0] == size and tip[1] == last_hash:
             return size, tip[2]
-        return size, _read_frontier(conn, size)
+        pairs = frontier_pairs(size)
+        cursor.execute(_frontier_sql(len(pairs), paramstyle), [n for pair in pairs for n in pair])
+        return size, {
+            (int(r[0]), int(r[1])): bytes(r[2]) for r in cursor.fetchall() if len(r[2]) == HASH_SIZE
+        }
 
     def _lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":
@@ -225,19 +292,38 @@ class AuditStore:
         Runs under the integrator lock so two replicas never sign two notes for one size.
         ``sign(size, root)`` returns the signed note text.
         """
-        with self._writer.begin() as conn:
+        with self._write_turn, self._writer.begin() as conn:
             self._lock(conn)
-            size = _size(conn)
+            last = conn.exec_driver_sql(_LAST_LEAF_SQL).first()
+            size = 0 if last is None else int(last[0]) + 1
             latest = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.size))).scalar()
-            if size == 0 or (latest is not None and latest >= size):
+            if last is None or (latest is not None and latest >= size):
                 return None
-            root = _prove(conn, lambda read: merkle.subtree_hash(read, 0, size))
+            root = self._tip_root(size, bytes(last[1]))
+            if root is None:
+                root = _prove(conn, lambda read: merkle.subtree_hash(read, 0, size))
             stored = StoredCheckpoint(size, root, sign(size, root), time_us)
             conn.execute(
                 audit_checkpoints.insert(),
                 {"size": size, "root_hash": root, "note": stored.note, "time_us": time_us},
             )
         return stored
+
+    def _tip_root(self, size: int, last_hash: bytes) -> bytes | None:
+        """The root from the frontier this store kept, if it still describes the tree; or None.
+
+        The perfect subtrees ``subtree_hash`` reads for ``[0, size)`` are exactly the frontier
+        of ``size``, so a store that wrote the tip signs without a node query, and holds the
+        integrator lock (which its own appends wait for) for less time.
+        """
+        tip = self._tip
+        if tip is None or tip[0] != size or tip[1] != last_hash:
+            return None
+        nodes = tip[2]
+        try:
+            return merkle.subtree_hash(lambda lo, hi: nodes[_to_pair((lo, hi))], 0, size)
+        except KeyError:  # pragma: no cover - the frontier is complete by construction
+            return None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -332,49 +418,43 @@ def _read_pairs(
 
 
 @functools.cache
-def _inserts(paramstyle: str) -> tuple[str, str]:
-    """INSERT text for entries and nodes in the driver's own placeholder style.
+def _insert_sql(table: sa.Table, paramstyle: str) -> str:
+    """INSERT text for every column of ``table`` in the driver's own placeholder style.
 
     Rows go to the driver's executemany as plain tuples: SQLAlchemy's per-row parameter
     processing cost more than the inserts themselves, and these columns need no conversion
-    (bytes, str and int reach SQLite and psycopg as they are, exactly as bulk loaders send them).
+    (bytes, str, int and float reach SQLite and psycopg as they are, exactly as bulk loaders
+    send them).
     """
     mark = "?" if paramstyle == "qmark" else "%s"
-
-    def insert(table: sa.Table) -> str:
-        names = ", ".join(c.name for c in table.columns)
-        marks = ", ".join(mark for _ in table.columns)
-        # Names come from this module's Table objects, never from input.
-        return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
-
-    return insert(audit_entries), insert(audit_nodes)
+    names = ", ".join(c.name for c in table.columns)
+    marks = ", ".join(mark for _ in table.columns)
+    # Names come from Table objects defined in code, never from input.
+    return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
 
 
-def _read_frontier(conn: sa.Connection, size: int) -> dict[_Pair, bytes]:
-    """Hashes of :func:`frontier_pairs` of ``size``, in one query built once per pair count.
-
-    Each level holds exactly one frontier node, so the statement only depends on how many there
-    are: ``level = :lK AND node_index = :iK`` branches UNION ALL-ed, each a primary-key lookup.
-    """
-    pairs = frontier_pairs(size)
-    params: dict[str, int] = {}
-    for k, (level, index) in enumerate(pairs):
-        params[f"l{k}"], params[f"i{k}"] = level, index
-    rows = conn.execute(_frontier_query(len(pairs)), params)
-    return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if len(r[2]) == HASH_SIZE}
+def _group(companions: Sequence[Companion]) -> list[tuple[sa.Table, list[tuple[object, ...]]]]:
+    """Companion rows gathered per table (in first-seen order), one executemany each."""
+    by_table: dict[sa.Table, list[tuple[object, ...]]] = {}
+    for companion in companions:
+        if companion.rows:
+            by_table.setdefault(companion.table, []).extend(companion.rows)
+    return list(by_table.items())
 
 
 @functools.cache
-def _frontier_query(count: int) -> sa.Executable:
-    """The statement :func:`_read_frontier` runs for ``count`` (1 to 64) frontier nodes."""
-    branches = [
-        sa.select(*_NODE_COLUMNS).where(
-            audit_nodes.c.level == sa.bindparam(f"l{k}", type_=sa.SmallInteger()),
-            audit_nodes.c.node_index == sa.bindparam(f"i{k}", type_=sa.BigInteger()),
-        )
-        for k in range(count)
-    ]
-    return branches[0] if count == 1 else sa.union_all(*branches)
+def _frontier_sql(count: int, paramstyle: str) -> str:
+    """Driver text reading ``count`` frontier nodes, bound as ``level, index`` pairs in order.
+
+    Each level holds exactly one frontier node, so the text only depends on how many there are:
+    ``level = ? AND node_index = ?`` branches UNION ALL-ed, each a primary-key lookup.
+    """
+    mark = "?" if paramstyle == "qmark" else "%s"
+    branch = (
+        f"SELECT level, node_index, hash FROM audit_nodes "  # noqa: S608 - fixed text
+        f"WHERE level = {mark} AND node_index = {mark}"
+    )
+    return " UNION ALL ".join([branch] * count)
 
 
 def _prove(conn: sa.Connection, build: Callable[[merkle.SubtreeHashReader], _T]) -> _T:

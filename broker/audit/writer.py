@@ -2,10 +2,16 @@
 
 Why group commit: a durable commit costs an fsync (SQLite) or a WAL flush round trip
 (PostgreSQL), and the call path must not answer before its entry is durable. One background
-thread gathers the entries of concurrent callers for ``batch_ms`` (or until ``batch_max``), writes
-them in one transaction through :meth:`AuditStore.append` (Core executemany), then wakes every
-caller with its receipt. Throughput grows with concurrency while each caller still waits for its
-own commit.
+thread takes every entry queued by concurrent callers (up to ``batch_max``), writes them in one
+transaction through :meth:`AuditStore.append` (driver executemany), then wakes every caller with
+its receipt. Throughput grows with concurrency while each caller still waits for its own commit.
+
+Flush policy: the writer commits as soon as it finds work; it does not wait for a batch to fill.
+Batches form on their own under load, from the entries that arrive while the previous commit is
+running, so an idle log answers one append in one commit's time, and a busy one commits many
+entries at once. ``batch_ms`` adds a wait for more entries before each commit (0, the default:
+none); a fixed 2 ms window used to cost every call 4 ms (two appends) at low load and bought no
+throughput once the call path stopped making commits of its own (bench/README.md).
 
 Failure is closed: if the batch cannot be written, every caller in it gets ``Unavailable("audit
 log cannot be written: ...")`` and the broker refuses the call before anything is sent.
@@ -30,7 +36,7 @@ from broker.audit.checkpoint import Checkpoint, sign_checkpoint
 from broker.audit.entry import Entry, FieldAction
 from broker.audit.keys import DigestKeys
 from broker.audit.note import Signer, Verifier
-from broker.audit.store import AuditStore, Receipt, StoredCheckpoint
+from broker.audit.store import AuditStore, Companion, Receipt, StoredCheckpoint
 from broker.errors import Unavailable
 from broker.logging import get_logger
 
@@ -42,10 +48,11 @@ DEFAULT_APPEND_TIMEOUT_S: Final = 30.0
 class _Pending:
     """One caller waiting for its entry's commit."""
 
-    __slots__ = ("done", "entry", "error", "receipt")
+    __slots__ = ("companions", "done", "entry", "error", "receipt")
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, companions: Sequence[Companion]) -> None:
         self.entry = entry
+        self.companions = companions
         self.done = threading.Event()
         self.receipt: Receipt | None = None
         self.error: Exception | None = None
@@ -68,7 +75,7 @@ class AuditLog:
         signer: Signer,
         origin: str,
         tenant_keys: DigestKeys,
-        batch_ms: float = 2.0,
+        batch_ms: float = 0.0,
         batch_max: int = 512,
         clock: Callable[[], float] = time.time,
         checkpoint_gap: float = 0.1,
@@ -139,14 +146,19 @@ class AuditLog:
 
     # -- appending ----------------------------------------------------------------------
 
-    def append(self, entry: Entry) -> Receipt:
-        """Block until ``entry`` is durably committed; its receipt, or Unavailable."""
-        pending = _Pending(entry)
+    def append(self, entry: Entry, companions: Sequence[Companion] = ()) -> Receipt:
+        """Block until ``entry`` is durably committed; its receipt, or Unavailable.
+
+        ``companions`` (rows of other tables) are committed in the same transaction as the
+        entry, so they are durable exactly when it is (see :class:`AuditStore`).
+        """
+        pending = _Pending(entry, companions)
         with self._cond:
             if not self._running or self._closing:
                 raise Unavailable("audit log cannot be written: it is not running")
             self._queue.append(pending)
-            self._cond.notify_all()
+            if len(self._queue) == 1 or len(self._queue) >= self._batch_max:
+                self._cond.notify()  # the writer is the only waiter; it re-checks when done
         if not pending.done.wait(self._timeout):
             raise Unavailable("audit log cannot be written: the commit timed out")
         if pending.error is not None:
@@ -169,8 +181,13 @@ class AuditLog:
         fields: Sequence[FieldAction],
         request: bytes,
         retention_id: str = "",
+        companions: Sequence[Companion] = (),
     ) -> Receipt:
-        """Record, before dispatch, what will be sent (``request``: the exact bytes) and where."""
+        """Record, before dispatch, what will be sent (``request``: the exact bytes) and where.
+
+        ``companions``: rows that must be durable before the request leaves too (the call's
+        token-vault rows), written in the intent's transaction.
+        """
         return self.append(
             entries.call_intent(
                 time_us=self._now_us(),
@@ -183,7 +200,8 @@ class AuditLog:
                 fields=fields,
                 request_digest=self._keys.digest(tenant, request),
                 retention_id=retention_id,
-            )
+            ),
+            companions,
         )
 
     def record_call_outcome(
@@ -292,7 +310,9 @@ class AuditLog:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            receipts = self.store.append([p.entry for p in batch])
+            receipts = self.store.append(
+                [p.entry for p in batch], [c for p in batch for c in p.companions]
+            )
         except Exception as exc:  # any failure fails the batch closed
             log.exception("audit_append_failed", error=type(exc).__name__, entries=len(batch))
             for pending in batch:

@@ -13,13 +13,13 @@ Every call the buyer is told about (answered, denied, failed) therefore has an o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
 from broker.audit.entry import FieldAction
-from broker.audit.store import Receipt
+from broker.audit.store import Companion, Receipt
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal
 from broker.calls.payload import JsonObject
@@ -53,9 +53,17 @@ class CallRecord:
     intent: Receipt | None = None
 
     def record_intent(
-        self, revision: str, decisions: Iterable[FieldDecision], sent: JsonObject
+        self,
+        revision: str,
+        decisions: Iterable[FieldDecision],
+        sent: JsonObject,
+        *,
+        companions: Sequence[Companion] = (),
     ) -> None:
-        """Durably record what is about to leave, before it leaves."""
+        """Durably record what is about to leave, before it leaves.
+
+        ``companions`` (the call's token-vault rows) are committed with the intent.
+        """
         model = self._model()
         self.intent = self.log.record_call_intent(
             call_id=self.call_id,
@@ -66,6 +74,7 @@ class CallRecord:
             policy_revision=revision,
             fields=field_actions(decisions),
             request=orjson.dumps(sent),
+            companions=companions,
         )
 
     def record_success(

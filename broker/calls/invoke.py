@@ -210,11 +210,15 @@ class Invoker:
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
             outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
             close_tool_arguments(outgoing.payload, chat.opened)
-            parts.vault.store(principal.tenant, call_id, outgoing.pending_tokens)
+            # Vault rows commit with the intent, the answer is restored from ``tokens``: see
+            # broker.enforce.vault (durable before dispatch, one commit instead of two).
+            tokens = parts.vault.seal(principal.tenant, call_id, outgoing.pending_tokens)
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
-            record.record_intent(plan.revision, outgoing.decisions, outgoing.payload)
+            record.record_intent(
+                plan.revision, outgoing.decisions, outgoing.payload, companions=tokens.companion()
+            )
             answer = runtime.invoke(
                 model,
                 outgoing.payload,
@@ -239,7 +243,9 @@ class Invoker:
             incoming = parts.enforcer.apply(
                 answer, answer_classification, answer_plan, scope, "response"
             )
-            restored, count = parts.restorer.restore(incoming.payload, principal.tenant, call_id)
+            restored, count = parts.restorer.restore(
+                incoming.payload, principal.tenant, call_id, issued=tokens
+            )
             close_tool_arguments(restored, answer_chat.opened)
             retained = self._retain(
                 principal, model, call_id, plan=plan, request=request.payload, answer=restored

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from broker.enforce import transforms
 from broker.enforce.keys import TenantKeys
-from broker.enforce.vault import TOKEN_RE, TokenVault
+from broker.enforce.vault import TOKEN_RE, SealedTokens, TokenVault
 from broker.errors import InvalidArgument
 
 CIPHERTEXT_RE: Final = re.compile(r"enc:v1:[0-9a-f]{16}:[A-Za-z0-9_-]+")
@@ -27,12 +27,24 @@ class Restorer:
         self._vault = vault
         self._keys = keys
 
-    def restore(self, answer: dict[str, Any], tenant: str, call_id: str) -> tuple[Any, int]:
-        """Return the restored answer and how many values were restored."""
+    def restore(
+        self,
+        answer: dict[str, Any],
+        tenant: str,
+        call_id: str,
+        *,
+        issued: SealedTokens | None = None,
+    ) -> tuple[Any, int]:
+        """Return the restored answer and how many values were restored.
+
+        ``issued``: the call's own sealed tokens, to resolve from (see ``TokenVault.resolve``).
+        """
         tokens = set()
         for text in _strings(answer):
             tokens.update(TOKEN_RE.findall(text))
-        originals = dict(self._vault.resolve(tenant, call_id, tokens)) if tokens else {}
+        originals = (
+            dict(self._vault.resolve(tenant, call_id, tokens, issued=issued)) if tokens else {}
+        )
         key = self._keys.key(tenant, "encrypt")
         restored = 0
 

@@ -9,6 +9,15 @@ invents, is never resolved to someone's data.
 Entries live in the ``vault_tokens`` table, sealed with AES-256-GCM under the tenant's vault key
 (token, tenant and scope bound as associated data), and expire after a TTL; expired entries are
 never returned and are deleted by ``purge_expired`` (run by the retention scheduler).
+
+The call path splits ``store`` in two, to keep database work off the hot path without weakening
+anything: ``seal`` encrypts the rows, which the caller commits in the same transaction as its
+audit intent (``SealedTokens.companion``: durable before the request leaves, as with ``store``,
+for the price of a few rows in a commit that happens anyway), and the answer of the same call is
+restored from that ``SealedTokens`` (``resolve(..., issued=...)``) instead of reading back the
+rows it just wrote. Every token of a call's scope is in its ``SealedTokens`` (a scope is one
+call id and the call seals once), so the answer is the one the table would give: same tenant,
+same scope, unexpired by the same clock.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -26,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlmodel import SQLModel
 
+from broker.audit.store import Companion
 from broker.enforce.keys import TenantKeys
 from broker.errors import Unavailable
 
@@ -72,6 +82,24 @@ class PendingToken:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class SealedTokens:
+    """One scope's tokens: the sealed ``vault_tokens`` rows, and the values for this call.
+
+    ``values`` never leave the process; only ``rows`` (ciphertext) are written.
+    """
+
+    tenant: str
+    scope: str
+    expires_at: float
+    rows: tuple[tuple[str, str, str, bytes, float], ...] = field(repr=False)
+    values: Mapping[str, Any] = field(repr=False)  # plaintext: never in a repr or a log
+
+    def companion(self) -> tuple[Companion, ...]:
+        """The rows as audit companions (none when the call issued no token)."""
+        return (Companion(vault_tokens, self.rows),) if self.rows else ()
+
+
 class TokenVault:
     """Stores and resolves tokens for (tenant, scope) with a TTL."""
 
@@ -88,41 +116,59 @@ class TokenVault:
         self._ttl = ttl_seconds
         self._clock = clock
 
-    def store(self, tenant: str, scope: str, pending: Iterable[PendingToken]) -> None:
-        """Seal and store the tokens of one call in one transaction (Unavailable on failure)."""
+    def seal(self, tenant: str, scope: str, pending: Iterable[PendingToken]) -> SealedTokens:
+        """Encrypt the tokens of one scope for the table; nothing is written yet."""
         expires = self._clock() + self._ttl
+        items = list(pending)
+        if not items:
+            return SealedTokens(tenant, scope, expires, (), {})
         cipher = AESGCM(self._keys.key(tenant, "vault"))
         rows = []
-        for item in pending:
+        for item in items:
             nonce = os.urandom(_NONCE_BYTES)
             sealed = cipher.encrypt(
                 nonce, orjson.dumps(item.value), _aad(item.token, tenant, scope)
             )
-            rows.append(
-                {
-                    "token": item.token,
-                    "tenant": tenant,
-                    "scope": scope,
-                    "sealed": nonce + sealed,
-                    "expires_at": expires,
-                }
-            )
-        if not rows:
-            return
+            rows.append((item.token, tenant, scope, nonce + sealed, expires))
+        values = {item.token: item.value for item in items}
+        return SealedTokens(tenant, scope, expires, tuple(rows), values)
+
+    def store(self, tenant: str, scope: str, pending: Iterable[PendingToken]) -> SealedTokens:
+        """Seal and store the tokens of one call in one transaction (Unavailable on failure)."""
+        sealed = self.seal(tenant, scope, pending)
+        if not sealed.rows:
+            return sealed
+        names = [column.name for column in vault_tokens.columns]
         try:
             with self._engine.begin() as conn:
-                conn.execute(_INSERT, rows)
+                conn.execute(_INSERT, [dict(zip(names, row, strict=True)) for row in sealed.rows])
         except sa.exc.SQLAlchemyError as exc:
             raise Unavailable("the token vault cannot be written; nothing was sent") from exc
+        return sealed
 
-    def resolve(self, tenant: str, scope: str, tokens: Iterable[str]) -> Mapping[str, Any]:
+    def resolve(
+        self,
+        tenant: str,
+        scope: str,
+        tokens: Iterable[str],
+        *,
+        issued: SealedTokens | None = None,
+    ) -> Mapping[str, Any]:
         """The original values of ``tokens`` issued for this tenant and scope, unexpired.
 
         Tokens of another tenant or scope, expired ones and unknown ones are simply absent.
+        ``issued``: every token of this scope, as sealed by the caller (whose commit wrote
+        them); the answer then comes from it instead of the table (see the module docstring).
         """
         wanted = sorted(set(tokens))
         if not wanted:
             return {}
+        if issued is not None:
+            if (issued.tenant, issued.scope) != (tenant, scope):
+                raise ValueError("issued tokens belong to another tenant or scope")
+            if self._clock() >= issued.expires_at:
+                return {}
+            return {t: issued.values[t] for t in wanted if t in issued.values}
         params = {"tokens": wanted, "tenant": tenant, "scope": scope, "now": self._clock()}
         try:
             with self._engine.connect() as conn:

@@ -62,33 +62,43 @@ INPUT_DATATYPES = frozenset(name for name, dt in DATATYPES.items() if dt.field)
 def decode_output(response: pb.ModelInferResponse, index: int, *, squeeze: bool = False) -> Any:
     """Decode output tensor ``index`` of a response into nested lists (or a scalar)."""
     tensor = response.outputs[index]
-    where = f"output tensor {tensor.name!r:.80}"
     datatype = DATATYPES.get(tensor.datatype)
     if datatype is None:
         raise BackendError(
-            f"model backend sent {where} with unknown datatype {tensor.datatype!r:.40}"
+            f"model backend sent {_where(tensor)} with unknown datatype {tensor.datatype!r:.40}"
         )
     shape = list(tensor.shape)
-    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
-        raise BackendError(f"model backend sent {where} with an invalid shape")
+    rank = len(shape)
+    if rank > MAX_RANK or (shape and min(shape) < 0):
+        raise BackendError(f"model backend sent {_where(tensor)} with an invalid shape")
     count = math.prod(shape)
-    if _container_count(shape) > max(count, 1) * len(shape) + _SLACK:
-        raise BackendError(f"model backend sent {where} with a degenerate shape")
+    if rank > 1 and _container_count(shape) > max(count, 1) * rank + _SLACK:
+        raise BackendError(f"model backend sent {_where(tensor)} with a degenerate shape")
     if response.raw_output_contents:
         if index >= len(response.raw_output_contents):
-            raise BackendError(f"model backend sent no raw contents for {where}")
-        values = _unpack_raw(datatype, response.raw_output_contents[index], count, where)
+            raise BackendError(f"model backend sent no raw contents for {_where(tensor)}")
+        raw = response.raw_output_contents[index]
+        values = _unpack_raw(datatype, raw, count, _where(tensor))
     elif datatype.field:
         values = list(getattr(tensor.contents, datatype.field))
     else:
-        raise BackendError(f"model backend sent {where} as {tensor.datatype} without raw contents")
+        raise BackendError(
+            f"model backend sent {_where(tensor)} as {tensor.datatype} without raw contents"
+        )
     if len(values) != count:
-        raise BackendError(f"model backend sent {where} whose data does not fill its shape")
+        raise BackendError(
+            f"model backend sent {_where(tensor)} whose data does not fill its shape"
+        )
     if datatype.kind == "bytes":
         values = [_bytes_to_json(v) for v in values]
-    if squeeze:
+    if squeeze and 1 in shape:
         shape = [d for d in shape if d != 1]
     return reshape(values, shape)
+
+
+def _where(tensor: pb.ModelInferResponse.InferOutputTensor) -> str:
+    """How errors name a tensor; built only when there is an error to report."""
+    return f"output tensor {tensor.name!r:.80}"
 
 
 def _unpack_raw(datatype: Datatype, data: bytes, count: int, where: str) -> list[Any]:

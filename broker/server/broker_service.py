@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import grpc
@@ -193,19 +194,40 @@ def _labels(raw: Mapping[str, broker_pb2.LabelList]) -> dict[str, tuple[str, ...
 
 
 def _decisions_to_proto(decisions: Iterable[FieldDecision]) -> list[broker_pb2.FieldDecision]:
+    """The decisions as messages; the caller's message copies them (they are shared, see below).
+
+    A call's decisions repeat from call to call (same shape, same policy), and building a
+    message from Python costs about 2 µs against a fraction of that to copy one, so messages are
+    cached per decision. Paths and labels come from the buyer, so only decisions with short ones
+    are cached, in a bounded cache: memory stays small whatever buyers send.
+    """
     return [
-        broker_pb2.FieldDecision(
-            direction=d.direction,
-            path=d.path,
-            labels=list(d.labels),
-            action=d.action,
-            entities=[
-                broker_pb2.EntityDecision(label=e.label, action=e.action, count=e.count)
-                for e in d.entities
-            ],
-        )
+        _cached_decision(d)
+        if len(d.path) + sum(map(len, d.labels)) <= _CACHED_TEXT_CHARS
+        else _decision_message(d)
         for d in decisions
     ]
+
+
+_CACHED_TEXT_CHARS = 512  # path and labels of one cached decision, at most
+
+
+def _decision_message(d: FieldDecision) -> broker_pb2.FieldDecision:
+    return broker_pb2.FieldDecision(
+        direction=d.direction,
+        path=d.path,
+        labels=list(d.labels),
+        action=d.action,
+        entities=[
+            broker_pb2.EntityDecision(label=e.label, action=e.action, count=e.count)
+            for e in d.entities
+        ],
+    )
+
+
+# Never mutate what this returns: protobuf copies a message passed to a constructor or to
+# ``extend``, so sharing the cached ones is safe.
+_cached_decision = functools.lru_cache(maxsize=4096)(_decision_message)
 
 
 def _on_termination(context: grpc.ServicerContext, cancel: Callable[[], None]) -> None:

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 
 from broker.audit import store as store_module
 from broker.audit.merkle import MerkleTree, leaf_hash
-from broker.audit.store import AuditStore, entry_row, integrate
+from broker.audit.store import AuditStore, Companion, entry_row, integrate
 from broker.audit.tables import audit_entries
+from broker.enforce.vault import vault_tokens
 from broker.storage.db import create_engine_for
 from tests.unit.audit.conftest import make_intent
 
 
 def _node_reads(engine: sa.Engine, fn: object) -> int:
-    statements: list[str] = []
+    """How many times ``fn`` made the store read frontier nodes from ``audit_nodes``.
 
-    def listen(*args: object) -> None:
-        statements.append(str(args[2]))
+    The append speaks to the driver directly (no SQLAlchemy cursor events), so this counts the
+    node-reading statements it asks for; each one is executed once.
+    """
+    calls: list[int] = []
+    original = store_module._frontier_sql
 
-    sa.event.listen(engine, "before_cursor_execute", listen)
-    try:
+    def counting(count: int, paramstyle: str) -> str:
+        calls.append(count)
+        return original(count, paramstyle)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_frontier_sql", counting)
         assert callable(fn)
         fn()
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", listen)
-    return len([s for s in statements if "FROM audit_nodes" in s])
+    return len(calls)
 
 
 def _tree(engine: sa.Engine) -> MerkleTree:
@@ -85,3 +93,64 @@ def test_public_helpers_keep_their_shape() -> None:
     assert row["actions"] == ",allow,redact," and row["labels"] == ",pii.email,"
     nodes = integrate(1, [bytes(32)], {(0, 0): bytes(32)})
     assert [(n["level"], n["node_index"]) for n in nodes] == [(0, 1), (1, 0)]
+
+
+def _count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_companion_rows_commit_with_their_entries(engine: sa.Engine) -> None:
+    store = AuditStore(engine)
+    row = ("TKN-" + "A" * 20, "acme", "call-1", b"sealed", 123.5)
+    receipts = store.append([make_intent(), make_intent()], [Companion(vault_tokens, [row])])
+    assert [r.leaf_index for r in receipts] == [0, 1]
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(vault_tokens)).all()
+    assert [tuple(r) for r in stored] == [row]
+
+
+def test_a_companion_that_cannot_be_written_takes_its_batch_with_it(engine: sa.Engine) -> None:
+    store = AuditStore(engine)
+    row = ("TKN-" + "B" * 20, "acme", "call-1", b"sealed", 1.0)
+    store.append([make_intent()], [Companion(vault_tokens, [row])])
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # the same token twice
+        store.append([make_intent(), make_intent()], [Companion(vault_tokens, [row])])
+    assert _count(engine, audit_entries) == 1
+    assert _count(engine, vault_tokens) == 1
+    # The cached frontier was not advanced by the failed batch: the next append is sound.
+    store.append([make_intent()])
+    assert store.root(2) == _tree(engine).root()
+
+
+def test_checkpoints_sign_the_right_root_from_the_kept_frontier_or_the_database(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = create_engine_for(engine.url.render_as_string(hide_password=False))
+    from_database: list[int] = []
+    original = store_module._prove
+
+    def counting(conn: sa.Connection, build: Any) -> Any:
+        from_database.append(1)
+        return original(conn, build)
+
+    monkeypatch.setattr(store_module, "_prove", counting)
+    try:
+        mine, theirs = AuditStore(engine), AuditStore(other)
+        signed: list[tuple[int, bytes]] = []
+
+        def sign(size: int, root: bytes) -> str:
+            signed.append((size, root))
+            return f"note {size}"
+
+        for n, writer in enumerate([mine, mine, theirs, mine, theirs, theirs]):
+            writer.append([make_intent() for _ in range(n + 1)])
+            # ``mine`` wrote the tip after rounds 0, 1 and 3 (frontier kept), not otherwise.
+            stored = mine.add_checkpoint(sign, time_us=n)
+            assert stored is not None
+            assert stored.root_hash == _tree(engine).root()
+        assert [size for size, _ in signed] == [1, 3, 6, 10, 15, 21]
+        assert len(from_database) == 3  # the rounds after ``theirs`` wrote
+        assert mine.add_checkpoint(sign, time_us=99) is None  # the tree did not grow
+    finally:
+        other.dispose()
