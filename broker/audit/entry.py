@@ -204,18 +204,23 @@ def call_outcome(
     error_class: str = "",
     usage: Mapping[str, int] | None = None,
     stream: Mapping[str, int | bool] | None = None,
+    retained_record_ids: Sequence[str] = (),
 ) -> Entry:
     """The entry written before the answer (or the error) reaches the caller.
 
-    ``usage`` (token counts a model reported) and ``stream`` (for a streamed answer: chunks
-    delivered and whether the answer was partial) are added only when given, so the bytes of
-    entries without them are those of earlier versions.
+    ``usage`` (token counts a model reported), ``stream`` (for a streamed answer: chunks
+    delivered and whether the answer was partial) and ``retained_record_ids`` (the records the
+    policy had this call kept: what a compliance officer follows to them, and what their
+    deletion receipts name) are added only when given, so the bytes of entries without them are
+    those of earlier versions.
     """
     extra: dict[str, Any] = {}
     if usage is not None:
         extra["usage"] = {key: _nonneg(value, key) for key, value in usage.items()}
     if stream is not None:
         extra["stream"] = dict(stream)
+    if retained_record_ids:
+        extra["retained_record_ids"] = list(retained_record_ids)
     return _make(
         {
             **extra,

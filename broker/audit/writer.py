@@ -219,10 +219,12 @@ class AuditLog:
         error_class: str = "",
         usage: Mapping[str, int] | None = None,
         stream: Mapping[str, int | bool] | None = None,
+        retained_record_ids: Sequence[str] = (),
     ) -> Receipt:
         """Record, before the answer leaves, how the call ended (``response``: answer bytes).
 
-        ``usage`` and ``stream`` are value-free extras (see ``entries.call_outcome``).
+        ``usage``, ``stream`` and ``retained_record_ids`` are value-free extras (see
+        ``entries.call_outcome``).
         """
         digest = "" if response is None else self._keys.digest(tenant, response)
         return self.append(
@@ -240,6 +242,7 @@ class AuditLog:
                 error_class=error_class,
                 usage=usage,
                 stream=stream,
+                retained_record_ids=retained_record_ids,
             )
         )
 

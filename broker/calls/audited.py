@@ -78,10 +78,15 @@ class CallRecord:
         )
 
     def record_success(
-        self, answer: JsonObject, *, usage: Mapping[str, int] | None = None
+        self,
+        answer: JsonObject,
+        *,
+        usage: Mapping[str, int] | None = None,
+        retained: Sequence[str] = (),
     ) -> Receipt:
-        """The call's answer is about to reach the buyer (``usage``: the model's token counts)."""
-        return self._outcome("OK", orjson.dumps(answer), "", usage=usage)
+        """The call's answer is about to reach the buyer (``usage``: the model's token counts;
+        ``retained``: the ids of the records kept of this call)."""
+        return self._outcome("OK", orjson.dumps(answer), "", usage=usage, retained=retained)
 
     def record_failure(self, error: BrokerError) -> Receipt:
         """The call ends with ``error``; recorded before the caller learns of it."""
@@ -96,6 +101,7 @@ class CallRecord:
         usage: Mapping[str, int] | None = None,
         delta_chunks: int,
         partial: bool,
+        retained: Sequence[str] = (),
     ) -> Receipt:
         """A streamed answer ended; ``delivered`` is every byte of text the buyer was sent.
 
@@ -108,6 +114,7 @@ class CallRecord:
             error_class,
             usage=usage,
             stream={"delta_chunks": delta_chunks, "partial": partial},
+            retained=retained,
         )
 
     def _outcome(
@@ -118,6 +125,7 @@ class CallRecord:
         *,
         usage: Mapping[str, int] | None = None,
         stream: Mapping[str, int | bool] | None = None,
+        retained: Sequence[str] = (),
     ) -> Receipt:
         model = self.model
         return self.log.record_call_outcome(
@@ -133,6 +141,7 @@ class CallRecord:
             error_class=error_class,
             usage=usage,
             stream=stream,
+            retained_record_ids=retained,
         )
 
     def _model(self) -> ModelVersion:

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
 import structlog
 
 from broker.audit.store import Receipt
@@ -29,6 +28,7 @@ from broker.calls.chat import close_tool_arguments, open_tool_arguments
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider, labels_of, refuse_if_denied
 from broker.calls.payload import JsonObject
+from broker.calls.retain import refuse_unkeepable, retain_call
 from broker.classify.classifier import classify
 from broker.enforce.enforcer import CallScope, Enforcer, FieldDecision
 from broker.enforce.restore import Restorer
@@ -176,7 +176,9 @@ class Invoker:
         except BrokerError as exc:
             record.record_failure(exc)
             raise
-        receipt = record.record_success(result.answer, usage=result.usage)
+        receipt = record.record_success(
+            result.answer, usage=result.usage, retained=result.retained_record_ids
+        )
         return dataclasses.replace(
             result,
             receipt=receipt,
@@ -206,7 +208,7 @@ class Invoker:
             plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
-            self._refuse_unkeepable(plan)
+            refuse_unkeepable(plan, self._retention)
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
             outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
             close_tool_arguments(outgoing.payload, chat.opened)
@@ -247,8 +249,14 @@ class Invoker:
                 incoming.payload, principal.tenant, call_id, issued=tokens
             )
             close_tool_arguments(restored, answer_chat.opened)
-            retained = self._retain(
-                principal, model, call_id, plan=plan, request=request.payload, answer=restored
+            retained = retain_call(
+                self._retention,
+                plan,
+                principal=principal,
+                model=model,
+                call_id=call_id,
+                request=request.payload,
+                answer=restored,
             )
         return InvokeResult(
             call_id=call_id,
@@ -260,43 +268,6 @@ class Invoker:
             retained_record_ids=retained,
             usage=usage.as_audit() if usage is not None else None,
         )
-
-    def _refuse_unkeepable(self, plan: Plan) -> None:
-        """Fail closed when the policy demands retention that this broker cannot provide."""
-        wanted = plan.retention.request_ttl_s or plan.retention.response_ttl_s
-        if wanted and self._retention is None:
-            raise FailedPrecondition(
-                "the policy requires this call to be retained, but this broker keeps nothing "
-                "(no [retention] root key is configured); nothing was sent"
-            )
-
-    def _retain(
-        self,
-        principal: Principal,
-        model: ModelVersion,
-        call_id: str,
-        *,
-        plan: Plan,
-        request: JsonObject,
-        answer: JsonObject,
-    ) -> tuple[str, ...]:
-        """Keep the request and/or answer (as the buyer sent and received them), encrypted."""
-        ttl = plan.retention
-        if self._retention is None or not (ttl.request_ttl_s or ttl.response_ttl_s):
-            return ()
-        records = self._retention.retain(
-            tenant=principal.tenant,
-            subject=principal.subject,
-            call_id=call_id,
-            model=model.ref,
-            request=orjson.dumps(request) if ttl.request_ttl_s else None,
-            response=orjson.dumps(answer) if ttl.response_ttl_s else None,
-            request_ttl_s=ttl.request_ttl_s,
-            response_ttl_s=ttl.response_ttl_s,
-        )
-        ids = tuple(record.record_id for record in records)
-        structlog.contextvars.bind_contextvars(retained=list(ids))
-        return ids
 
     def _purpose(self, request: CallRequest) -> str:
         return request.purpose or self._default_purpose

@@ -7,8 +7,8 @@ Otherwise, once the answer is known, the request as the buyer sent it and the an
 buyer got it are stored encrypted (``RetentionStore.retain``: one record per half, both in one
 transaction), and the record ids are returned for the caller and the log context.
 
-``InvokeStream`` uses these functions; ``Invoke`` has its own copy of the same rule
-(``Invoker._refuse_unkeepable`` / ``_retain``) and can switch to them.
+``Invoke`` and ``InvokeStream`` both use these functions, and both list the record ids in the
+call's audit outcome entry (``retained_record_ids``).
 """
 
 from __future__ import annotations

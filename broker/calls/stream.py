@@ -220,6 +220,7 @@ class _Progress:
             usage=self.usage.as_audit() if self.usage else None,
             delta_chunks=self.delta_chunks,
             partial=partial,
+            retained=self.retained,
         )
 
 

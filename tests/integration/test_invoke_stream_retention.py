@@ -123,6 +123,7 @@ def test_streamed_call_is_retained_as_the_buyer_got_it(
     )
     entry = outcome(broker, summary.call_id)
     assert entry["status"] == "OK" and entry["stream"]["partial"] is False
+    assert sorted(entry["retained_record_ids"]) == sorted(summary.retained_record_ids)
 
 
 def test_encrypted_value_is_opened_for_the_buyer_and_kept_as_delivered(
@@ -149,6 +150,7 @@ def test_a_broken_stream_keeps_what_was_delivered_and_says_partial(
     call_id = messages[0].decisions.call_id
     entry = outcome(broker, call_id)
     assert entry["status"] == "UNAVAILABLE" and entry["stream"]["partial"] is True
+    assert sorted(entry["retained_record_ids"]) == sorted(listed_ids(broker, call_id))
     kept = retained(broker, call_id)
     assert kept["response"] == delivered_bytes(messages)
     assert orjson.loads(kept["request"]) == chat("alpha beta gamma")

@@ -16,6 +16,7 @@ from tests.integration.harness import (
     echo_model,
     start_broker,
 )
+from tests.integration.test_invoke_stream import outcome
 
 
 def _broker(tmp_path: Path, database_url: str, backend: FakeBackend, **env: str) -> BrokerHarness:
@@ -44,6 +45,9 @@ def test_kept_as_the_policy_says_and_readable_only_by_its_tenant(
             timeout=10,
         )
         assert len(reply.retained_record_ids) == 2
+        # The audit outcome names the records, so the log leads a compliance officer to them.
+        entry = outcome(broker, reply.call_id)
+        assert sorted(entry["retained_record_ids"]) == sorted(reply.retained_record_ids)
         with broker.channel() as channel:
             stub = retention_pb2_grpc.RetentionStub(channel)
             payloads = [
@@ -68,6 +72,7 @@ def test_kept_as_the_policy_says_and_readable_only_by_its_tenant(
         # A tenant whose policy keeps nothing gets no records.
         other = broker.client("bank", "buyer").invoke("acme-models/echo@1.0.0", {"text": "x"})
         assert other.answer == {"echo": "x"}
+        assert "retained_record_ids" not in outcome(broker, other.call_id)  # bytes as before
     finally:
         broker.stop()
 
