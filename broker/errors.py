@@ -12,7 +12,7 @@ the model reference, and nothing the caller sent as data.
     ├── NotFound               NOT_FOUND            unknown model (or one the caller may not see)
     ├── AlreadyExists          ALREADY_EXISTS       duplicate registration
     ├── FailedPrecondition     FAILED_PRECONDITION  retired model, forbidden status change
-    ├── ResourceExhausted      RESOURCE_EXHAUSTED   per-tenant concurrency limit
+    ├── ResourceExhausted      RESOURCE_EXHAUSTED   per-tenant concurrency, sandbox limits and uids
     ├── DeadlineExceeded       DEADLINE_EXCEEDED    the caller's deadline ran out downstream
     ├── Cancelled              CANCELLED            the caller went away; downstream work stopped
     ├── Unavailable            UNAVAILABLE          backend or store down; safe to retry
