@@ -309,11 +309,15 @@ class Streamer:
             outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
             close_tool_arguments(outgoing.payload, chat.opened)
             answer_plan = self._answer_plan(principal, model, purpose, classification)
-            parts.vault.store(principal.tenant, record.call_id, outgoing.pending_tokens)
+            # The vault rows commit with the intent, as for Invoke (broker.enforce.vault): one
+            # commit before the vendor is called instead of two.
+            tokens = parts.vault.seal(principal.tenant, record.call_id, outgoing.pending_tokens)
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
-            record.record_intent(plan.revision, outgoing.decisions, outgoing.payload)
+            record.record_intent(
+                plan.revision, outgoing.decisions, outgoing.payload, companions=tokens.companion()
+            )
             yield StreamOpened(record.call_id, model, tuple(outgoing.decisions), plan.revision)
             if wants_retention(plan):
                 self._plan_keeping(progress, principal, model, plan, request.payload)

@@ -170,6 +170,22 @@ def test_stream_tokenizes_on_the_way_in_and_restores_at_every_split(
     assert all(TOKEN_RE.search(orjson.dumps(d).decode()) is None for d in deltas(messages))
 
 
+def test_a_vault_that_cannot_be_written_refuses_the_stream_and_sends_nothing(
+    broker: BrokerHarness, fake: FakeOpenAI
+) -> None:
+    """The stream's tokens commit with its audit intent: no durable token, no vendor call."""
+    engine = sa.create_engine(broker.config.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE vault_tokens RENAME TO vault_tokens_gone"))
+    finally:
+        engine.dispose()
+    payload, labels = name_email_card()
+    messages, error = stream(broker, payload, labels=labels)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert messages == [] and fake.requests == []
+
+
 def test_outcome_records_usage_digest_and_chunks(broker: BrokerHarness, fake: FakeOpenAI) -> None:
     fake.split = lambda text: re.findall(r"\S+\s*", text)
     messages, error = stream(broker, chat("one two three four"))
