@@ -29,7 +29,7 @@ class _PayloadKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._En
     PAYLOAD_KIND_UNSPECIFIED: _PayloadKind.ValueType  # 0
     """Never sent by the broker."""
     PAYLOAD_KIND_REQUEST: _PayloadKind.ValueType  # 1
-    """The request, as the model received it (after the policy's actions)."""
+    """The request, as the buyer sent it (before the policy's actions)."""
     PAYLOAD_KIND_RESPONSE: _PayloadKind.ValueType  # 2
     """The answer, as the buyer received it."""
 
@@ -39,7 +39,7 @@ class PayloadKind(_PayloadKind, metaclass=_PayloadKindEnumTypeWrapper):
 PAYLOAD_KIND_UNSPECIFIED: PayloadKind.ValueType  # 0
 """Never sent by the broker."""
 PAYLOAD_KIND_REQUEST: PayloadKind.ValueType  # 1
-"""The request, as the model received it (after the policy's actions)."""
+"""The request, as the buyer sent it (before the policy's actions)."""
 PAYLOAD_KIND_RESPONSE: PayloadKind.ValueType  # 2
 """The answer, as the buyer received it."""
 Global___PayloadKind: typing_extensions.TypeAlias = PayloadKind
