@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
@@ -31,6 +30,7 @@ from broker._proto.broker.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from broker.closing import ClosedOnExit
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str]
@@ -51,7 +51,7 @@ class InvokeAnswer:
 Labels = Mapping[str, Sequence[str]]
 
 
-class BrokerClient:
+class BrokerClient(ClosedOnExit):
     """A connection to one broker, for Invoke, the catalogue and the registry."""
 
     def __init__(
@@ -84,17 +84,6 @@ class BrokerClient:
         self._initial_backoff = initial_backoff
         self.broker = broker_pb2_grpc.BrokerStub(channel)
         self.registry = registry_pb2_grpc.RegistryStub(channel)
-
-    def __enter__(self) -> BrokerClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the channel."""

@@ -23,12 +23,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import httpx
 import orjson
 
+from broker.closing import ClosedOnExit
 from broker.errors import BrokerError
 from broker.logging import get_logger
 from broker.runtimes.openai.errors import error_for_abort, error_for_transport
@@ -49,7 +49,7 @@ class _TooLarge(Exception):
     """Raised inside the byte pipeline when the total cap is passed."""
 
 
-class ChatStream(Iterator[ChatChunk]):
+class ChatStream(Iterator[ChatChunk], ClosedOnExit):
     """Chunks of one streamed chat completion; close it (or exhaust it) to free the connection.
 
     Iterate it in the thread that consumes the chunks; ``close`` may be called from any thread
@@ -102,17 +102,6 @@ class ChatStream(Iterator[ChatChunk]):
             raise
         self.delivered_chunks += 1
         return chunk
-
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the deadline timer and release (or, mid-answer, drop) the vendor connection."""

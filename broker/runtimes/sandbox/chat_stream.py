@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
+from broker.closing import ClosedOnExit
 from broker.runtimes.openai import ChatChunk, Usage, usage_from_answer
 from broker.runtimes.sandbox.worker_stream import WorkerStream
 
 
-class SandboxChatStream:
+class SandboxChatStream(ClosedOnExit):
     """A package's streamed chunks, forwarded one by one as the worker sends them.
 
     ``context`` holds the pool's hold on the worker (``WorkerPools.streaming``): it is left
@@ -76,19 +76,8 @@ class SandboxChatStream:
         if context is not None:
             context.close()
 
-    def __enter__(self) -> SandboxChatStream:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AnswerAsStream:
+class AnswerAsStream(ClosedOnExit):
     """One chat completion presented as a stream of exactly one ``chat.completion.chunk``.
 
     For packages that answer a stream request with a whole completion: the buyer still uses
@@ -131,14 +120,3 @@ class AnswerAsStream:
     def close(self) -> None:
         """Nothing to abandon: the answer is already complete."""
         self._pending.clear()
-
-    def __enter__(self) -> AnswerAsStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -29,16 +29,16 @@ frames cannot serve the next one. The pool sees a dead worker and replaces it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from broker.closing import ClosedOnExit
 from broker.runtimes.sandbox.errors import SandboxCrashed
 
 if TYPE_CHECKING:
     from broker.runtimes.sandbox.launcher import Worker
 
 
-class WorkerStream(Iterator[dict[str, Any]]):
+class WorkerStream(Iterator[dict[str, Any]], ClosedOnExit):
     """The chunks of one streamed answer; made by ``Worker.stream``, which hands it the lock.
 
     The stream holds the worker's call lock from the request until the answer ends (or the
@@ -80,17 +80,6 @@ class WorkerStream(Iterator[dict[str, Any]]):
         if self._open:
             self._worker._fail("stream abandoned mid-answer")
             self._release()
-
-    def __enter__(self) -> WorkerStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _step(self, *, first: bool) -> dict[str, Any] | None:
         """Read the next frame: a chunk, or ``None`` once the answer ended (the lock released)."""
