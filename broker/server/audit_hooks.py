@@ -73,7 +73,7 @@ def retention_events(log: AuditLog) -> RetentionEventHook:
 
 
 def sandbox_violations(log: AuditLog) -> ViolationHook:
-    """``admin.sandbox.violation``: a worker killed for a limit hit or a seccomp violation."""
+    """``admin.sandbox.violation``: a limit hit, a seccomp kill, or a tampered environment."""
 
     def record(violation: Violation) -> None:
         log.record_admin(

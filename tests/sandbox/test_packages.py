@@ -23,7 +23,7 @@ from broker.packages.errors import (
 from broker.packages.manifest import Manifest
 from broker.packages.store import PackageStore
 from broker.runtimes.sandbox.launcher import SandboxLauncher
-from broker.runtimes.sandbox.pool import WorkerPools
+from broker.runtimes.sandbox.pool import Violation, WorkerPools
 from broker.runtimes.sandbox.runtime import sandboxed_prepare_hook
 
 POOL_PACKAGE = Path(__file__).parent / "pool_pkg"
@@ -219,7 +219,8 @@ def test_a_tampered_environment_is_refused_at_the_next_worker_start(
     package = store.add(source)
     envs = Environments(tmp_path / "envs")
     env = envs.prepare(package, run_hook=sandboxed_prepare_hook())
-    pools = WorkerPools(store, envs)
+    violations: list[Violation] = []
+    pools = WorkerPools(store, envs, on_violation=violations.append)
     try:
         assert pools.call(package.digest, "tenant-a", {}, timeout=30) == {"greeting": "prepared"}
         (env.mounts[0] / "greeting.txt").write_bytes(b"swapped")
@@ -227,5 +228,15 @@ def test_a_tampered_environment_is_refused_at_the_next_worker_start(
             pools.call(package.digest, "tenant-b", {}, timeout=30)  # a new worker: checked
         assert caught.value.path == "artefacts/greeting.txt"
         assert "broker packages prepare" in caught.value.message
+        with pytest.raises(EnvironmentTampered):
+            pools.call(package.digest, "tenant-c", {}, timeout=30)
+        # Reported to the audit hook once per change seen, not once per refused call.
+        assert [(v.reason, v.package, v.tenant) for v in violations] == [
+            (
+                "environment tampered: artefacts/greeting.txt content changed",
+                package.digest,
+                "tenant-b",
+            )
+        ]
     finally:
         pools.close()

@@ -25,7 +25,8 @@ from typing import Any
 
 from broker.errors import Cancelled, DeadlineExceeded, Unavailable
 from broker.logging import get_logger
-from broker.packages.environment import Environments
+from broker.packages.environment import Environment, Environments
+from broker.packages.errors import EnvironmentTampered
 from broker.packages.store import PackageStore, StoredPackage
 from broker.runtimes.sandbox import cpu
 from broker.runtimes.sandbox.errors import (
@@ -115,6 +116,7 @@ class WorkerPools:
         on_violation: ViolationHook | None = None,
     ) -> None:
         self._on_violation = on_violation
+        self._tampered_seen: set[tuple[str, str, str]] = set()
         self._store = store
         self._envs = environments
         self.settings = settings or PoolSettings()
@@ -296,7 +298,7 @@ class WorkerPools:
                     )
         try:
             package = self._store.get(digest)  # the digest is re-checked at every worker start
-            env = self._envs.find(package)
+            env = self._find_environment(package, tenant, model)
             worker = self._launcher(env.mounts).start(
                 package.path, limits=limits_for(package, self.settings), tenant=tenant
             )
@@ -314,6 +316,26 @@ class WorkerPools:
                 raise Unavailable("the sandbox runtime is shut down")
         _log.info("sandbox_worker_started", tenant=tenant, package=digest, model=model)
         return slot
+
+    def _find_environment(self, package: StoredPackage, tenant: str, model: str) -> Environment:
+        """The package's environment; a tampered one is refused and reported as a violation.
+
+        The audit entry is written once per environment change seen by this process (the
+        verifier caches its refusal, so every later call is refused without a new entry).
+        """
+        try:
+            return self._envs.find(package)
+        except EnvironmentTampered as exc:
+            key = (package.digest, exc.path, exc.change)
+            with self._cond:
+                first = key not in self._tampered_seen
+                self._tampered_seen.add(key)
+            if first and self._on_violation is not None:
+                reason = f"environment tampered: {exc.path} {exc.change}"
+                self._on_violation(
+                    Violation(reason=reason, tenant=tenant, package=package.digest, model=model)
+                )
+            raise
 
     def _pool(self, digest: str, tenant: str) -> _Pool:
         with self._cond:
