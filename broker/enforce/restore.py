@@ -90,7 +90,8 @@ class Restorer:
 _ANY_RE: Final = re.compile(f"{TOKEN_RE.pattern}|{CIPHERTEXT_RE.pattern}")
 
 
-def _strings(value: Any) -> list[str]:
+def _strings(value: Any, marker: str = "TKN-") -> list[str]:
+    """Every string inside a JSON value that contains ``marker`` (a cheap pre-filter)."""
     out: list[str] = []
     stack = [value]
     while stack:
@@ -99,7 +100,7 @@ def _strings(value: Any) -> list[str]:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-        elif isinstance(node, str) and "TKN-" in node:
+        elif isinstance(node, str) and marker in node:
             out.append(node)
     return out
 
@@ -110,14 +111,8 @@ def ciphertexts_in(value: Any) -> set[str]:
     InvokeStream opens only the ciphertexts its own enforcement issued: those in the payload it
     sent and not in the one the buyer sent (``broker.streaming.ciphertexts``).
     """
-    found: set[str] = set()
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, str) and transforms.ENCRYPTED_PREFIX in node:
-            found.update(CIPHERTEXT_RE.findall(node))
-    return found
+    return {
+        found
+        for text in _strings(value, transforms.ENCRYPTED_PREFIX)
+        for found in CIPHERTEXT_RE.findall(text)
+    }
