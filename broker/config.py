@@ -41,15 +41,32 @@ class TlsConfig(_Section):
 
 
 class ServerConfig(_Section):
-    """The gRPC listener."""
+    """The gRPC listener.
+
+    ``workers`` broker processes share the listening port (``SO_REUSEPORT``: the kernel spreads
+    incoming connections over them), each with a pool of ``max_workers`` threads for its calls.
+    """
 
     listen: str = "127.0.0.1:50051"
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="broker processes behind the one listening port (default: one per core)",
+    )
     max_workers: int = Field(default=16, ge=1, le=1024)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     reflection: bool = True
     tls: TlsConfig | None = None
+
+    @property
+    def worker_count(self) -> int:
+        """How many broker processes serve: ``workers``, or the cores this process may use."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, len(os.sched_getaffinity(0)))
 
 
 class LimitsConfig(_Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -16,8 +17,20 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
-def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
-    """Configure structlog for the process: JSON to stderr, ISO timestamps, level filter."""
+def configure_logging(
+    level: str = "info", *, json_output: bool = True, fields: Mapping[str, object] | None = None
+) -> None:
+    """Configure structlog for the process: JSON to stderr, ISO timestamps, level filter.
+
+    ``fields`` are added to every event of the process (a node's worker adds its index).
+    """
+    constant = dict(fields or {})
+
+    def add_fields(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        for key, value in constant.items():
+            event.setdefault(key, value)
+        return event
+
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_output
@@ -26,13 +39,16 @@ def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per event (message and newline together): a node's worker processes share
+        # one stderr, and print()'s two writes let their lines interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
 

@@ -20,17 +20,19 @@ What is cached
 Staleness, and what makes it acceptable
 ---------------------------------------
 In this process, :meth:`CachedResolver.invalidate` drops a model's entries the moment a change
-is committed (wire it to the Registry servicer's ``on_change``). Other replicas sharing the
-database are *not* told: there a change shows after at most ``ttl_seconds`` (a new LISTED
-version after at most ``negative_ttl_seconds`` if its absence was cached). In particular **a
+is committed (wire it to the Registry servicer's ``on_change``). It also bumps the node's shared
+change counter (:mod:`broker.registry.generation`), so the other broker processes of the same
+node (``[server] workers``) drop every cached answer at once too. Replicas on other machines
+sharing the database are *not* told: there a change shows after at most ``ttl_seconds`` (a new
+LISTED version after at most ``negative_ttl_seconds`` if its absence was cached). In particular **a
 retired model may still be callable on another replica for up to ``ttl_seconds`` after
 RetireModel returns**, and an updated endpoint may still be used for as long. Operators who
 cannot accept that window set ``ttl_seconds`` to 0, which turns the cache off.
 
-Races: invalidation bumps a per-model generation instead of only deleting entries, and a lookup
-that missed stores its answer under the generation it saw *before* reading the database. An
-answer read before a change but stored after its invalidation is thus already stale, and is
-never served.
+Races: invalidation bumps the model's change counter instead of deleting entries, and a lookup
+that missed stores its answer under the count it saw *before* reading the database. An answer
+read before a change but stored after its invalidation is thus already stale, and is never
+served.
 
 Bound: at most ``max_entries`` entries; when full, the oldest inserted entry is dropped, so
 junk references can neither grow memory nor evict more than one entry each.
@@ -44,6 +46,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from broker.errors import BrokerError, FailedPrecondition, NotFound
+from broker.registry.generation import ChangeCounter, LocalChangeCounter, slot_of
 from broker.registry.model import ModelVersion
 from broker.registry.refs import ModelRef
 
@@ -64,7 +67,7 @@ class Resolver(Protocol):
 
 class _Entry(NamedTuple):
     expires: float
-    generation: int
+    changes: int
     model: ModelVersion | None
     error: tuple[type[BrokerError], str] | None
 
@@ -77,7 +80,8 @@ class CachedResolver:
 
     ``ttl_seconds`` bounds how stale an answer may be on a replica that did not make the change
     (0 disables the cache); ``negative_ttl_seconds`` does the same for NotFound (at most
-    ``ttl_seconds``). ``clock`` is monotonic seconds, injected so tests need no sleeping.
+    ``ttl_seconds``). ``changes`` is the node's shared change counter (default: this process
+    only). ``clock`` is monotonic seconds, injected so tests need no sleeping.
     Thread-safe: one lock guards the dictionaries; the store is called outside it.
     """
 
@@ -88,6 +92,7 @@ class CachedResolver:
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         negative_ttl_seconds: float = DEFAULT_NEGATIVE_TTL_SECONDS,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        changes: ChangeCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_seconds < 0 or negative_ttl_seconds < 0 or max_entries < 0:
@@ -97,21 +102,20 @@ class CachedResolver:
         self._negative_ttl = min(negative_ttl_seconds, ttl_seconds)
         self._max = max_entries if ttl_seconds > 0 else 0
         self._clock = clock
+        self._changes: ChangeCounter = changes if changes is not None else LocalChangeCounter()
         self._lock = threading.Lock()
         self._entries: dict[_Key, _Entry] = {}
-        self._generations: dict[tuple[str, str], int] = {}
 
     def resolve(self, ref: ModelRef, *, callable_only: bool) -> ModelVersion:
         """What ``store.resolve(ref, callable_only=...)`` answered at most a TTL ago."""
         if self._max == 0:
             return self._store.resolve(ref, callable_only=callable_only)
         key = (ref, callable_only)
-        model_key = (ref.vendor, ref.name)
         now = self._clock()
+        changes = self._changes.current(slot_of(ref.vendor, ref.name))
         with self._lock:
             entry = self._entries.get(key)
-            generation = self._generations.get(model_key, 0)
-        if entry is not None and entry.expires > now and entry.generation == generation:
+        if entry is not None and entry.expires > now and entry.changes == changes:
             if entry.error is not None:
                 error_type, message = entry.error
                 raise error_type(message)
@@ -122,20 +126,20 @@ class CachedResolver:
         except _CACHEABLE_ERRORS as exc:
             ttl = self._negative_ttl if isinstance(exc, NotFound) else self._ttl
             if ttl > 0:
-                self._put(key, _Entry(now + ttl, generation, None, (type(exc), exc.message)))
+                error = (type(exc), exc.message)
+                self._put(key, _Entry(now + ttl, changes, None, error))
             raise
-        self._put(key, _Entry(now + self._ttl, generation, model, None))
+        self._put(key, _Entry(now + self._ttl, changes, model, None))
         return model
 
     def invalidate(self, vendor: str, name: str) -> None:
         """Forget every cached answer about ``vendor/name`` (any version, unversioned too).
 
         Call it after a change to the model is committed; lookups already in flight cannot
-        store what they read before it (see the module docstring).
+        store what they read before it (see the module docstring). The node's other processes
+        drop theirs too (the counter is shared).
         """
-        with self._lock:
-            model_key = (vendor, name)
-            self._generations[model_key] = self._generations.get(model_key, 0) + 1
+        self._changes.bump(slot_of(vendor, name))
 
     def __len__(self) -> int:
         """Entries held, expired ones included until they are replaced or evicted."""

@@ -15,9 +15,11 @@ bound to the thread that made them, which an event loop would funnel into one th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
@@ -59,6 +61,7 @@ from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
 from broker.policy.bundle import Bundle
 from broker.registry.cache import CachedResolver
+from broker.registry.generation import SharedChangeCounter
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.secrets import EndpointSecrets
 from broker.registry.store import RegistryStore
@@ -106,6 +109,10 @@ class BrokerServer:
     audit: AuditLog
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
+    # A pipe, not an Event: a signal handler runs on the main thread between two bytecodes,
+    # possibly while that thread holds an Event's lock, and setting it there would deadlock.
+    # Writing a byte is safe anywhere; serve_forever blocks reading it.
+    _stop_pipe: tuple[int, int] = field(default_factory=lambda: os.pipe2(os.O_CLOEXEC))
 
     def start(self) -> None:
         """Start serving (and the deletion scheduler); report SERVING to health checks."""
@@ -131,15 +138,25 @@ class BrokerServer:
             self.retention.close()
         self.audit.close()
         self.engine.dispose()
+        self.request_stop()  # wakes serve_forever if another thread called stop()
+        for fd in self._stop_pipe:
+            os.close(fd)
         _log.info("server_stopped")
 
-    def serve_forever(self) -> None:
-        """Start, then block until SIGTERM or SIGINT and shut down gracefully."""
-        stop_requested = threading.Event()
+    def request_stop(self) -> None:
+        """Make :meth:`serve_forever` drain and return (thread-safe; signals call it too)."""
+        with contextlib.suppress(OSError):  # closed: the server has stopped already
+            os.write(self._stop_pipe[1], b"\0")
+
+    def serve_forever(self, on_started: Callable[[], None] | None = None) -> None:
+        """Start, then block until SIGTERM, SIGINT or :meth:`request_stop`; shut down gracefully.
+
+        ``on_started`` runs once the server accepts calls (a node's worker reports in there).
+        """
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             _log.info("signal_received", signal=signal.Signals(signum).name)
-            stop_requested.set()
+            self.request_stop()
 
         def on_hangup(signum: int, frame: FrameType | None) -> None:
             _log.info("signal_received", signal="SIGHUP")
@@ -149,12 +166,20 @@ class BrokerServer:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hangup)
         self.start()
-        stop_requested.wait()
+        if on_started is not None:
+            on_started()
+        with contextlib.suppress(OSError):  # closed by a stop() from elsewhere: stopped
+            os.read(self._stop_pipe[0], 1)  # until a signal or request_stop writes a byte
         self.stop()
 
 
-def build_server(config: Config) -> BrokerServer:
-    """Create every component from ``config`` and bind the listener (port 0 picks a free port)."""
+def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
+    """Create every component from ``config`` and bind the listener (port 0 picks a free port).
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, as each of a node's worker processes does so
+    that they share one port (:mod:`broker.server.workers`); a lone server binds without it, so
+    a port already in use is an error rather than a silently shared listener.
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine_for(config.database_url, echo=config.database.echo)
     if config.database.auto_migrate:
@@ -165,6 +190,7 @@ def build_server(config: Config) -> BrokerServer:
         ttl_seconds=config.registry.resolve_cache_seconds,
         negative_ttl_seconds=config.registry.resolve_cache_negative_seconds,
         max_entries=config.registry.resolve_cache_entries,
+        changes=SharedChangeCounter.for_data_dir(config.data_dir),
     )
     verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
     keys = TenantKeys.load_or_create(config.data_dir)
@@ -213,7 +239,7 @@ def build_server(config: Config) -> BrokerServer:
             ("grpc.max_receive_message_length", config.server.max_message_bytes),
             ("grpc.max_send_message_length", config.server.max_message_bytes),
             ("grpc.max_metadata_size", config.server.max_metadata_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=config.server.max_workers * 8,
     )

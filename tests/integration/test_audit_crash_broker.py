@@ -67,7 +67,7 @@ def test_answered_calls_survive_sigkill(
         thread.join(timeout=30)
     assert len(answered) >= 40, "the load did not get going"
 
-    node = ServeProcess(data_dir, database_url, {})
+    node = ServeProcess(data_dir, database_url, {}, log_name="broker-restarted.log")
     try:
         token = node.issuer.mint(subject="auditor", tenant="ops", roles=["auditor"])
         query = _cli(node, token, "audit", "query", "--kind", "call.outcome", "--all", "--json")

@@ -27,11 +27,22 @@ from tests.integration.harness import FakeBackend, echo_model
 
 
 class ServeProcess:
-    """``python -m broker.cli.main serve`` with its JSON log captured to a file."""
+    """``python -m broker.cli.main serve`` with its JSON log captured to a file.
 
-    def __init__(self, data_dir: Path, database_url: str, extra_env: dict[str, str]) -> None:
+    ``log_name``: a node started again on the same data directory writes a log of its own, as
+    the workers of a killed node may still be draining (and writing) for a few seconds.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str,
+        extra_env: dict[str, str],
+        *,
+        log_name: str = "broker.log",
+    ) -> None:
         self.data_dir = data_dir
-        self.log_path = data_dir.parent / "broker.log"
+        self.log_path = data_dir.parent / log_name
         env = {
             **os.environ,
             "BROKER__DATA_DIR": str(data_dir),
