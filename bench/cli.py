@@ -8,6 +8,7 @@ yet" and do not fail the run.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -34,7 +35,14 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None]:
     parser.add_argument("--concurrency", type=int, help="closed-loop callers (default 16)")
     parser.add_argument("--cpu-calls", type=int, help="calls per CPU figure (default 2000)")
     parser.add_argument("--only", nargs="+", choices=names, help="run only these sections")
+    parser.add_argument(
+        "--broker-workers",
+        type=int,
+        help="broker processes ([server] workers; default: the broker's own, one per core)",
+    )
     args = parser.parse_args(argv)
+    if args.broker_workers is not None:  # the broker reads its config from the environment
+        os.environ["BROKER__SERVER__WORKERS"] = str(args.broker_workers)
     settings = Settings.quick_settings() if args.quick else Settings()
     overrides = {
         "repeat": args.repeat,

@@ -15,6 +15,7 @@ difference between them (the three share 2 cores with the client).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import grpc
 from bench.stats import percentile
 
 CALL_TIMEOUT = 10.0
+CONNECTIONS = 8  # client connections per load (see ``_channel``)
 
 
 @dataclass(frozen=True)
@@ -136,29 +138,41 @@ async def _count(call: Call, count: int, concurrency: int) -> LoadResult:
 
 
 class _channel:  # noqa: N801 - reads as a function at the call site
-    """An aio channel and a ``send()`` that makes one call and returns an error text or ''."""
+    """``CONNECTIONS`` aio channels and a ``send()`` that makes one call on the next of them.
+
+    Each channel has a connection of its own (a local subchannel pool; channels to one target
+    otherwise share one), as several client instances would: a server of several processes
+    behind one port (the broker's ``[server] workers``) gets connections, not calls, spread
+    over its processes. The same for every path, so a, b and c see the same client.
+    """
 
     def __init__(self, call: Call) -> None:
         self._call = call
-        self._channel = grpc.aio.insecure_channel(call.target)
+        self._channels = [
+            grpc.aio.insecure_channel(call.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(CONNECTIONS)
+        ]
 
     async def __aenter__(self) -> _Sender:
-        stub = self._channel.unary_unary(self._call.method)  # no serializers: raw bytes
-        return _Sender(stub, self._call)
+        # No serializers: raw bytes.
+        stubs = [channel.unary_unary(self._call.method) for channel in self._channels]
+        return _Sender(stubs, self._call)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 class _Sender:
-    def __init__(self, stub: grpc.aio.UnaryUnaryMultiCallable, call: Call) -> None:
-        self._stub = stub
+    def __init__(self, stubs: list[grpc.aio.UnaryUnaryMultiCallable], call: Call) -> None:
+        self._stubs = itertools.cycle(stubs)
         self._request = call.request
         self._metadata = call.metadata
 
     async def __call__(self) -> str:
         try:
-            await self._stub(self._request, timeout=CALL_TIMEOUT, metadata=self._metadata)
+            stub = next(self._stubs)
+            await stub(self._request, timeout=CALL_TIMEOUT, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
         return ""

@@ -41,15 +41,14 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of every thread of the process so far (/proc/PID/stat).
+        """User plus system CPU time so far of the process and every live descendant.
 
-        Resolution is one clock tick (10 ms), so callers measure over enough calls to make that
-        negligible.
+        Descendants count because the broker serves from worker processes under a supervisor
+        (``[server] workers``); the backend and the proxy have none. From /proc/PID/stat, whose
+        resolution is one clock tick (10 ms), so callers measure over enough calls to make that
+        negligible. A descendant that exits takes its time with it: none do while measured.
         """
-        stat = Path(f"/proc/{self.popen.pid}/stat").read_text(encoding="ascii")
-        fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
-        utime, stime = int(fields[11]), int(fields[12])
-        return (utime + stime) / _CLOCK_TICKS
+        return sum(_cpu_ticks(pid) for pid in _tree(self.popen.pid)) / _CLOCK_TICKS
 
 
 def spawn(
@@ -104,3 +103,25 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except FileNotFoundError:  # exited since it was listed
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (/proc/PID/task/TID/children)."""
+    found, index = [pid], 0
+    while index < len(found):
+        tasks = Path(f"/proc/{found[index]}/task")
+        index += 1
+        with contextlib.suppress(FileNotFoundError):
+            for task in tasks.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    found += [int(c) for c in (task / "children").read_text().split()]
+    return found

@@ -139,11 +139,17 @@ def _start_broker(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
     from broker.config import load_config  # noqa: PLC0415 - only this role needs the broker
     from broker.logging import configure_logging  # noqa: PLC0415
     from broker.server.app import build_server  # noqa: PLC0415
+    from broker.server.workers import WorkerSupervisor  # noqa: PLC0415
 
     config = load_config(None, os.environ)
     if not config.server.listen.startswith(f"{LOOPBACK}:"):
         raise SystemExit("the bench broker listens on loopback only")
     configure_logging(config.logging.level, json_output=config.logging.json_output)
+    workers = config.server.worker_count
+    if workers > 1:  # as `broker serve` runs it: a supervisor of worker processes
+        node = WorkerSupervisor(config, workers=workers)
+        node.start()
+        return node.port, node.stop
     server = build_server(config)
     server.start()
     return server.port, lambda: server.stop(grace=1.0)
