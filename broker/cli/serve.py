@@ -56,5 +56,4 @@ def run_demo(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.logging.level, json_output=config.logging.json_output)
-    run_demo_node(config, mlserver_venv=args.mlserver_venv)
-    return 0
+    return run_demo_node(config, mlserver_venv=args.mlserver_venv)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import sqlalchemy as sa
 from google.protobuf import json_format
 
 from broker._proto.broker.v1 import models_pb2
@@ -36,9 +37,12 @@ from broker.demo.mlserver import MLServerProcess, start_mlserver
 from broker.demo.sandboxed import PACKAGES, DemoPackage, prepare_in_background
 from broker.errors import NotFound
 from broker.registry.convert import model_from_proto
+from broker.registry.generation import ChangeCounter, SharedChangeCounter, slot_of
 from broker.registry.model import Endpoint, ModelVersion
 from broker.registry.store import RegistryStore
 from broker.server.app import BrokerServer, build_server
+from broker.server.workers import WorkerSupervisor
+from broker.storage.db import create_engine_for
 
 DEMO_VENDOR = "demo-vendor"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -59,20 +63,35 @@ def chat_model(base_url: str) -> ModelVersion:
     return demo_model(base_url, CHAT_MODEL_FILE)
 
 
-def ensure_registered(store: RegistryStore, model: ModelVersion) -> ModelVersion:
-    """Register the demo model, or repoint an existing registration at the new endpoint."""
+def ensure_registered(
+    store: RegistryStore, model: ModelVersion, changes: ChangeCounter | None = None
+) -> ModelVersion:
+    """Register the demo model, or repoint an existing registration at the new endpoint.
+
+    ``changes``: the node's registry change counter, bumped after a repoint so that every
+    worker process drops what it cached of the model (the demo writes the registry directly).
+    """
     try:
         store.get(model.vendor, model.name, model.version)
     except NotFound:
         return store.register(model)
-    return store.update(model.vendor, model.name, model.version, {"endpoint": model.endpoint})
+    updated = store.update(model.vendor, model.name, model.version, {"endpoint": model.endpoint})
+    if changes is not None:
+        changes.bump(slot_of(model.vendor, model.name))
+    return updated
 
 
 @dataclass
 class DemoNode:
-    """A demo node, built and bound but not yet serving, with what the demo started beside it."""
+    """A demo node with what the demo started beside it.
 
-    node: BrokerServer
+    ``node`` is one in-process server, built and bound but not yet serving, when the config
+    asks for one worker; otherwise a supervisor whose worker processes already serve.
+    ``engine`` is the node's database.
+    """
+
+    node: BrokerServer | WorkerSupervisor
+    engine: sa.Engine
     mlserver: MLServerProcess
     chat: ChatPreparation
     iris_ref: str
@@ -103,16 +122,18 @@ def start_demo_node(
     _say("starting MLServer with the iris demo model (the first run trains it; about 10 s)")
     mlserver = start_mlserver(mlserver_venv, config.data_dir / "mlserver")
     chat: ChatPreparation | None = None
+    node: BrokerServer | WorkerSupervisor | None = None
     try:
-        node = build_server(config)
-        registry = RegistryStore(node.engine)
-        model = ensure_registered(registry, demo_model(mlserver.grpc_target))
+        node, engine = _start_broker(config)
+        changes = SharedChangeCounter.for_data_dir(config.data_dir)
+        registry = RegistryStore(engine)
+        model = ensure_registered(registry, demo_model(mlserver.grpc_target), changes)
         _say(f"model {model.ref} is served by MLServer at {mlserver.grpc_target}")
         _say(_quickstart(config, model.ref, node.port))
         chat = ChatPreparation(
             llm_venv,
             config.data_dir / "llama",
-            register=lambda base_url: ensure_registered(registry, chat_model(base_url)).ref,
+            register=lambda url: ensure_registered(registry, chat_model(url), changes).ref,
             say=_say,
             build_script=llm_build_script,
         )
@@ -121,20 +142,42 @@ def start_demo_node(
             config, registry, DEMO_VENDOR, _say, wheels=chat.wait_for_wheels, packages=sandboxed
         )
     except BaseException:
+        if isinstance(node, WorkerSupervisor):
+            node.stop()
         if chat is not None:
             chat.stop()
         mlserver.stop()
         raise
     return DemoNode(
-        node=node, mlserver=mlserver, chat=chat, iris_ref=model.ref, sandboxed=preparing
+        node=node,
+        engine=engine,
+        mlserver=mlserver,
+        chat=chat,
+        iris_ref=model.ref,
+        sandboxed=preparing,
     )
 
 
-def run_demo_node(config: Config, *, mlserver_venv: str, llm_venv: str = ".venv-llm") -> None:
+def _start_broker(config: Config) -> tuple[BrokerServer | WorkerSupervisor, sa.Engine]:
+    """One in-process server (bound, not yet serving), or a supervisor of serving workers."""
+    workers = config.server.worker_count
+    if workers == 1:
+        server = build_server(config)
+        return server, server.engine
+    supervisor = WorkerSupervisor(config, workers=workers)
+    supervisor.start()
+    _say(f"the broker serves with {workers} worker processes ([server] workers)")
+    return supervisor, create_engine_for(config.database_url)
+
+
+def run_demo_node(config: Config, *, mlserver_venv: str, llm_venv: str = ".venv-llm") -> int:
     """Start the demo node and serve until SIGTERM or Ctrl-C; then stop all it started."""
     demo = start_demo_node(config, mlserver_venv=Path(mlserver_venv), llm_venv=Path(llm_venv))
     try:
+        if isinstance(demo.node, WorkerSupervisor):
+            return demo.node.serve_forever()
         demo.node.serve_forever()
+        return 0
     finally:
         demo.stop()
 

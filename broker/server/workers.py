@@ -192,7 +192,8 @@ class WorkerSupervisor:
         _log.info("node_started", port=self.port, workers=self._count, pids=self.pids)
 
     def serve_forever(self) -> int:
-        """Start, supervise until SIGTERM or SIGINT, drain every worker; the exit status.
+        """Start (unless :meth:`start` ran already), supervise until SIGTERM or SIGINT, drain
+        every worker; the exit status.
 
         The signal handlers are in place before the first worker starts: a node stopped while
         it starts drains the workers already serving, as it would later.
@@ -202,7 +203,8 @@ class WorkerSupervisor:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         try:
-            self.start()
+            if not self._workers:
+                self.start()
             while not self._stopping:
                 self.supervise_once(timeout=1.0)
         except WorkerStartFailed as exc:

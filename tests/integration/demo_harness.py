@@ -63,6 +63,9 @@ def running_demo(
         "BROKER__DATABASE__URL": f"sqlite:///{tmp_path / 'broker.db'}",
         "BROKER__AUTH__DEV_ISSUER__ENABLED": "true",
         "BROKER__SERVER__SHUTDOWN_GRACE_SECONDS": "5",
+        # One in-process worker, so the test holds the server itself (``make run`` runs one
+        # per core; tests/integration/test_workers.py covers several).
+        "BROKER__SERVER__WORKERS": "1",
     }
     config = load_config(None, environ)
     demo = start_demo_node(

@@ -57,7 +57,7 @@ def test_a_failing_build_is_one_clear_line_and_iris_keeps_answering(
         payload = orjson.loads((EXAMPLES / "iris-call.json").read_bytes())
         assert buyer.invoke(demo.iris_ref, payload, timeout=30).answer == {"species": 2}
         with pytest.raises(NotFound):
-            RegistryStore(demo.node.engine).get(DEMO_VENDOR, "smollm2-chat", "1.0.0")
+            RegistryStore(demo.engine).get(DEMO_VENDOR, "smollm2-chat", "1.0.0")
         assert demo.chat.server is None
 
 

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -61,10 +61,22 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def two_workers(tmp_path: Path, database_url: str, **env: str) -> ServeProcess:
-    node = ServeProcess(tmp_path / "var", database_url, {"BROKER__SERVER__WORKERS": "2", **env})
-    wait_until(lambda: any(e.get("event") == "node_started" for e in node.events()), "started")
-    return node
+@pytest.fixture
+def two_workers(tmp_path: Path, database_url: str) -> Iterator[Callable[..., ServeProcess]]:
+    """Starts ``broker serve`` with two workers; whatever a test leaves running is killed."""
+    nodes: list[ServeProcess] = []
+
+    def start(**env: str) -> ServeProcess:
+        node = ServeProcess(tmp_path / "var", database_url, {"BROKER__SERVER__WORKERS": "2", **env})
+        nodes.append(node)
+        wait_until(lambda: any(e.get("event") == "node_started" for e in node.events()), "start")
+        return node
+
+    yield start
+    for node in nodes:
+        if node.process.poll() is None:  # its workers see the supervisor go, and drain
+            node.process.kill()
+            node.process.wait(timeout=30)
 
 
 def node_pids(node: ServeProcess) -> dict[int, int]:
@@ -75,9 +87,9 @@ def node_pids(node: ServeProcess) -> dict[int, int]:
 
 
 def test_both_workers_serve_calls_on_one_port(
-    tmp_path: Path, database_url: str, backend: FakeBackend
+    two_workers: Callable[..., ServeProcess], backend: FakeBackend
 ) -> None:
-    node = two_workers(tmp_path, database_url)
+    node = two_workers()
     try:
         assert len(set(node_pids(node).values())) == 2
         with node.client("acme-models", "vendor") as vendor:
@@ -96,10 +108,10 @@ def test_both_workers_serve_calls_on_one_port(
 
 
 def test_a_model_retired_through_one_worker_is_refused_by_every_worker_at_once(
-    tmp_path: Path, database_url: str, backend: FakeBackend
+    two_workers: Callable[..., ServeProcess], backend: FakeBackend
 ) -> None:
     # An hour of cache: only the node's shared change counter can make the other worker see it.
-    node = two_workers(tmp_path, database_url, BROKER__REGISTRY__RESOLVE_CACHE_SECONDS="3600")
+    node = two_workers(BROKER__REGISTRY__RESOLVE_CACHE_SECONDS="3600")
     try:
         with node.client("acme-models", "vendor") as vendor:
             vendor.register_model(echo_model(backend.target))
@@ -148,14 +160,12 @@ def edit_bundle(bundle: Path, marker: str) -> None:
 
 
 def test_a_policy_reload_on_one_worker_or_a_sighup_reaches_every_worker(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, two_workers: Callable[..., ServeProcess]
 ) -> None:
     bundle = tmp_path / "policies"
     shutil.copytree(REPO_POLICIES, bundle)
     # The bundle is not watched: only the node's own propagation can bring a new revision.
     node = two_workers(
-        tmp_path,
-        database_url,
         BROKER__POLICY__BUNDLE_DIR=str(bundle),
         BROKER__POLICY__WATCH_INTERVAL_SECONDS="0",
     )
@@ -187,9 +197,9 @@ def test_a_policy_reload_on_one_worker_or_a_sighup_reaches_every_worker(
 
 
 def test_sigkill_of_a_worker_under_load_loses_no_answered_call(
-    tmp_path: Path, database_url: str, backend: FakeBackend
+    tmp_path: Path, two_workers: Callable[..., ServeProcess], backend: FakeBackend
 ) -> None:
-    node = two_workers(tmp_path, database_url)
+    node = two_workers()
     with node.client("acme-models", "vendor") as vendor:
         vendor.register_model(echo_model(backend.target))
     victim = node_pids(node)[1]

@@ -101,7 +101,7 @@ def test_the_demo_builds_the_llm_env_then_serves_the_chat_model(
         lines = said.lines()
         built = next(i for i, line in enumerate(lines) if "chat model: model at" in line)
         assert built < lines.index(ready)
-        RegistryStore(demo.node.engine).get(DEMO_VENDOR, SANDBOXED_CHAT.name, "1.0.0")
+        RegistryStore(demo.engine).get(DEMO_VENDOR, SANDBOXED_CHAT.name, "1.0.0")
         server = demo.chat.server
         assert server is not None
     assert server.process.poll() is not None  # stopping the demo stopped llama.cpp
