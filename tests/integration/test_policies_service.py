@@ -101,9 +101,17 @@ def test_sighup_reloads_a_running_broker(tmp_path: Path, bundle: Path) -> None:
     node = ServeProcess(
         tmp_path / "var",
         f"sqlite:///{tmp_path / 'b.db'}",
-        {"BROKER__POLICY__BUNDLE_DIR": str(bundle), "BROKER__POLICY__WATCH_INTERVAL_SECONDS": "0"},
+        {
+            "BROKER__POLICY__BUNDLE_DIR": str(bundle),
+            "BROKER__POLICY__WATCH_INTERVAL_SECONDS": "0",
+            "BROKER__SERVER__WORKERS": "2",  # SIGHUP to the node reaches every worker
+        },
     )
     try:
+        started = time.monotonic() + 60
+        while not any(e["event"] == "node_started" for e in node.events()):
+            assert time.monotonic() < started, "the node did not start both workers"
+            time.sleep(0.05)
         first = next(e["revision"] for e in node.events() if e["event"] == "policy_loaded")
         (bundle / "broker" / "data.json").write_text(
             (bundle / "broker" / "data.json").read_text().replace("604800", "86400")
@@ -111,11 +119,15 @@ def test_sighup_reloads_a_running_broker(tmp_path: Path, bundle: Path) -> None:
         node.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            reloads = [e for e in node.events() if e["event"] == "policy.reloaded"]
-            if len(reloads) >= 2:
+            reloads = {
+                e["worker"]: e
+                for e in node.events()
+                if e["event"] == "policy.reloaded" and e["previous"] == first
+            }
+            if len(reloads) == 2:
                 break
             time.sleep(0.05)
-        assert reloads[-1]["revision"] != first
-        assert reloads[-1]["previous"] == first
+        assert sorted(reloads) == [0, 1]
+        assert {e["revision"] for e in reloads.values()} - {first} == {reloads[0]["revision"]}
     finally:
         assert node.terminate() == 0
