@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from broker._proto.broker.v1 import policies_pb2, policies_pb2_grpc
 from broker.client import BrokerClient
 from broker.config import ConfigError, load_config
-from broker.server.workers import WorkerSupervisor
+from broker.server.workers import CRASH_LOOP_LIMIT, WorkerSupervisor
 from tests.integration.harness import FakeBackend, echo_model
 from tests.integration.test_audit_crash_broker import _cli
 from tests.integration.test_serve_process import ServeProcess
@@ -296,3 +298,26 @@ def test_a_port_in_use_is_refused_rather_than_shared(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="address in use"):
             supervisor.start()
         assert supervisor.pids == {}
+
+
+_FLAKY_WORKER = """
+import os, socket, sys, time
+channel = socket.socket(fileno=int(os.environ["BROKER_WORKER_FD"]))
+settings = channel.recv(1 << 20)
+channel.sendall(b"ready 1\\n")
+time.sleep(0.2)
+sys.exit(3)
+"""
+
+
+def test_a_worker_that_keeps_dying_stops_the_node_instead_of_looping(tmp_path: Path) -> None:
+    environ = {"BROKER__DATA_DIR": str(tmp_path), "BROKER__SERVER__LISTEN": "127.0.0.1:0"}
+    supervisor = WorkerSupervisor(
+        load_config(None, environ), workers=2, command=[sys.executable, "-c", _FLAKY_WORKER]
+    )
+    with capture_logs() as events:
+        assert supervisor.serve_forever() == 1
+    exits = [e for e in events if e["event"] == "worker_exited"]
+    assert len(exits) >= CRASH_LOOP_LIMIT and {e["status"] for e in exits} == {3}
+    assert any(e["event"] == "node_crash_loop" for e in events)
+    assert supervisor.pids == {}
