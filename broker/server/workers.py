@@ -124,7 +124,6 @@ class _Worker:
     channel: socket.socket
     pidfd: int
     started: float
-    ready: bool = False
     buffer: bytearray = field(default_factory=bytearray)
     closed: bool = False  # the worker closed its end of the socket (it is exiting)
 
@@ -281,7 +280,6 @@ class WorkerSupervisor:
                     if other is not worker:
                         _send_signal(other, signal.SIGHUP)
             elif line.startswith(b"ready "):
-                worker.ready = True
                 _log.info("worker_ready", worker=worker.index, pid=worker.process.pid)
 
     def _on_exit(self, worker: _Worker) -> None:
@@ -348,7 +346,6 @@ class WorkerSupervisor:
                         raise WorkerStartFailed(worker.index, worker.process.wait())
                     for line in self._read_lines(worker):
                         if line.startswith(b"ready "):
-                            worker.ready = True
                             return int(line.split()[1])
                     if worker.closed:  # exiting: wait for its exit status
                         waiting.unregister(worker.channel)
