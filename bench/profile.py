@@ -53,8 +53,13 @@ class Serving:
     stop: Callable[[], None]
 
 
-def serve(stack: contextlib.ExitStack, workdir: Path) -> Serving:
-    """Start the backend process and an in-process broker; register the model; mint a token."""
+def serve(
+    stack: contextlib.ExitStack, workdir: Path, settings: dict[str, str] | None = None
+) -> Serving:
+    """Start the backend process and an in-process broker; register the model; mint a token.
+
+    ``settings``: ``BROKER__...`` variables on top of the bench broker's own.
+    """
     from broker.auth.dev_issuer import DevIssuer  # noqa: PLC0415 - after the hooks are in
     from broker.client import BrokerClient  # noqa: PLC0415
     from broker.config import load_config  # noqa: PLC0415
@@ -62,7 +67,7 @@ def serve(stack: contextlib.ExitStack, workdir: Path) -> Serving:
     from broker.server.app import build_server  # noqa: PLC0415
 
     backend = spawn(stack, workdir, "backend")
-    config = load_config(None, _broker_env(workdir / "broker"))
+    config = load_config(None, {**_broker_env(workdir / "broker"), **(settings or {})})
     # The broker logs at its configured level, as in production, into /dev/null: the log
     # events cost what they cost, and the table stays readable.
     devnull = stack.enter_context(Path(os.devnull).open("w", encoding="utf-8"))  # noqa: SIM115

@@ -9,10 +9,10 @@ the stage hooks), sends the warm-up calls, switches instrumentation on for its o
 backend is a separate process that valgrind does not follow, so the count is the broker's work
 plus the in-process client's, which is the same on both sides of an A/B.
 
-What remains non-deterministic is small: the loop that waits for ``callgrind_control`` to
-return, and background threads (the checkpointer signs at most once a second); a few calls'
-worth of difference between two runs of the same tree is that noise, a change that matters
-moves the count by far more.
+What remains non-deterministic: the checkpointer, which signs at most every 0.1 s of wall time
+(valgrind's slowness decides how often), and the threads' interleaving (GIL hand-overs, which
+stage a garbage collection lands in). Runs of one tree differ by a few per cent: compare the
+medians of a few runs, and trust only changes larger than that.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 _ROOT = Path(__file__).resolve().parent.parent
+# The registry cache (2 s by default) would expire a number of times that depends on how slow
+# valgrind runs, each expiry a registry query: under callgrind it lasts the whole run.
+_SETTINGS = {"BROKER__REGISTRY__RESOLVE_CACHE_SECONDS": "3600"}
 _TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 
 
@@ -51,7 +54,9 @@ def count_instructions(calls: int, warmup: int) -> dict[str, Any]:
             str(warmup),
         ]
         started = time.monotonic()
-        subprocess.run(command, cwd=_ROOT, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+        # A fixed hash seed: str hashes decide set and dict layouts, and with them some work.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(command, cwd=_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
         found = _TOTALS.search(out.read_bytes())
         if found is None:
             raise RuntimeError("callgrind wrote no totals")
@@ -66,18 +71,18 @@ def count_instructions(calls: int, warmup: int) -> dict[str, Any]:
 
 
 def _instrument(state: str) -> None:
-    """Switch callgrind's instrumentation of this process; busy until it has taken effect.
+    """Switch callgrind's instrumentation of this process; waits until it has taken effect.
 
-    Busy, not blocked: callgrind picks commands up while the program runs code.
+    Waiting blocks this thread only: callgrind picks the command up while grpc's own threads
+    run, and a waiting thread executes no instructions (a busy wait here made the count vary
+    by a few per cent between runs).
     """
     control = subprocess.Popen(  # noqa: S603 - valgrind's own tool, our own pid
         ["callgrind_control", "-i", state, str(os.getpid())],  # noqa: S607
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    while control.poll() is None:
-        sum(range(1000))
-    if control.returncode != 0:
+    if control.wait(timeout=120) != 0:
         raise RuntimeError(f"callgrind_control -i {state} failed (not under callgrind?)")
 
 
@@ -85,7 +90,7 @@ def _child(calls: int, warmup: int) -> None:
     from bench.profile import serve  # noqa: PLC0415 - the child only
 
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
-        serving = serve(stack, Path(tmp))
+        serving = serve(stack, Path(tmp), _SETTINGS)
         for _ in range(warmup):
             serving.invoke()
         gc.collect()
