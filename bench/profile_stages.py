@@ -14,7 +14,9 @@ wrapper that reads two clocks before and after the call, and puts the original b
 
 Times are **exclusive**: a hooked function called inside another hooked one (``build_request``
 inside the OIP runtime's ``invoke``) is counted in its own row and subtracted from its caller's,
-so the rows add up to the hooked part of the call. A row is ``(stage, part)``; a hook whose
+wrapper and all, so the rows add up to the hooked part of the call and the wrappers' own cost
+(a few clock reads each; reading the process clock sums every thread's time in the kernel)
+lands in "outside the stages", not in the caller's row. A row is ``(stage, part)``; a hook whose
 stage is ``None`` belongs to the stage of the hook that called it (``canonical_json`` is part of
 "audit intent" or "audit outcome", depending on who called it).
 """
@@ -119,6 +121,10 @@ class StageRecorder:
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
+            # Outer reads span the whole wrapper and are what the caller's row loses; inner
+            # reads span the function and are what this row gains. The wrapper's own work
+            # (these reads included) thus counts in no row: it lands in "outside the stages".
+            outer_t, outer_p = thread_ns(), process_ns()
             stack: list[list[Any]] = recorder._stack()
             if hook.row is None:
                 row: Row = (stack[-1][0][0] if stack else "other", hook.part)
@@ -134,10 +140,10 @@ class StageRecorder:
             finally:
                 dt, dp = thread_ns() - t0, process_ns() - p0
                 stack.pop()
-                if stack:
-                    stack[-1][1] += dt
-                    stack[-1][2] += dp
                 recorder._add(row, dt - frame[1], dp - frame[2])
+                if stack:
+                    stack[-1][1] += thread_ns() - outer_t
+                    stack[-1][2] += process_ns() - outer_p
 
         return timed
 
