@@ -91,7 +91,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("broker.enforce.vault:TokenVault.seal", ("enforce", "vault seal")),
     Hook("broker.calls.audited:CallRecord.record_intent", ("audit intent", "append")),
     Hook("broker.runtimes.oip:OpenInferenceRuntime.invoke", ("dispatch", "gRPC call")),
-    Hook("broker.runtimes.oip:build_request", ("dispatch", "tensor mapping, request")),
+    Hook("broker.runtimes.oip:encode_request", ("dispatch", "tensor mapping, request")),
     Hook("broker.runtimes.oip:build_answer", ("dispatch", "tensor mapping, answer")),
     Hook("broker.calls.invoke:classify", ("answer path", "classify")),
     Hook("broker.enforce.restore:Restorer.restore", ("restore", "tokens and ciphertexts")),
