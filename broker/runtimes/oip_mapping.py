@@ -56,6 +56,7 @@ from broker.runtimes.oip_tensors import (
     INPUT_DATATYPES,
     MAX_RANK,
     Datatype,
+    _bytes_to_json,
     decode_output,
 )
 
@@ -142,25 +143,54 @@ def encode_request(
 def build_answer(mapping: OipMapping, response: pb.ModelInferResponse) -> dict[str, Any]:
     """Turn the backend's response into the JSON answer the mapping describes."""
     plan = _plan_of(mapping)
+    tensors = list(response.outputs)  # one wrapper per tensor, not one per lookup
     index: dict[str, int] = {}
-    for i, tensor in enumerate(response.outputs):
+    for i, tensor in enumerate(tensors):
         if tensor.name in index:
             raise BackendError(f"model backend answered output tensor {tensor.name!r:.80} twice")
         index[tensor.name] = i
+    typed = not response.raw_output_contents
     answer: dict[str, Any] = {}
     if not plan.outputs:
         for name, i in index.items():
-            answer[name] = decode_output(response, i)
+            answer[name] = _decode(response, tensors[i], i, typed=typed, squeeze=False)
         return answer
     for out in plan.outputs:
         if out.name not in index:
             raise BackendError(f"model backend's answer lacks output tensor {out.name!r}")
-        value = decode_output(response, index[out.name], squeeze=out.squeeze)
+        i = index[out.name]
+        value = _decode(response, tensors[i], i, typed=typed, squeeze=out.squeeze)
         try:
             place(answer, out.tokens, value)
         except PointerError as exc:  # _compile proved the slots distinct; kept as a guard
             raise FailedPrecondition(f"the model's tensor mapping is invalid: {exc}") from exc
     return answer
+
+
+def _decode(
+    response: pb.ModelInferResponse,
+    tensor: pb.ModelInferResponse.InferOutputTensor,
+    index: int,
+    *,
+    typed: bool,
+    squeeze: bool,
+) -> Any:
+    """``decode_output``, with a shortcut for the usual tensor: rank 1, typed contents, well
+    formed. The shortcut gives what ``decode_output`` gives for it (the values as a list; the
+    one value itself when squeezed from shape ``[1]``); anything else, errors included, is
+    left to ``decode_output``."""
+    datatype = DATATYPES.get(tensor.datatype)
+    shape = tensor.shape
+    if typed and datatype is not None and datatype.field and len(shape) == 1:
+        contents = getattr(tensor.contents, datatype.field)
+        if shape[0] == len(contents):
+            values = (
+                [_bytes_to_json(v) for v in contents]
+                if datatype.kind == "bytes"
+                else list(contents)
+            )
+            return values[0] if squeeze and len(values) == 1 else values
+    return decode_output(response, index, squeeze=squeeze)
 
 
 _PLANS_BY_IDENTITY: dict[int, tuple[OipMapping, _Plan]] = {}
