@@ -91,7 +91,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook("broker.enforce.vault:TokenVault.seal", ("enforce", "vault seal")),
     Hook("broker.calls.audited:CallRecord.record_intent", ("audit intent", "append")),
     Hook("broker.runtimes.oip:OpenInferenceRuntime.invoke", ("dispatch", "gRPC call")),
-    Hook("broker.runtimes.oip:encode_request", ("dispatch", "tensor mapping, request")),
+    # build_request before the request was written as bytes: the profile of an older tree.
+    Hook(
+        "broker.runtimes.oip:encode_request|build_request",
+        ("dispatch", "tensor mapping, request"),
+    ),
     Hook("broker.runtimes.oip:build_answer", ("dispatch", "tensor mapping, answer")),
     Hook("broker.calls.invoke:classify", ("answer path", "classify")),
     Hook("broker.enforce.restore:Restorer.restore", ("restore", "tokens and ciphertexts")),
@@ -161,14 +165,17 @@ class StageRecorder:
 
 
 def _locate(target: str) -> tuple[Any, str]:
+    """The owner and attribute a hook names; the first of ``a|b`` alternatives that exists."""
     module_name, _, path = target.partition(":")
     owner: Any = importlib.import_module(module_name)
-    *parents, attr = path.split(".")
+    *parents, attrs = path.split(".")
     for name in parents:
         owner = getattr(owner, name)
-    if not hasattr(owner, attr):  # a renamed stage function must not vanish from the profile
-        raise RuntimeError(f"profile hook {target} names nothing; update bench/profile_stages.py")
-    return owner, attr
+    for attr in attrs.split("|"):
+        if hasattr(owner, attr):
+            return owner, attr
+    # A renamed stage function must not vanish from the profile without a word.
+    raise RuntimeError(f"profile hook {target} names nothing; update bench/profile_stages.py")
 
 
 @contextlib.contextmanager
