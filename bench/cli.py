@@ -22,7 +22,7 @@ from bench.sections import NotAvailable, Section, all_sections
 from bench.settings import Settings
 
 
-def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None]:
+def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None, argparse.Namespace]:
     names = [s.key for s in all_sections()]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (< 1 min) for development")
@@ -40,7 +40,19 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None]:
         type=int,
         help="broker processes ([server] workers; default: the broker's own, one per core)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the sections: CPU per stage of one Invoke (bench/profile.json)",
+    )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="with --profile: instructions per call"
+    )
+    parser.add_argument("--calls", type=int, help="with --profile: calls to profile")
+    parser.add_argument("--warmup", type=int, help="with --profile: calls before measuring")
     args = parser.parse_args(argv)
+    if args.callgrind and not args.profile:
+        parser.error("--callgrind goes with --profile")
     if args.broker_workers is not None:  # the broker reads its config from the environment
         os.environ["BROKER__SERVER__WORKERS"] = str(args.broker_workers)
     settings = Settings.quick_settings() if args.quick else Settings()
@@ -53,12 +65,16 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None]:
         "cpu_calls": args.cpu_calls,
     }
     settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
-    return settings, set(args.only) if args.only else None
+    return settings, set(args.only) if args.only else None, args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; see the module docstring for the exit status."""
-    settings, only = _parse(argv)
+    settings, only, args = _parse(argv)
+    if args.profile:
+        from bench.profile import PROFILE_JSON, run  # noqa: PLC0415 - only --profile needs it
+
+        return run(args.calls, args.warmup, callgrind=args.callgrind, output=PROFILE_JSON)
     signal.signal(signal.SIGTERM, _interrupt)  # unwind (and stop the servers) on SIGTERM too
     _quiet_broker_logs()
     machine = describe_machine()

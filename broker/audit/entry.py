@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from broker.audit.merkle import VerificationError
 
 ENTRY_VERSION: Final = 1
@@ -55,6 +57,7 @@ ADMIN_KINDS: Final = frozenset(
 KINDS: Final = frozenset({KIND_INTENT, KIND_OUTCOME, KIND_PREVIEW, *ADMIN_KINDS})
 MAX_ENTRY_BYTES: Final = 256 * 1024
 _MAX_DEPTH: Final = 16
+_MAX_SAFE_INT: Final = (1 << 53) - 1
 
 
 def _utf16_key(key: str) -> bytes:
@@ -62,13 +65,56 @@ def _utf16_key(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
-def _check_value(value: object, depth: int) -> None:
+def _check_value(value: object, depth: int) -> bool:
+    """Raise if ``value`` cannot be in an entry; return whether orjson may encode it.
+
+    True means: every container is exactly a ``dict``, ``list`` or ``tuple``, every scalar
+    exactly a ``str``, ``int``, ``bool`` or ``None``, and every key is ASCII. For such a value
+    orjson's sorted, compact output is byte for byte the canonical one (see ``canonical_json``).
+    Anything else (a subclass, another ``Mapping``, a non-ASCII key) is still accepted, and
+    encoded by the reference path.
+    """
     if depth > _MAX_DEPTH:
         raise ValueError("entry nests too deeply")
-    if value is None or isinstance(value, bool | str):
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return _check_dict(value, depth)  # type: ignore[arg-type]
+    if kind is list or kind is tuple:
+        fast = True
+        for item in value:  # type: ignore[attr-defined]
+            if not _check_value(item, depth + 1):
+                fast = False
+        return fast
+    if kind is int:
+        if abs(value) > _MAX_SAFE_INT:  # type: ignore[arg-type]
+            raise ValueError("integers in entries must fit in an IEEE double exactly")
+        return True
+    _check_other(value, depth)
+    return False
+
+
+def _check_dict(value: dict[Any, Any], depth: int) -> bool:
+    fast = True
+    for key, item in value.items():
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise TypeError("object keys in entries must be strings")
+            fast = False
+        elif not key.isascii():
+            fast = False
+        if not _check_value(item, depth + 1):
+            fast = False
+    return fast
+
+
+def _check_other(value: object, depth: int) -> None:
+    """The checks of ``_check_value`` for subclasses and other mappings (never fast)."""
+    if isinstance(value, bool | str):
         return
     if isinstance(value, int):
-        if abs(value) > (1 << 53) - 1:
+        if abs(value) > _MAX_SAFE_INT:
             raise ValueError("integers in entries must fit in an IEEE double exactly")
         return
     if isinstance(value, float):
@@ -97,11 +143,31 @@ def _sorted(value: Any) -> Any:
 def canonical_json(value: object) -> bytes:
     """Encode ``value`` as canonical JSON bytes; TypeError or ValueError if it cannot be.
 
-    Python's ``json`` with ``ensure_ascii=False`` escapes exactly what JSON.stringify escapes
-    (quote, backslash, control characters; ``\\u00xx`` in lowercase hex), so sorting the keys and
-    dropping whitespace is all that is left to do.
+    The reference path: Python's ``json`` with ``ensure_ascii=False`` escapes exactly what
+    JSON.stringify escapes (quote, backslash, control characters; ``\\u00xx`` in lowercase
+    hex), so sorting the keys by UTF-16 code units and dropping whitespace is all that is left
+    to do.
+
+    The fast path, taken when ``_check_value`` says so (every entry the call path writes):
+    ``orjson`` with ``OPT_SORT_KEYS``, about five times faster. It gives the same bytes because
+    (1) orjson sorts keys by their UTF-8 bytes, i.e. by code point, which equals UTF-16 code unit
+    order unless one key holds a character above U+FFFF and another one in U+E000..U+FFFF; the
+    fast path takes ASCII keys only; (2) orjson escapes every code point exactly as ``json``
+    with ``ensure_ascii=False`` does (``tests/unit/audit/test_entry.py`` checks all of them);
+    (3) it refuses a lone surrogate, as the reference path does; (4) it writes integers,
+    ``true``, ``false`` and ``null`` alike, and the check has already refused floats, integers
+    beyond 2**53 and non-string keys.
     """
-    _check_value(value, 0)
+    if _check_value(value, 0):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError as exc:  # the one thing left to refuse: a lone surrogate
+            raise ValueError("entry text is not valid Unicode (lone surrogate)") from exc
+    return _reference_json(value)
+
+
+def _reference_json(value: object) -> bytes:
+    """The canonical encoding in plain Python; for values the fast path does not take."""
     text = json.dumps(_sorted(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         return text.encode("utf-8")

@@ -151,6 +151,9 @@ def classify(
         elif kind == "number" and isinstance(value, int):  # "number" excludes bool
             spans = tuple(scan(str(value)))
         labels = index.labels_for(pointer, shape)
+        if not labels and not spans and len(pointer) <= _SHARED_PATH_CHARS:
+            fields.append(_unlabelled(pointer, shape, kind))
+            continue
         for span in spans:
             labels.add(span.label)
             found = entities.setdefault(span.label, [])
@@ -158,6 +161,20 @@ def classify(
                 found.append(pointer)
         fields.append(FieldInfo(pointer, shape, kind, frozenset(labels), spans))
     return Classification(fields, entities, index.unmatched())
+
+
+_SHARED_PATH_CHARS: Final = 256  # pointers longer than this get a FieldInfo of their own
+
+
+@functools.lru_cache(maxsize=4096)
+def _unlabelled(pointer: str, shape: str, kind: JsonType) -> FieldInfo:
+    """The ``FieldInfo`` of a leaf without labels or spans, one object per path and type.
+
+    Most leaves of most payloads are such, their paths repeat from call to call, and a frozen
+    dataclass costs more to build than this lookup; ``FieldInfo`` is immutable, so sharing it
+    is safe. Bounded: 4096 entries of short paths (paths, not values, as everywhere here).
+    """
+    return FieldInfo(pointer, shape, kind, frozenset(), ())
 
 
 def _check_key(key: object) -> None:

@@ -21,6 +21,7 @@ is what Invoke reports to the buyer and what the audit log records.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,9 +104,12 @@ class Enforcer:
             elif kind != "sandbox":
                 value = _get(run.result.payload, location)
                 _set(run.result.payload, location, run.transform(action, kind, value, info))
-            run.result.decisions.append(
-                FieldDecision(direction, info.pointer, tuple(sorted(info.labels)), kind, entities)
-            )
+            if entities or not _shareable(info):
+                labels = tuple(sorted(info.labels))
+                decision = FieldDecision(direction, info.pointer, labels, kind, entities)
+            else:
+                decision = _plain_decision(direction, info.pointer, info.labels, kind)
+            run.result.decisions.append(decision)
         for location in reversed(drops):
             _delete(run.result.payload, location)
         return run.result
@@ -187,6 +191,28 @@ class _Run:
         if changed != text:
             _set(self.result.payload, location, changed)
         return tuple(EntityDecision(lb, kind, n) for (lb, kind), n in sorted(counts.items()))
+
+
+_SHARED_PATH_CHARS = 256  # pointers longer than this get a FieldDecision of their own
+_SHARED_LABELS = 16  # as do fields with more labels than this
+
+
+def _shareable(info: FieldInfo) -> bool:
+    return len(info.pointer) <= _SHARED_PATH_CHARS and len(info.labels) <= _SHARED_LABELS
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_decision(
+    direction: Direction, pointer: str, labels: frozenset[str], kind: str
+) -> FieldDecision:
+    """The decision of a field without entity actions, one object per (path, labels, action).
+
+    A model's calls repeat the same decisions, and a frozen dataclass costs more to build than
+    this lookup; decisions are immutable, so sharing them is safe (the servicer's message cache
+    then finds them by identity). Bounded: 4096 entries of short paths and a few labels (at
+    most 128 characters each by the label rule), never a value.
+    """
+    return FieldDecision(direction, pointer, tuple(sorted(labels)), kind)
 
 
 def _deep_copy(value: Any) -> Any:

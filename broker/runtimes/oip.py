@@ -12,6 +12,8 @@ Why it is built this way:
   buyer's call beyond what the buyer asked for, and the backend sees the deadline too.
 - **No retries**, not even gRPC's own (``grpc.enable_retries`` is 0): inference is not
   idempotent; a second attempt is the buyer's decision.
+- **The request goes out as bytes**: ``encode_request`` writes the serialised
+  ``ModelInferRequest`` directly (``oip_wire``), so no message is built only to be serialised.
 - **Cancellation reaches the backend**: the call is started with ``ModelInfer.future`` and its
   ``cancel`` is handed to ``on_cancel``, so when the buyer goes away the outbound RPC is
   cancelled and the backend's context becomes inactive.
@@ -43,11 +45,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 
-from broker._proto.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
 from broker.config import BackendsConfig
 from broker.errors import (
     BackendError,
@@ -61,9 +63,13 @@ from broker.errors import (
 from broker.logging import get_logger
 from broker.registry.model import Endpoint, ModelVersion
 from broker.runtimes.base import Canceller
-from broker.runtimes.oip_mapping import build_answer, build_request
+from broker.runtimes.oip_mapping import build_answer, encode_request
 
 _log = get_logger(__name__)
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# The request is sent as the bytes ``encode_request`` wrote (no serializer): see oip_wire.
+ModelInfer: TypeAlias = "grpc.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse]"
 
 # gRPC's own wording for a message over the channel's receive limit, on our side of the wire.
 _CLIENT_TOO_LARGE = "CLIENT: Received message larger than max"
@@ -103,7 +109,7 @@ class OpenInferenceRuntime:
         self._config = config or BackendsConfig()
         self._lock = threading.Lock()
         self._channels: dict[_ChannelKey, grpc.Channel] = {}
-        self._stubs: dict[_ChannelKey, pb_grpc.GRPCInferenceServiceStub] = {}
+        self._stubs: dict[_ChannelKey, ModelInfer] = {}
         self._closed = False
 
     def invoke(
@@ -123,7 +129,7 @@ class OpenInferenceRuntime:
         endpoint = model.endpoint
         if endpoint is None or not endpoint.target:
             raise FailedPrecondition(f"model {model.ref} has no Open Inference endpoint")
-        request = build_request(
+        request = encode_request(
             model.oip_mapping,
             payload,
             model_name=endpoint.remote_model or model.name,
@@ -134,7 +140,7 @@ class OpenInferenceRuntime:
             raise DeadlineExceeded(f"no time left to call model {model.ref}")
         stub = self._stub(endpoint)
         started = time.monotonic()
-        future = stub.ModelInfer.future(request, timeout=timeout)
+        future = stub.future(request, timeout=timeout)
         if on_cancel is not None:
             on_cancel(lambda: _cancel(future))
         try:
@@ -172,7 +178,7 @@ class OpenInferenceRuntime:
         for channel in channels:
             channel.close()
 
-    def _stub(self, endpoint: Endpoint) -> pb_grpc.GRPCInferenceServiceStub:
+    def _stub(self, endpoint: Endpoint) -> ModelInfer:
         key = _ChannelKey(endpoint.target, endpoint.tls, endpoint.tls_ca_pem)
         with self._lock:
             if self._closed:
@@ -180,7 +186,13 @@ class OpenInferenceRuntime:
             stub = self._stubs.get(key)
             if stub is None:
                 channel = self._open_channel(key)
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                stub = channel.unary_unary(
+                    MODEL_INFER,
+                    request_serializer=None,
+                    response_deserializer=pb.ModelInferResponse.FromString,
+                    # As the generated stub does: the channel registers the method once.
+                    _registered_method=True,  # type: ignore[call-arg]
+                )
                 self._channels[key] = channel
                 self._stubs[key] = stub
             return stub

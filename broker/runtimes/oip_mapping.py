@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
 from broker.errors import BackendError, FailedPrecondition, InvalidArgument
 from broker.registry.model import OipMapping, TensorInput
+from broker.runtimes import oip_wire
 from broker.runtimes.json_pointer import (
     PointerError,
     format_pointer,
@@ -55,6 +56,7 @@ from broker.runtimes.oip_tensors import (
     INPUT_DATATYPES,
     MAX_RANK,
     Datatype,
+    _bytes_to_json,
     decode_output,
 )
 
@@ -66,6 +68,11 @@ class _InputPlan:
     spec: TensorInput
     datatype: Datatype
     tokens: tuple[tuple[str, ...], ...]  # one entry for ``path``, one per pointer for ``paths``
+    header: bytes  # the tensor's name and datatype on the wire
+    # For a ``path`` input whose shape one scalar fills: that shape, and its wire form. The
+    # common case (a field per tensor) then skips flattening and shape inference.
+    scalar_shape: list[int] | None
+    scalar_shape_wire: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class _OutputPlan:
 class _Plan:
     inputs: tuple[_InputPlan, ...]
     outputs: tuple[_OutputPlan, ...]
+    requested_outputs: bytes  # the request's ``outputs`` entries, on the wire
 
 
 def validate_mapping(mapping: OipMapping) -> None:
@@ -94,40 +102,117 @@ def build_request(
     model_version: str = "",
     request_id: str = "",
 ) -> pb.ModelInferRequest:
-    """Build the ``ModelInferRequest`` for one payload, asking for the mapped outputs only."""
-    plan = _compile(mapping)
-    request = pb.ModelInferRequest(
-        model_name=model_name, model_version=model_version, id=request_id
+    """The ``ModelInferRequest`` for one payload, as a message (``encode_request``, parsed)."""
+    return pb.ModelInferRequest.FromString(
+        encode_request(
+            mapping,
+            payload,
+            model_name=model_name,
+            model_version=model_version,
+            request_id=request_id,
+        )
     )
+
+
+def encode_request(
+    mapping: OipMapping,
+    payload: dict[str, Any],
+    *,
+    model_name: str,
+    model_version: str = "",
+    request_id: str = "",
+) -> bytes:
+    """The serialised ``ModelInferRequest`` for one payload, asking for the mapped outputs only.
+
+    Every input is checked and converted before any byte is written (see ``_input_values``),
+    then written by ``oip_wire`` exactly as protobuf would serialise the message.
+    """
+    plan = _plan_of(mapping)
+    parts = [oip_wire.request_head(model_name, model_version, request_id)]
     for item in plan.inputs:
-        _add_input(request, item, payload)
-    for name in dict.fromkeys(out.name for out in plan.outputs):
-        request.outputs.add(name=name)
-    return request
+        shape_wire, values = _input_values(item, payload)
+        parts.append(
+            oip_wire.input_tensor(
+                item.header, shape_wire, oip_wire.contents(item.datatype.field, values)
+            )
+        )
+    parts.append(plan.requested_outputs)
+    return b"".join(parts)
 
 
 def build_answer(mapping: OipMapping, response: pb.ModelInferResponse) -> dict[str, Any]:
     """Turn the backend's response into the JSON answer the mapping describes."""
-    plan = _compile(mapping)
+    plan = _plan_of(mapping)
+    tensors = list(response.outputs)  # one wrapper per tensor, not one per lookup
     index: dict[str, int] = {}
-    for i, tensor in enumerate(response.outputs):
+    for i, tensor in enumerate(tensors):
         if tensor.name in index:
             raise BackendError(f"model backend answered output tensor {tensor.name!r:.80} twice")
         index[tensor.name] = i
+    typed = not response.raw_output_contents
     answer: dict[str, Any] = {}
     if not plan.outputs:
         for name, i in index.items():
-            answer[name] = decode_output(response, i)
+            answer[name] = _decode(response, tensors[i], i, typed=typed, squeeze=False)
         return answer
     for out in plan.outputs:
         if out.name not in index:
             raise BackendError(f"model backend's answer lacks output tensor {out.name!r}")
-        value = decode_output(response, index[out.name], squeeze=out.squeeze)
+        i = index[out.name]
+        value = _decode(response, tensors[i], i, typed=typed, squeeze=out.squeeze)
         try:
             place(answer, out.tokens, value)
         except PointerError as exc:  # _compile proved the slots distinct; kept as a guard
             raise FailedPrecondition(f"the model's tensor mapping is invalid: {exc}") from exc
     return answer
+
+
+def _decode(
+    response: pb.ModelInferResponse,
+    tensor: pb.ModelInferResponse.InferOutputTensor,
+    index: int,
+    *,
+    typed: bool,
+    squeeze: bool,
+) -> Any:
+    """``decode_output``, with a shortcut for the usual tensor: rank 1, typed contents, well
+    formed. The shortcut gives what ``decode_output`` gives for it (the values as a list; the
+    one value itself when squeezed from shape ``[1]``); anything else, errors included, is
+    left to ``decode_output``."""
+    datatype = DATATYPES.get(tensor.datatype)
+    shape = tensor.shape
+    if typed and datatype is not None and datatype.field and len(shape) == 1:
+        contents = getattr(tensor.contents, datatype.field)
+        if shape[0] == len(contents):
+            values = (
+                [_bytes_to_json(v) for v in contents]
+                if datatype.kind == "bytes"
+                else list(contents)
+            )
+            return values[0] if squeeze and len(values) == 1 else values
+    return decode_output(response, index, squeeze=squeeze)
+
+
+_PLANS_BY_IDENTITY: dict[int, tuple[OipMapping, _Plan]] = {}
+_MAX_PLANS = 1024
+
+
+def _plan_of(mapping: OipMapping) -> _Plan:
+    """The compiled plan of ``mapping``, found by identity first.
+
+    A model version's mapping is one object for as long as the registry cache keeps it, and
+    hashing it (a frozen dataclass of every tensor) on each call cost more than this lookup;
+    an equal mapping that is another object still finds its plan in ``_compile``'s cache.
+    Each entry holds its mapping, so an ``id`` is never reused while its entry exists.
+    """
+    found = _PLANS_BY_IDENTITY.get(id(mapping))
+    if found is not None and found[0] is mapping:
+        return found[1]
+    plan = _compile(mapping)
+    if len(_PLANS_BY_IDENTITY) >= _MAX_PLANS:
+        _PLANS_BY_IDENTITY.clear()
+    _PLANS_BY_IDENTITY[id(mapping)] = (mapping, plan)
+    return plan
 
 
 @functools.lru_cache(maxsize=1024)
@@ -149,7 +234,8 @@ def _compile(mapping: OipMapping) -> _Plan:
         except PointerError as exc:
             _mapping_error(f"output {out.name!r}: {exc}")
         outputs.append(_OutputPlan(out.name, out.squeeze, tokens))
-    return _Plan(inputs, tuple(outputs))
+    requested = oip_wire.requested_outputs(dict.fromkeys(out.name for out in outputs))
+    return _Plan(inputs, tuple(outputs), requested)
 
 
 def _compile_input(spec: TensorInput) -> _InputPlan:
@@ -168,7 +254,23 @@ def _compile_input(spec: TensorInput) -> _InputPlan:
     tokens = tuple(_parse(p, where) for p in pointers)
     if spec.paths:
         _resolve_shape(spec.shape, len(spec.paths), spec, spec.paths[0], _mapping_error)
-    return _InputPlan(spec, DATATYPES[spec.datatype], tokens)
+    scalar_shape = _scalar_shape(spec.shape) if spec.path else None
+    return _InputPlan(
+        spec,
+        DATATYPES[spec.datatype],
+        tokens,
+        oip_wire.tensor_header(spec.name, spec.datatype),
+        scalar_shape,
+        oip_wire.shape_field(scalar_shape or ()),
+    )
+
+
+def _scalar_shape(declared: tuple[int, ...]) -> list[int] | None:
+    """What ``_resolve_shape`` gives for one value, or None where one value does not fit."""
+    known = math.prod(d for d in declared if d != -1)
+    if known != 1:  # one value fills the shape only when every other dimension is 1
+        return None
+    return [1 if d == -1 else d for d in declared]
 
 
 def _parse(pointer: str, where: str) -> tuple[str, ...]:
@@ -182,21 +284,28 @@ def _mapping_error(reason: str) -> NoReturn:
     raise FailedPrecondition(f"the model's tensor mapping is invalid: {reason}")
 
 
-def _add_input(request: pb.ModelInferRequest, item: _InputPlan, payload: dict[str, Any]) -> None:
-    """Check and convert one input's values, then add its tensor to ``request``.
+def _input_values(item: _InputPlan, payload: dict[str, Any]) -> tuple[bytes, list[Any]]:
+    """Check and convert one input's values: its shape field on the wire, and the values.
 
-    The tensor is built in place (``inputs.add``), not built apart and appended, which would
-    copy every tensor once more; nothing is added unless the whole tensor is valid.
+    Nothing is written until every input has passed, so a payload that does not fit the
+    mapping fails before any byte exists.
     """
     spec = item.spec
+    if item.scalar_shape is not None:
+        # One ``path``, and a shape one value fills: a scalar there needs no flattening and
+        # no shape inference, and fails exactly as the general path would (position 0).
+        value = _resolve_input(payload, spec, spec.path, item.tokens[0])
+        if not isinstance(value, list):
+            try:
+                converted = _convert(value, item.datatype, spec.datatype)
+            except _ElementError as exc:
+                _element_error(spec, (spec.path,), (), 0, str(exc))
+            return item.scalar_shape_wire, [converted]
     pointers = (spec.path,) if spec.path else spec.paths
     values: list[Any] = []
     found: tuple[int, ...] = ()
     for pointer, tokens in zip(pointers, item.tokens, strict=True):
-        try:
-            value = resolve(payload, tokens)
-        except PointerError as exc:
-            raise InvalidArgument(f"tensor {spec.name!r}: {pointer}: {exc}") from exc
+        value = _resolve_input(payload, spec, pointer, tokens)
         if spec.paths:
             if isinstance(value, list | dict):
                 raise InvalidArgument(
@@ -215,14 +324,22 @@ def _add_input(request: pb.ModelInferRequest, item: _InputPlan, payload: dict[st
             f"the model needs {list(spec.shape)}"
         )
     shape = _resolve_shape(spec.shape, len(values), spec, pointers[0], _payload_error)
-    converted: list[Any] = []
+    converted_values: list[Any] = []
     for position, value in enumerate(values):
         try:
-            converted.append(_convert(value, item.datatype, spec.datatype))
+            converted_values.append(_convert(value, item.datatype, spec.datatype))
         except _ElementError as exc:
             _element_error(spec, pointers, found, position, str(exc))
-    tensor = request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
-    getattr(tensor.contents, item.datatype.field).extend(converted)
+    return oip_wire.shape_field(shape), converted_values
+
+
+def _resolve_input(
+    payload: dict[str, Any], spec: TensorInput, pointer: str, tokens: tuple[str, ...]
+) -> Any:
+    try:
+        return resolve(payload, tokens)
+    except PointerError as exc:
+        raise InvalidArgument(f"tensor {spec.name!r}: {pointer}: {exc}") from exc
 
 
 def _payload_error(reason: str) -> NoReturn:

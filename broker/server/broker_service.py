@@ -201,15 +201,28 @@ def _decisions_to_proto(decisions: Iterable[FieldDecision]) -> list[broker_pb2.F
     cached per decision. Paths and labels come from the buyer, so only decisions with short ones
     are cached, in a bounded cache: memory stays small whatever buyers send.
     """
-    return [
-        _cached_decision(d)
-        if len(d.path) + sum(map(len, d.labels)) <= _CACHED_TEXT_CHARS
-        else _decision_message(d)
-        for d in decisions
-    ]
+    messages: list[broker_pb2.FieldDecision] = []
+    for d in decisions:
+        found = _BY_IDENTITY.get(id(d))
+        if found is not None and found[0] is d:
+            messages.append(found[1])
+        elif len(d.path) + sum(map(len, d.labels)) <= _CACHED_TEXT_CHARS:
+            message = _cached_decision(d)
+            if len(_BY_IDENTITY) >= _IDENTITY_ENTRIES:
+                _BY_IDENTITY.clear()
+            _BY_IDENTITY[id(d)] = (d, message)
+            messages.append(message)
+        else:
+            messages.append(_decision_message(d))
+    return messages
 
 
 _CACHED_TEXT_CHARS = 512  # path and labels of one cached decision, at most
+# The enforcer shares the decision objects of plain fields between calls
+# (``broker.enforce.enforcer._plain_decision``), so most are found here by identity, without
+# hashing a dataclass; each entry holds its decision, so an id is not reused while it exists.
+_IDENTITY_ENTRIES = 4096
+_BY_IDENTITY: dict[int, tuple[FieldDecision, broker_pb2.FieldDecision]] = {}
 
 
 def _decision_message(d: FieldDecision) -> broker_pb2.FieldDecision:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
+from broker.audit import entry as entry_module
 from broker.audit.entry import (
     FieldAction,
     admin_event,
@@ -124,3 +127,55 @@ def test_log_signer_is_created_once_and_bound_to_its_origin(tmp_path: Path) -> N
     assert (tmp_path / "audit-log-key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ValueError, match="not 'other/log'"):
         load_or_create_log_signer(tmp_path, "other/log")
+
+
+def test_fast_encoding_escapes_every_code_point_as_the_reference() -> None:
+    # One string of every code point but the surrogates: orjson (the fast path) and json with
+    # ensure_ascii=False (the reference) must escape each one alike.
+    every = "".join(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF)
+    value = {"text": every, "list": [every[:300], {"k": every[-300:]}]}
+    assert canonical_json(value) == entry_module._reference_json(value)
+    assert entry_module._check_value(value, 0)  # the fast path was the one compared
+
+
+def _random_value(rng: random.Random, depth: int) -> object:
+    alphabet = 'aZ_~/*"\\\n\x01\x7f é\u2028\uffff\U0001f600'
+    if depth > 3 or rng.random() < 0.4:
+        return rng.choice(
+            [
+                None,
+                True,
+                False,
+                rng.randint(-(2**53) + 1, 2**53 - 1),
+                "".join(rng.choices(alphabet, k=rng.randint(0, 8))),
+            ]
+        )
+    if rng.random() < 0.5:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = "".join(rng.choices("abcAB_-~/ 0~9", k=12))
+    return {
+        keys[rng.randint(0, 11) :][: rng.randint(0, 5)]: _random_value(rng, depth + 1)
+        for _ in range(rng.randint(0, 5))
+    }
+
+
+def test_fast_encoding_equals_the_reference_on_random_entries() -> None:
+    rng = random.Random(8785)
+    for _ in range(2000):
+        value = _random_value(rng, 0)
+        assert canonical_json(value) == entry_module._reference_json(value)
+
+
+def test_non_ascii_keys_take_the_reference_path() -> None:
+    # orjson would sort these by code point (U+FF61 first); RFC 8785 wants UTF-16 order.
+    value = {"a": {"\uff61": 1, "\U0001f600": 2}}
+    assert not entry_module._check_value(value, 0)
+    assert canonical_json(value) == '{"a":{"\U0001f600":2,"\uff61":1}}'.encode()
+
+
+def test_mapping_subclasses_and_views_encode_as_plain_dicts() -> None:
+    class Labels(dict[str, object]):
+        pass
+
+    view = MappingProxyType({"b": 1, "a": Labels(z=[1, (2, 3)], y="x")})
+    assert canonical_json(view) == b'{"a":{"y":"x","z":[1,[2,3]]},"b":1}'

@@ -136,3 +136,21 @@ def test_deep_payload_with_labels() -> None:
     result = classify(deep, buyer_labels={"/k/k": ["top"]})
     (field,) = result.fields
     assert field.labels == {"top", "pii.phone"}
+
+
+def test_unlabelled_leaves_share_their_field_info_and_say_the_same() -> None:
+    payload = {"a": 1, "b": [True, None], "c": "plain", "mail": "x jane.doe@example.com"}
+    first, again = classify(payload, buyer_labels={"/c": ["x"]}), classify(payload)
+    by_path = {f.pointer: f for f in first.fields}
+    assert by_path["/a"] == FieldInfo("/a", "/a", "number", frozenset(), ())
+    assert by_path["/b/1"] == FieldInfo("/b/1", "/b/*", "null", frozenset(), ())
+    assert by_path["/c"].labels == {"x"}
+    assert by_path["/mail"].labels == {"pii.email"}
+    again_by_path = {f.pointer: f for f in again.fields}
+    assert again_by_path["/a"] is by_path["/a"]
+    assert again_by_path["/c"].labels == frozenset()  # the labelled one was not shared
+    long_key = "k" * 300
+    assert classify({long_key: 1}).fields[0] == FieldInfo(
+        f"/{long_key}", f"/{long_key}", "number", frozenset(), ()
+    )
+    assert classify({long_key: 1}).fields[0] is not classify({long_key: 1}).fields[0]

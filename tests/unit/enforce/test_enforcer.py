@@ -206,3 +206,34 @@ def test_keys_file_is_private_and_stable(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="chmod 600"):
         TenantKeys.load_or_create(tmp_path)
+
+
+def test_decisions_are_the_same_whether_shared_or_not() -> None:
+    from broker.enforce.enforcer import EntityDecision, FieldDecision  # noqa: PLC0415
+
+    long_key = "k" * 300
+    payload = {"a": "x", "b": 1, "mail": "write to jane.doe@example.com", long_key: 2, "m": 3}
+    many = [f"l{i:02}" for i in range(17)]  # more labels than a shared decision may have
+    labels = {"/a": ["z", "pii"], "/m": many}
+    plan = _plan(
+        {"/a": Action("allow"), "/b": Action("drop"), "/mail": Action("allow")},
+        {"pii.email": Action("redact")},
+    )
+
+    def decisions() -> list[FieldDecision]:
+        classified = classify(payload, buyer_labels=labels)
+        return Enforcer(KEYS).apply(payload, classified, plan, REMOTE, "request").decisions
+
+    first, again = decisions(), decisions()
+    assert first == [
+        FieldDecision("request", "/a", ("pii", "z"), "allow"),
+        FieldDecision("request", "/b", (), "drop"),
+        FieldDecision(
+            "request", "/mail", ("pii.email",), "allow", (EntityDecision("pii.email", "redact", 1),)
+        ),
+        FieldDecision("request", f"/{long_key}", (), "redact"),
+        FieldDecision("request", "/m", tuple(many), "redact"),
+    ]
+    assert again == first
+    assert again[0] is first[0] and again[1] is first[1]  # plain decisions are shared
+    assert all(again[i] is not first[i] for i in (2, 3, 4))

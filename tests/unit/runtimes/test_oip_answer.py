@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -188,3 +189,35 @@ def test_answer_values_never_appear_in_errors() -> None:
     with pytest.raises(BackendError) as info:
         build_answer(NO_OUTPUTS, r)
     assert "s3cr3t" not in info.value.message
+
+
+_RANK_ONE_CASES = [
+    ("BOOL", "bool_contents", [True, False]),
+    ("INT8", "int_contents", [-128, 127]),
+    ("UINT64", "uint64_contents", [2**64 - 1, 0]),
+    ("FP32", "fp32_contents", [0.5, -1.0]),
+    ("FP64", "fp64_contents", [0.1, -1e300]),
+    ("BYTES", "bytes_contents", [b"caf\xc3\xa9", b"\x80\xff"]),
+]
+
+
+@pytest.mark.parametrize(("datatype", "field", "values"), _RANK_ONE_CASES)
+@pytest.mark.parametrize("count", [0, 1, 2])
+@pytest.mark.parametrize("declared", ["count", "more", "none"])
+@pytest.mark.parametrize("squeeze", [False, True])
+def test_answer_shortcut_for_rank_one_equals_decode_output(
+    datatype: str, field: str, values: list[Any], count: int, declared: str, squeeze: bool
+) -> None:
+    # build_answer decodes rank-1 typed tensors itself; it must give what decode_output gives,
+    # and leave every error (data that does not fill the shape) to it.
+    shape = {"count": [count], "more": [count + 1], "none": []}[declared]
+    r = response(out("y", datatype, shape, **{field: values[:count]}))
+    mapping = OipMapping(inputs=INPUTS, outputs=(TensorOutput(name="y", squeeze=squeeze),))
+    try:
+        expected: Any = decode_output(r, 0, squeeze=squeeze)
+    except BackendError as exc:
+        with pytest.raises(BackendError, match=re.escape(str(exc))):
+            build_answer(mapping, r)
+        return
+    assert build_answer(mapping, r) == {"y": expected}
+    assert build_answer(NO_OUTPUTS, r) == {"y": decode_output(r, 0)}

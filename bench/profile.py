@@ -1,0 +1,254 @@
+"""``python -m bench --profile``: the CPU of one Invoke, stage by stage, in µs per call.
+
+The real broker (``build_server``, SQLite in a temporary directory, the development issuer, as
+``bench.servers`` builds it) runs in this process and calls the real OIP echo backend (its own
+process, ``bench.servers backend``) with the bench's 2 KB workload. Calls are sent one at a
+time over loopback gRPC from this process, so every CPU cycle the process spends while a call
+is in flight belongs to that call. ``bench.profile_stages`` wraps the stage functions for the
+length of the profile only and attributes CPU to each; the broker's code has no timing in it.
+
+Figures are medians over ``--calls`` calls after a warm-up (the mean is in the JSON too).
+"Outside the stages" is the process CPU of a call that no hook saw: the in-process client (the
+CPU of its own thread is shown apart; a deployed broker does not pay it), grpcio's server
+(HTTP/2, (de)serialisation, its thread hand-over), the boundary interceptor and its ``rpc`` log
+event, and the hooks' own clock reads.
+
+``--callgrind`` runs the same calls under ``valgrind --tool=callgrind`` without the hooks
+(``bench.profile_callgrind``) and reports instructions per call, which do not depend on what else
+the machine is doing: the figure to A/B a change with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import workload
+from bench.machine import describe_machine
+from bench.procs import spawn
+from bench.profile_stages import STAGES, Row, StageRecorder, installed
+from bench.topology import INVOKE, TOKEN_TTL_SECONDS, _broker_env
+
+PROFILE_JSON = Path(__file__).resolve().parent / "profile.json"
+DEFAULT_CALLS = 1000
+DEFAULT_WARMUP = 100
+OUTSIDE = "outside the stages"
+
+
+@dataclass
+class Serving:
+    """A broker built in this process, serving the workload's model on an echo backend."""
+
+    invoke: Callable[[], bytes]
+    stop: Callable[[], None]
+
+
+def serve(
+    stack: contextlib.ExitStack, workdir: Path, settings: dict[str, str] | None = None
+) -> Serving:
+    """Start the backend process and an in-process broker; register the model; mint a token.
+
+    ``settings``: ``BROKER__...`` variables on top of the bench broker's own.
+    """
+    from broker.auth.dev_issuer import DevIssuer  # noqa: PLC0415 - after the hooks are in
+    from broker.client import BrokerClient  # noqa: PLC0415
+    from broker.config import load_config  # noqa: PLC0415
+    from broker.logging import configure_logging  # noqa: PLC0415
+    from broker.server.app import build_server  # noqa: PLC0415
+
+    backend = spawn(stack, workdir, "backend")
+    config = load_config(None, {**_broker_env(workdir / "broker"), **(settings or {})})
+    # The broker logs at its configured level, as in production, into /dev/null: the log
+    # events cost what they cost, and the table stays readable.
+    devnull = stack.enter_context(Path(os.devnull).open("w", encoding="utf-8"))  # noqa: SIM115
+    with contextlib.redirect_stderr(devnull):
+        configure_logging(config.logging.level, json_output=config.logging.json_output)
+    server = build_server(config)
+    server.start()
+    stack.callback(server.stop, 1.0)
+    target = f"127.0.0.1:{server.port}"
+    issuer = DevIssuer.from_auth_config(config.auth, config.data_dir)
+    vendor = issuer.mint(
+        subject="bench-vendor-svc",
+        tenant=workload.VENDOR_TENANT,
+        roles=["vendor"],
+        ttl_seconds=TOKEN_TTL_SECONDS,
+    )
+    with BrokerClient(target, token=vendor) as client:
+        client.register_model(workload.model(backend.target))
+    buyer = issuer.mint(
+        subject="bench-buyer-svc",
+        tenant=workload.BUYER_TENANT,
+        roles=["buyer"],
+        ttl_seconds=TOKEN_TTL_SECONDS,
+    )
+    channel = stack.enter_context(grpc.insecure_channel(target))
+    method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INVOKE)
+    request = workload.invoke_request_bytes()
+    metadata = (("authorization", f"Bearer {buyer}"),)
+
+    def invoke() -> bytes:
+        answer: bytes = method(request, timeout=120, metadata=metadata)
+        return answer
+
+    return Serving(invoke, lambda: server.stop(1.0))
+
+
+def measure(calls: int, warmup: int) -> dict[str, Any]:
+    """Profile ``calls`` sequential Invokes; the document written to ``profile.json``."""
+    recorder = StageRecorder()
+    samples: list[dict[Row, tuple[int, int]]] = []
+    totals: list[int] = []
+    clients: list[int] = []  # the CPU of this (the client's) thread per call
+    with (
+        installed(recorder),
+        contextlib.ExitStack() as stack,
+        tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp,
+    ):
+        serving = serve(stack, Path(tmp))
+        for _ in range(warmup):
+            serving.invoke()
+        gc.collect()
+        recorder.take()
+        started = time.process_time_ns()
+        for _ in range(calls):
+            before, client = time.process_time_ns(), time.thread_time_ns()
+            serving.invoke()
+            clients.append(time.thread_time_ns() - client)
+            totals.append(time.process_time_ns() - before)
+            samples.append(recorder.take())
+        loop_ns = time.process_time_ns() - started
+    return {
+        "machine": describe_machine(),
+        "settings": {"calls": calls, "warmup": warmup},
+        "unit": "µs of CPU per call (median over calls; mean beside it)",
+        "stages": _stages(samples, totals, clients),
+        "total_mean_us": round(loop_ns / calls / 1000, 1),
+    }
+
+
+def _stages(
+    samples: list[dict[Row, tuple[int, int]]], totals: list[int], clients: list[int]
+) -> dict[str, Any]:
+    rows = sorted({row for sample in samples for row in sample}, key=_order)
+    out: dict[str, Any] = {}
+    staged = [0] * len(samples)
+    for stage in dict.fromkeys(row[0] for row in rows):
+        parts = [row for row in rows if row[0] == stage]
+        thread = [sum(s.get(r, (0, 0))[0] for r in parts) for s in samples]
+        process = [sum(s.get(r, (0, 0))[1] for r in parts) for s in samples]
+        staged = [a + b for a, b in zip(staged, process, strict=True)]
+        out[stage] = {
+            **_figure(thread, process),
+            "parts": {
+                r[1]: _figure(
+                    [s.get(r, (0, 0))[0] for s in samples], [s.get(r, (0, 0))[1] for s in samples]
+                )
+                for r in parts
+            },
+        }
+    outside = [total - inside for total, inside in zip(totals, staged, strict=True)]
+    rest = [o - c for o, c in zip(outside, clients, strict=True)]
+    out[OUTSIDE] = {
+        **_figure(None, outside),
+        "parts": {
+            "in-process client (its own thread)": _figure(clients, clients),
+            "gRPC server, interceptor, rpc log, hooks": _figure(None, rest),
+        },
+    }
+    out["total"] = _figure(None, totals)
+    return out
+
+
+def _order(row: Row) -> tuple[int, str]:
+    stage = row[0]
+    return (STAGES.index(stage) if stage in STAGES else len(STAGES), row[1])
+
+
+def _figure(thread: list[int] | None, process: list[int]) -> dict[str, float | None]:
+    def us(values: list[int] | None, how: Callable[[list[int]], float]) -> float | None:
+        return None if values is None else round(how(values) / 1000, 1)
+
+    return {
+        "thread_us": us(thread, statistics.median),
+        "process_us": us(process, statistics.median),
+        "thread_mean_us": us(thread, statistics.fmean),
+        "process_mean_us": us(process, statistics.fmean),
+    }
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """The stages as an aligned table: median thread and process CPU per call, in µs."""
+    calls = document["settings"]["calls"]
+    lines = [
+        f"== profile of one Invoke: µs of CPU per call, median of {calls} calls",
+        f"{'stage / part':<40} {'thread':>9} {'process':>9} {'mean':>9}",
+        "-" * 70,
+    ]
+
+    def line(name: str, figure: dict[str, Any]) -> str:
+        thread = "" if figure["thread_us"] is None else f"{figure['thread_us']:,.1f}"
+        return (
+            f"{name:<40} {thread:>9} {figure['process_us']:>9,.1f}"
+            f" {figure['process_mean_us']:>9,.1f}"
+        )
+
+    for stage, figure in document["stages"].items():
+        if stage == "total":
+            lines.append("-" * 70)
+        lines.append(line(stage, figure))
+        parts = figure.get("parts", {})
+        if len(parts) > 1:
+            lines.extend(line(f"    {part}", f) for part, f in parts.items())
+    lines.append(f"process CPU of the loop / calls: {document['total_mean_us']:,.1f} µs")
+    callgrind = document.get("callgrind")
+    if callgrind:
+        lines.append(
+            f"callgrind: {callgrind['instructions_per_call']:,} instructions per call "
+            f"({callgrind['calls']} calls)"
+        )
+    return "\n".join(lines)
+
+
+def run(calls: int | None, warmup: int | None, *, callgrind: bool, output: Path) -> int:
+    """Run the profile (or the callgrind count), print the table, write ``output``."""
+    if callgrind:
+        from bench.profile_callgrind import count_instructions  # noqa: PLC0415
+
+        document: dict[str, Any] = {
+            "machine": describe_machine(),
+            "callgrind": count_instructions(calls or 20, warmup if warmup is not None else 5),
+        }
+        print(
+            f"callgrind: {document['callgrind']['instructions_per_call']:,} instructions per "
+            f"Invoke ({document['callgrind']['calls']} calls)"
+        )
+    else:
+        document = measure(calls or DEFAULT_CALLS, DEFAULT_WARMUP if warmup is None else warmup)
+        print(format_table(document))
+    output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.profile``: the same as ``python -m bench --profile``."""
+    from bench.cli import main as bench_main  # noqa: PLC0415
+
+    return bench_main(["--profile", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
