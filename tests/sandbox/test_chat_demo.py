@@ -20,6 +20,7 @@ from broker.demo.llm_env import llama_wheels, wheel_cache
 from broker.demo.sandboxed import MODELS_DIR, PACKAGES
 from broker.demo.setup import DEMO_VENDOR, EXAMPLES
 from broker.packages.digest import dir_name
+from broker.packages.env_digest import manifest_path
 from broker.packages.environment import MARKER
 from broker.packages.store import PackageStore
 from broker.registry.store import RegistryStore
@@ -47,12 +48,18 @@ def wheels() -> Path:
 
 
 def reuse_prepared_sandbox_env(data_dir: Path) -> None:
-    """Link the sandboxed package's environment if an earlier test prepared it (saves ~1 min)."""
+    """Link the sandboxed package's environment if an earlier test prepared it (saves ~1 min).
+
+    Its digest manifest is linked too: an environment without one counts as unrecorded, and
+    the demo would prepare it again over the link.
+    """
     digest = PackageStore(data_dir / "probe").add(MODELS_DIR / SANDBOXED_CHAT.folder).digest
     cached = ENVS_CACHE / dir_name(digest)
-    if (cached / MARKER).exists():
-        (data_dir / "envs").mkdir(parents=True)
-        (data_dir / "envs" / dir_name(digest)).symlink_to(cached, target_is_directory=True)
+    if (cached / MARKER).exists() and manifest_path(cached).exists():
+        linked = data_dir / "envs" / dir_name(digest)
+        linked.parent.mkdir(parents=True)
+        linked.symlink_to(cached, target_is_directory=True)
+        manifest_path(linked).symlink_to(manifest_path(cached))
 
 
 @pytest.mark.timeout(900)
