@@ -27,19 +27,21 @@ as :class:`Companion` rows: inserted in the same transaction, by the same execut
 the call path pays for one commit instead of two and SQLite has one writer instead of several
 racing for its lock. A companion that cannot be written fails the whole batch, like any entry.
 
-Reads that need tree nodes are batched: the proof generators of :mod:`broker.audit.merkle` are
-pure functions of the sizes, so they are first run against a recording reader to learn which
-perfect subtrees they need, those are fetched with one query, and the generator runs again on
-the fetched hashes. A proof thus costs one round trip with O(log n) rows at any size.
+Reads that need tree nodes are one query each: :mod:`broker.audit.merkle` says which perfect
+subtrees a proof or root folds (its *plan*, pure arithmetic on the sizes), the store fetches
+exactly those with one fixed driver statement per node count (prepared once by the driver, so
+neither SQLAlchemy nor the database plans anything per proof), and folds them in memory. A
+proof thus costs one round trip with O(log n) primary-key lookups at any size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -52,7 +54,6 @@ from broker.storage.db import for_writes
 
 #: Names the PostgreSQL advisory lock held by the one integrator (arbitrary, fixed constant).
 INTEGRATOR_LOCK_ID: Final = 0x61756469746C6F67
-_T = TypeVar("_T")
 _Range = tuple[int, int]
 _Pair = tuple[int, int]
 
@@ -64,7 +65,7 @@ _LOCK_PG_SQL: Final = "SELECT pg_advisory_xact_lock(%s)"
 _LAST_LEAF_SQL: Final = (
     "SELECT leaf_index, entry_hash FROM audit_entries ORDER BY leaf_index DESC LIMIT 1"
 )
-_SIZE: Final = sa.select(sa.func.max(audit_entries.c.leaf_index))
+_SIZE_SQL: Final = "SELECT max(leaf_index) FROM audit_entries"
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
 
 
@@ -184,6 +185,8 @@ class AuditStore:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._writer = for_writes(engine)
+        self._paramstyle: str = engine.dialect.paramstyle
+        self._postgres = engine.dialect.name == "postgresql"
         # (size, last leaf hash, frontier of that tree) as this store last committed it; one
         # tuple, replaced whole, so threads never see half of it (see the module docstring).
         self._tip: tuple[int, bytes, dict[_Pair, bytes]] | None = None
@@ -274,11 +277,7 @@ class AuditStore:
         tip = self._tip
         if tip is not None and tip[0] == size and tip[1] == last_hash:
             return size, tip[2]
-        pairs = frontier_pairs(size)
-        cursor.execute(_frontier_sql(len(pairs), paramstyle), [n for pair in pairs for n in pair])
-        return size, {
-            (int(r[0]), int(r[1])): bytes(r[2]) for r in cursor.fetchall() if len(r[2]) == HASH_SIZE
-        }
+        return size, _fetch_nodes(cursor, frontier_pairs(size), paramstyle)
 
     def _lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":
@@ -301,7 +300,11 @@ class AuditStore:
                 return None
             root = self._tip_root(size, bytes(last[1]))
             if root is None:
-                root = _prove(conn, lambda read: merkle.subtree_hash(read, 0, size))
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    root = _root_from_db(cursor, size, self._paramstyle)
+                finally:
+                    cursor.close()
             stored = StoredCheckpoint(size, root, sign(size, root), time_us)
             conn.execute(
                 audit_checkpoints.insert(),
@@ -329,39 +332,35 @@ class AuditStore:
 
     def size(self) -> int:
         """Number of leaves integrated so far."""
-        with self._engine.connect() as conn:
-            return _size(conn)
+        with self._cursor() as cursor:
+            cursor.execute(_SIZE_SQL)
+            value = cursor.fetchone()[0]
+        return 0 if value is None else int(value) + 1
 
     def root(self, size: int) -> bytes:
-        """MTH of the first ``size`` leaves, from O(log n) stored nodes."""
-        return self._read(lambda conn: _prove(conn, lambda r: merkle.subtree_hash(r, 0, size)))
+        """MTH of the first ``size`` leaves, from O(log n) stored nodes (one query)."""
+        return self._prove([merkle.subtree_chunks(0, size)])[0]
 
     def inclusion_proof(self, leaf_index: int, size: int) -> list[bytes]:
         """Inclusion proof of ``leaf_index`` in the tree of ``size`` leaves (one query)."""
         if not 0 <= leaf_index < size:
             raise InvalidArgument(f"leaf index {leaf_index} is not in a tree of size {size}")
-        return self._read(
-            lambda conn: _prove(conn, lambda r: merkle.inclusion_proof(r, leaf_index, size))
-        )
+        return self._prove(merkle.inclusion_plan(leaf_index, size))
 
     def inclusion_proofs(self, indices: Sequence[int], size: int) -> dict[int, list[bytes]]:
         """Proofs for many leaves against one size, all their nodes fetched in one query."""
         for index in indices:
             if not 0 <= index < size:
                 raise InvalidArgument(f"leaf index {index} is not in a tree of size {size}")
-
-        def build(read: merkle.SubtreeHashReader) -> dict[int, list[bytes]]:
-            return {i: merkle.inclusion_proof(read, i, size) for i in indices}
-
-        return self._read(lambda conn: _prove(conn, build))
+        plans = {i: merkle.inclusion_plan(i, size) for i in indices}
+        nodes = self._read_nodes(_plan_pairs(p for plan in plans.values() for p in plan))
+        return {i: _prove_from(nodes, plan) for i, plan in plans.items()}
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         """Consistency proof from ``size1`` to ``size2`` leaves (one query)."""
         if not 0 < size1 <= size2:
             raise InvalidArgument(f"no consistency proof from size {size1} to size {size2}")
-        return self._read(
-            lambda conn: _prove(conn, lambda r: merkle.consistency_proof(r, size1, size2))
-        )
+        return self._prove(merkle.consistency_plan(size1, size2))
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, oldest first."""
@@ -382,39 +381,37 @@ class AuditStore:
             else StoredCheckpoint(row.size, row.root_hash, row.note, row.time_us)
         )
 
-    def _read(self, fn: Callable[[sa.Connection], _T]) -> _T:
-        with self._engine.connect() as conn:
-            return fn(conn)
+    def _prove(self, plan: merkle.ProofPlan) -> list[bytes]:
+        """The hashes of ``plan``: its nodes read in one query, then folded in memory."""
+        return _prove_from(self._read_nodes(_plan_pairs(plan)), plan)
 
+    def _read_nodes(self, pairs: Sequence[_Pair]) -> dict[_Pair, bytes]:
+        with self._cursor() as cursor:
+            return _fetch_nodes(cursor, pairs, self._paramstyle)
 
-def _size(conn: sa.Connection) -> int:
-    value = conn.execute(_SIZE).scalar()
-    return 0 if value is None else int(value) + 1
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A driver cursor on a pooled connection, for reads of one fixed statement each.
 
-
-def _read_pairs(
-    conn: sa.Connection, pairs: Iterable[tuple[int, int]]
-) -> dict[tuple[int, int], bytes]:
-    """Hashes of the stored perfect subtrees at ``(level, index)``, in one query."""
-    by_level: dict[int, list[int]] = {}
-    for level, i in set(pairs):
-        by_level.setdefault(level, []).append(i)
-    if not by_level:
-        return {}
-    # One SELECT per level, UNION ALL-ed: each is a primary-key range lookup on both engines
-    # (SQLite does not use the index for a row-value IN list).
-    queries = [
-        sa.select(audit_nodes.c.level, audit_nodes.c.node_index, audit_nodes.c.hash).where(
-            audit_nodes.c.level == level, audit_nodes.c.node_index.in_(indices)
-        )
-        for level, indices in sorted(by_level.items())
-    ]
-    query: sa.Executable = queries[0] if len(queries) == 1 else sa.union_all(*queries)
-    return {
-        (int(row[0]), int(row[1])): bytes(row[2])
-        for row in conn.execute(query)
-        if len(row[2]) == HASH_SIZE
-    }
+        Each statement is its own snapshot, in driver autocommit: SQLite connections always run
+        so (``broker.storage.db``); a PostgreSQL connection is switched for the read (a local
+        setting while idle), which spares the BEGIN and ROLLBACK round trips that a one-query
+        transaction would add to the query's own.
+        """
+        pooled = self._engine.raw_connection()
+        try:
+            postgres = self._postgres
+            if postgres:
+                pooled.driver_connection.autocommit = True  # type: ignore[union-attr]
+            cursor = pooled.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+                if postgres:
+                    pooled.driver_connection.autocommit = False  # type: ignore[union-attr]
+        finally:
+            pooled.close()
 
 
 @functools.cache
@@ -443,11 +440,14 @@ def _group(companions: Sequence[Companion]) -> list[tuple[sa.Table, list[tuple[o
 
 
 @functools.cache
-def _frontier_sql(count: int, paramstyle: str) -> str:
-    """Driver text reading ``count`` frontier nodes, bound as ``level, index`` pairs in order.
+def _nodes_sql(count: int, paramstyle: str) -> str:
+    """Driver text reading ``count`` nodes, bound as ``level, index`` pairs in order.
 
-    Each level holds exactly one frontier node, so the text only depends on how many there are:
-    ``level = ? AND node_index = ?`` branches UNION ALL-ed, each a primary-key lookup.
+    The text depends only on how many nodes are read, so each count is one prepared statement
+    in the driver's cache (sqlite3's statement cache, psycopg's automatic prepare): no
+    expression building, no planning per proof. ``level = ? AND node_index = ?`` branches are
+    UNION ALL-ed, each a primary-key lookup on both engines (SQLite does not use the index for
+    a row-value IN list).
     """
     mark = "?" if paramstyle == "qmark" else "%s"
     branch = (
@@ -457,21 +457,34 @@ def _frontier_sql(count: int, paramstyle: str) -> str:
     return " UNION ALL ".join([branch] * count)
 
 
-def _prove(conn: sa.Connection, build: Callable[[merkle.SubtreeHashReader], _T]) -> _T:
-    """Run ``build`` twice: once to learn which subtrees it reads, once on their fetched hashes."""
-    wanted: set[_Range] = set()
+def _plan_pairs(plan: Iterable[Sequence[_Range]]) -> list[_Pair]:
+    """The ``(level, index)`` keys of every subtree a proof plan folds, each once, sorted."""
+    return sorted({_to_pair(r) for chunks in plan for r in chunks})
 
-    def record(start: int, end: int) -> bytes:
-        wanted.add((start, end))
-        return bytes(HASH_SIZE)
 
-    build(record)
-    fetched = _read_pairs(conn, [_to_pair(r) for r in wanted])
+def _fetch_nodes(cursor: Any, pairs: Sequence[_Pair], paramstyle: str) -> dict[_Pair, bytes]:
+    """Hashes of the stored perfect subtrees at ``pairs``, in one fixed-text query."""
+    if not pairs:
+        return {}
+    cursor.execute(_nodes_sql(len(pairs), paramstyle), [n for pair in pairs for n in pair])
+    return {
+        (int(r[0]), int(r[1])): bytes(r[2]) for r in cursor.fetchall() if len(r[2]) == HASH_SIZE
+    }
+
+
+def _root_from_db(cursor: Any, size: int, paramstyle: str) -> bytes:
+    """MTH of the first ``size`` leaves, its O(log n) nodes read in one query on ``cursor``."""
+    plan = [merkle.subtree_chunks(0, size)]
+    return _prove_from(_fetch_nodes(cursor, _plan_pairs(plan), paramstyle), plan)[0]
+
+
+def _prove_from(nodes: dict[_Pair, bytes], plan: merkle.ProofPlan) -> list[bytes]:
+    """Fold ``plan`` over fetched ``nodes``; a node the tree lacks is an Internal error."""
 
     def read(start: int, end: int) -> bytes:
-        digest = fetched.get(_to_pair((start, end)))
+        digest = nodes.get(_to_pair((start, end)))
         if digest is None:
             raise Internal(f"audit log tree has no node for leaves [{start}, {end})")
         return digest
 
-    return build(read)
+    return merkle.prove(read, plan)
