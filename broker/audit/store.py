@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,6 +48,7 @@ from broker.audit import merkle
 from broker.audit.entry import Entry
 from broker.audit.merkle import HASH_SIZE, leaf_hash, node_hash
 from broker.audit.tables import audit_checkpoints, audit_entries, audit_nodes
+from broker.audit.turn import WriteTurn, lock_path
 from broker.errors import Internal, InvalidArgument
 from broker.storage.db import for_writes
 
@@ -190,11 +190,9 @@ class AuditStore:
         # (size, last leaf hash, frontier of that tree) as this store last committed it; one
         # tuple, replaced whole, so threads never see half of it (see the module docstring).
         self._tip: tuple[int, bytes, dict[_Pair, bytes]] | None = None
-        # The writer and the checkpointer of one process take turns here before they ask the
-        # database for its lock. SQLite's busy handler polls by sleeping (1, 2, 5, 10 ms ...),
-        # so two threads racing for its write lock cost the loser milliseconds per collision;
-        # a thread lock hands over at once. Other processes still meet at the database lock.
-        self._write_turn = threading.Lock()
+        # Appends and checkpoints take turns here before they ask the database for its lock:
+        # across threads, and across processes on one SQLite file (see broker.audit.turn).
+        self._write_turn = WriteTurn(lock_path(engine))
 
     @property
     def engine(self) -> sa.Engine:
@@ -202,6 +200,15 @@ class AuditStore:
         return self._engine
 
     # -- writing ------------------------------------------------------------------------
+
+    @property
+    def write_turn(self) -> WriteTurn:
+        """The turn :meth:`append` takes; hold it to call :meth:`append_in_turn` yourself.
+
+        Group commit takes its batch only once it holds the turn, so entries that queue while
+        another process writes ride in the same batch (see :mod:`broker.audit.writer`).
+        """
+        return self._write_turn
 
     def append(
         self, entries: Sequence[Entry], companions: Sequence[Companion] = ()
@@ -212,8 +219,17 @@ class AuditStore:
         """
         if not entries:
             return []
+        with self._write_turn:
+            return self.append_in_turn(entries, companions)
+
+    def append_in_turn(
+        self, entries: Sequence[Entry], companions: Sequence[Companion] = ()
+    ) -> list[Receipt]:
+        """:meth:`append` for a caller that already holds :attr:`write_turn`."""
+        if not entries:
+            return []
         hashes = [leaf_hash(e.data) for e in entries]
-        with self._write_turn, self._writer.connect() as conn:
+        with self._writer.connect() as conn:
             size, known = self._append_in_driver(conn, entries, hashes, companions)
         # Only after the commit: a rolled-back batch must leave no trace in the cache.
         end = size + len(hashes)

@@ -211,15 +211,25 @@ class AuditLog:
         """
         batch: list[_Pending] = []
         try:
-            with self._cond:
-                if self._batch_s:
-                    self._wait_for_batch()
-                count = min(len(self._queue), self._batch_max)
-                batch = [self._queue.popleft() for _ in range(count)]
-            self._commit(batch)
+            # The batch is taken once the turn is held: callers that queue while another
+            # process holds it ride in this batch instead of forming the next one.
+            with self.store.write_turn:
+                with self._cond:
+                    if self._batch_s:
+                        self._wait_for_batch()
+                    count = min(len(self._queue), self._batch_max)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                self._commit(batch)
+        except Exception as exc:  # the turn could not be taken: fail closed like a commit
+            log.exception("audit_append_failed", error=type(exc).__name__, entries=len(batch))
+            if not batch:
+                with self._cond:
+                    self._queue.remove(own)
+                batch = [own]
+            self._fail([p for p in batch if not p.done], exc)
         finally:
             with self._cond:
-                if not batch:  # failed before taking the queue: withdraw, do not pass it on
+                if not batch:  # interrupted before taking the queue: withdraw, do not pass on
                     self._queue.remove(own)
                     batch = [own]
                 if self._queue:
@@ -375,23 +385,27 @@ class AuditLog:
         )
 
     def _commit(self, batch: list[_Pending]) -> None:
-        """Write ``batch`` in one transaction and record each caller's receipt or error."""
+        """Write ``batch`` in one transaction (turn held) and record each receipt or error."""
         try:
-            receipts = self.store.append(
+            receipts = self.store.append_in_turn(
                 [p.entry for p in batch], [c for p in batch for c in p.companions]
             )
         except Exception as exc:  # any failure fails the batch closed
             log.exception("audit_append_failed", error=type(exc).__name__, entries=len(batch))
-            for pending in batch:
-                pending.error = Unavailable(
-                    f"audit log cannot be written: {type(exc).__name__}", log_reason=str(exc)
-                )
-                pending.done = True
+            self._fail(batch, exc)
             return
         for pending, receipt in zip(batch, receipts, strict=True):
             pending.receipt = receipt
             pending.done = True
         self._grew.set()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for pending in batch:
+            pending.error = Unavailable(
+                f"audit log cannot be written: {type(exc).__name__}", log_reason=str(exc)
+            )
+            pending.done = True
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -131,13 +131,13 @@ def test_an_idle_log_commits_in_the_callers_own_thread(
     audit_log: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     committers: list[threading.Thread] = []
-    original = audit_log.store.append
+    original = audit_log.store.append_in_turn
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         committers.append(threading.current_thread())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(audit_log.store, "append", recording)
+    monkeypatch.setattr(audit_log.store, "append_in_turn", recording)
     for _ in range(3):
         audit_log.append(make_intent())
     assert committers == [threading.current_thread()] * 3
@@ -154,7 +154,7 @@ def _wait_until(condition: Any) -> None:
 def _blocked_leader(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """Make the next commit wait for ``release``; ``entered`` is set once it is waiting."""
     entered, release = threading.Event(), threading.Event()
-    original = log.store.append
+    original = log.store.append_in_turn
 
     def blocking(*args: Any, **kwargs: Any) -> Any:
         if not release.is_set():
@@ -162,7 +162,7 @@ def _blocked_leader(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> tuple[Any
             release.wait()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(log.store, "append", blocking)
+    monkeypatch.setattr(log.store, "append_in_turn", blocking)
     return entered, release
 
 
@@ -171,13 +171,13 @@ def test_followers_ride_in_one_batch_behind_the_leader(
 ) -> None:
     entered, release = _blocked_leader(audit_log, monkeypatch)
     batches: list[int] = []
-    blocked = audit_log.store.append
+    blocked = audit_log.store.append_in_turn
 
     def counting(entries: Any, companions: Any = ()) -> Any:
         batches.append(len(entries))
         return blocked(entries, companions)
 
-    monkeypatch.setattr(audit_log.store, "append", counting)
+    monkeypatch.setattr(audit_log.store, "append_in_turn", counting)
     receipts: list[int] = []
     leader = threading.Thread(
         target=lambda: receipts.append(audit_log.append(make_intent()).leaf_index)
