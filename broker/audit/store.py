@@ -48,7 +48,7 @@ from broker.audit import merkle
 from broker.audit.entry import Entry
 from broker.audit.merkle import HASH_SIZE, leaf_hash, node_hash
 from broker.audit.tables import audit_checkpoints, audit_entries, audit_nodes
-from broker.audit.turn import WriteTurn, lock_path
+from broker.audit.turn import WriterConnection, WriteTurn, lock_path
 from broker.errors import Internal, InvalidArgument
 from broker.storage.db import for_writes
 
@@ -67,6 +67,8 @@ _LAST_LEAF_SQL: Final = (
 )
 _SIZE_SQL: Final = "SELECT max(leaf_index) FROM audit_entries"
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
+#: WAL frames (pages) above which ``checkpoint_wal`` makes sure the WAL restarts (~32 MB).
+WAL_RESTART_FRAMES: Final = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,9 @@ class AuditStore:
         self._tip: tuple[int, bytes, dict[_Pair, bytes]] | None = None
         # Appends and checkpoints take turns here before they ask the database for its lock:
         # across threads, and across processes on one SQLite file (see broker.audit.turn).
-        self._write_turn = WriteTurn(lock_path(engine))
+        lock = lock_path(engine)
+        self._write_turn = WriteTurn(lock)
+        self._connection = WriterConnection(engine, keep=lock is not None)
 
     @property
     def engine(self) -> sa.Engine:
@@ -229,8 +233,8 @@ class AuditStore:
         if not entries:
             return []
         hashes = [leaf_hash(e.data) for e in entries]
-        with self._writer.connect() as conn:
-            size, known = self._append_in_driver(conn, entries, hashes, companions)
+        with self._connection.driver() as driver:
+            size, known = self._append_in_driver(driver, entries, hashes, companions)
         # Only after the commit: a rolled-back batch must leave no trace in the cache.
         end = size + len(hashes)
         self._tip = (end, hashes[-1], {pair: known[pair] for pair in frontier_pairs(end)})
@@ -241,7 +245,7 @@ class AuditStore:
 
     def _append_in_driver(
         self,
-        conn: sa.Connection,
+        driver: Any,
         entries: Sequence[Entry],
         hashes: list[bytes],
         companions: Sequence[Companion],
@@ -251,12 +255,10 @@ class AuditStore:
         Every statement here is fixed text with bind parameters, so SQLAlchemy has nothing to
         compile; going around its execution layer (begin hook, execution contexts, result
         objects) halves the CPU of a small batch, which is the common case at low load. The
-        pooled connection still comes from SQLAlchemy, so pre-ping and disposal work as for any
-        store. Driver errors propagate as they are; the caller fails the batch on any error.
+        connection still comes from SQLAlchemy's pool (see ``WriterConnection``). Driver errors
+        propagate as they are; the caller fails the batch on any error.
         """
-        driver: Any = conn.connection.dbapi_connection
-        postgres = conn.dialect.name == "postgresql"
-        paramstyle = conn.dialect.paramstyle
+        postgres, paramstyle = self._postgres, self._paramstyle
         cursor = driver.cursor()
         try:
             if postgres:
@@ -294,6 +296,34 @@ class AuditStore:
         if tip is not None and tip[0] == size and tip[1] == last_hash:
             return size, tip[2]
         return size, _fetch_nodes(cursor, frontier_pairs(size), paramstyle)
+
+    def defer_wal_checkpoints(self, defer: bool = True) -> None:
+        """Take WAL checkpoints off the append path; the caller then runs :meth:`checkpoint_wal`.
+
+        SQLite files only (a no-op elsewhere). See ``WriterConnection.defer_wal_checkpoints``.
+        """
+        with self._write_turn:
+            self._connection.defer_wal_checkpoints(defer)
+
+    def checkpoint_wal(self, max_frames: int = WAL_RESTART_FRAMES) -> None:
+        """Copy committed WAL pages into a SQLite database file, off the append path.
+
+        A passive checkpoint runs beside the appends (it takes no write lock), so its copying
+        and fsyncs no longer stall a batch. SQLite only restarts the WAL from its beginning
+        when a write finds every frame copied, which a checkpoint racing the appends rarely
+        leaves behind; so once more than ``max_frames`` remain in the WAL, a second passive
+        checkpoint runs holding the write turn (it has only the frames written meanwhile to
+        copy) and the next append restarts the WAL. No-op on PostgreSQL and in-memory SQLite.
+        """
+        if self._write_turn.path is None:
+            return
+        with self._cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _busy, frames, _copied = cursor.fetchone()
+            if frames > max_frames:
+                with self._write_turn:
+                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    cursor.fetchall()
 
     def _lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":

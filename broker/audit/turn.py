@@ -20,17 +20,20 @@ is all the turn adds; the advisory lock stays the integrator lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 
 LOCK_SUFFIX: Final = "-audit-lock"
+_SQLITE_AUTOCHECKPOINT: Final = 1000  # pages: SQLite's default
 
 
 def lock_path(engine: sa.Engine) -> Path | None:
@@ -99,3 +102,68 @@ class WriteTurn:
             self._closer = weakref.finalize(self, os.close, self._fd)
             self._pid = os.getpid()
         return self._fd
+
+
+class WriterConnection:
+    """The driver connection appends are written on, lent out under the write turn.
+
+    PostgreSQL (and in-memory SQLite): a pooled connection per batch, so pre-ping replaces a
+    connection a failover dropped. A SQLite file: one connection taken out of the pool and
+    kept, because only the turn's holder uses it: no pool checkout per batch, and its WAL
+    auto-checkpoint can be switched off on it alone while someone else checkpoints (see
+    :meth:`defer_wal_checkpoints`). It is discarded after any failed batch and reopened in a
+    forked child (SQLite connections must not cross ``fork``).
+    """
+
+    def __init__(self, engine: sa.Engine, *, keep: bool) -> None:
+        self._engine = engine
+        self._keep = keep
+        self._kept: Any = None  # the kept DBAPI connection, detached from the pool
+        self._pid = 0
+        self._closer: weakref.finalize[[], WriterConnection] | None = None
+        self._autocheckpoint = _SQLITE_AUTOCHECKPOINT
+
+    @contextlib.contextmanager
+    def driver(self) -> Iterator[Any]:
+        """The DBAPI connection for one batch; the caller commits or rolls back."""
+        if not self._keep:
+            pooled = self._engine.raw_connection()
+            try:
+                yield pooled.driver_connection
+            finally:
+                pooled.close()
+            return
+        if self._kept is None or self._pid != os.getpid():
+            self._open()
+        try:
+            yield self._kept
+        except BaseException:
+            self._discard()
+            raise
+
+    def defer_wal_checkpoints(self, defer: bool) -> None:
+        """Stop (or resume) checkpointing the WAL in the committing thread (SQLite file only).
+
+        SQLite checkpoints the WAL in the connection whose commit crossed 1000 pages: it copies
+        them to the database file and fsyncs both files, which doubled the wall time of a
+        batch at 10^6 entries. A caller that defers takes the duty on (``AuditStore.
+        checkpoint_wal`` from the log's checkpointer thread); commits stay exactly as durable.
+        """
+        self._autocheckpoint = 0 if defer else _SQLITE_AUTOCHECKPOINT
+        if self._kept is not None and self._pid == os.getpid():
+            self._kept.execute(f"PRAGMA wal_autocheckpoint={self._autocheckpoint}")
+
+    def _open(self) -> None:
+        if self._closer is not None:
+            self._closer.detach()  # a forked child's copy: left alone, never used
+        pooled = self._engine.raw_connection()
+        kept: Any = pooled.dbapi_connection
+        pooled.detach()  # ours now; the pool opens another when it needs one
+        kept.execute(f"PRAGMA wal_autocheckpoint={self._autocheckpoint}")
+        self._kept, self._pid = kept, os.getpid()
+        self._closer = weakref.finalize(self, kept.close)
+
+    def _discard(self) -> None:
+        if self._closer is not None:
+            self._closer()
+        self._kept, self._closer = None, None

@@ -28,7 +28,9 @@ still queued it is withdrawn, so it never commits behind the caller's back.
 
 The checkpointer thread signs a new checkpoint after the tree grows: woken by each commit of this
 process (and polling for growth by other replicas), it signs at most every ``checkpoint_gap``
-seconds, so a grown tree has a signed head well within one second.
+seconds, so a grown tree has a signed head well within one second. On a SQLite file it also
+checkpoints the WAL (``AuditStore.checkpoint_wal``), which SQLite would otherwise do inside
+every thousandth page's commit, fsyncs included, while that batch's callers wait.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class AuditLog:
                 return
             self._running, self._closing = True, False
         self._stop.clear()
+        self.store.defer_wal_checkpoints()  # the checkpointer thread runs them instead
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="audit-checkpoint", daemon=True
         )
@@ -162,6 +165,8 @@ class AuditLog:
             self._running = False
         try:
             self.checkpoint_now()
+            self.store.defer_wal_checkpoints(False)
+            self.store.checkpoint_wal()
         except Exception as exc:  # shutdown must finish; logged
             log.exception("audit_checkpoint_failed", error=type(exc).__name__)
 
@@ -423,6 +428,7 @@ class AuditLog:
             self._grew.clear()
             try:
                 self.checkpoint_now()
+                self.store.checkpoint_wal()
             except Exception as exc:  # retried next round; logged
                 log.exception("audit_checkpoint_failed", error=type(exc).__name__)
             self._stop.wait(self._gap)

@@ -147,3 +147,38 @@ def test_no_lock_file_for_postgres_or_memory() -> None:
         engine = sa.create_engine(url.replace("postgresql:", "postgresql+psycopg:"))
         assert lock_path(engine) is None
         engine.dispose()
+
+
+def _wal_frames(engine: sa.Engine) -> int:
+    """Frames in the WAL, as a passive checkpoint reports them (after copying them)."""
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()[1])
+
+
+def _wal_file_frames(database: Path) -> int:
+    """How far the WAL file ever reached, in frames (the file is reused, never shrunk)."""
+    wal = database.with_name(database.name + "-wal")
+    return (wal.stat().st_size - 32) // (4096 + 24)
+
+
+def test_deferred_wal_checkpoints_leave_the_append_path(sqlite_file: str) -> None:
+    engine = create_engine_for(sqlite_file)
+    database = Path(engine.url.database or "")
+    try:
+        store = AuditStore(engine)
+        store.defer_wal_checkpoints()
+        for _ in range(400):  # SQLite would restart the WAL after 1000 pages on its own
+            store.append([make_intent() for _ in range(20)])
+            if _wal_file_frames(database) > 1500:
+                break
+        assert _wal_file_frames(database) > 1500
+        store.checkpoint_wal(max_frames=0)  # copies all; the next append restarts the WAL
+        store.append([make_intent()])
+        assert _wal_frames(engine) < 100
+        store.defer_wal_checkpoints(False)  # SQLite checkpoints in the commit again
+        for _ in range(150):  # thousands of pages
+            store.append([make_intent() for _ in range(20)])
+        assert _wal_frames(engine) < 1100
+        assert store.root(store.size()) == _tree(engine).root()
+    finally:
+        engine.dispose()
