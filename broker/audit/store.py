@@ -262,22 +262,29 @@ class AuditStore:
         cursor = driver.cursor()
         try:
             if postgres:
-                cursor.execute(_LOCK_PG_SQL, (INTEGRATOR_LOCK_ID,))
+                # One round trip: the lock, then (a statement of its own, so its snapshot is
+                # taken once the lock is held) the last leaf.
+                locking = driver.cursor()
+                with driver.pipeline():
+                    locking.execute(_LOCK_PG_SQL, (INTEGRATOR_LOCK_ID,))
+                    cursor.execute(_LAST_LEAF_SQL)
+                locking.close()
             else:
                 cursor.execute("BEGIN IMMEDIATE")  # the connection runs in driver autocommit
-            size, frontier = self._frontier(cursor, paramstyle)
+                cursor.execute(_LAST_LEAF_SQL)
+            size, frontier = self._frontier(cursor, cursor.fetchone(), paramstyle)
             nodes, known = _integrate(size, hashes, frontier)
-            cursor.executemany(
-                _insert_sql(audit_entries, paramstyle),
-                [
-                    _entry_values(size + i, e, h)
-                    for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
-                ],
-            )
-            cursor.executemany(_insert_sql(audit_nodes, paramstyle), nodes)
-            for table, rows in _group(companions):
-                cursor.executemany(_insert_sql(table, paramstyle), rows)
-            driver.commit()
+            rows = [
+                _entry_values(size + i, e, h)
+                for i, (e, h) in enumerate(zip(entries, hashes, strict=True))
+            ]
+            # PostgreSQL: the inserts and the COMMIT go in one pipeline, one round trip.
+            with driver.pipeline() if postgres else contextlib.nullcontext():
+                cursor.executemany(_insert_sql(audit_entries, paramstyle), rows)
+                cursor.executemany(_insert_sql(audit_nodes, paramstyle), nodes)
+                for table, companion_rows in _group(companions):
+                    cursor.executemany(_insert_sql(table, paramstyle), companion_rows)
+                driver.commit()
         except BaseException:
             driver.rollback()
             raise
@@ -285,10 +292,14 @@ class AuditStore:
             cursor.close()
         return size, known
 
-    def _frontier(self, cursor: Any, paramstyle: str) -> tuple[int, dict[_Pair, bytes]]:
-        """The tree's size and frontier, read under the lock; cached nodes if still the tip."""
-        cursor.execute(_LAST_LEAF_SQL)
-        last = cursor.fetchone()
+    def _frontier(
+        self, cursor: Any, last: Sequence[Any] | None, paramstyle: str
+    ) -> tuple[int, dict[_Pair, bytes]]:
+        """The tree's size and frontier from its ``last`` leaf row, read under the lock.
+
+        The frontier is the cached one if the database still ends at the leaf this store
+        wrote last, else read with one query on ``cursor``.
+        """
         if last is None:
             return 0, {}
         size, last_hash = int(last[0]) + 1, bytes(last[1])
