@@ -10,10 +10,18 @@ memory, so replicas interleave their batches safely. Rows are therefore born wit
 their tree nodes, nothing is ever updated, and a crash leaves either the whole batch or none of
 it. The price, one integrator at a time, is paid per batch, not per entry (group commit).
 
+Before it asks the database, a writer takes the store's *write turn* (:mod:`broker.audit.turn`):
+a thread lock and, on a SQLite file, an ``flock`` shared by every broker process on that file,
+which hands over at once where SQLite's busy handler would sleep milliseconds. The turn only
+orders writers; the indices still come from the database under its lock.
+
 What an append costs is kept to the round trips that the design needs (lock, read the last leaf,
-two inserts, commit), spoken to the driver directly as fixed text with bind parameters: building,
-cache-keying and executing SQLAlchemy expressions cost more CPU than the database work they
-describe, and the append runs once or twice per model call. The
+two inserts, commit; on PostgreSQL two pipelines, one round trip each), spoken to the driver
+directly as fixed text with bind parameters: building, cache-keying and executing SQLAlchemy
+expressions cost more CPU than the database work they describe, and the append runs twice per
+model call. On a SQLite file the writer keeps one connection of its own, on which the WAL
+checkpoints that SQLite would run inside a commit can be deferred to a background thread
+(:meth:`AuditStore.defer_wal_checkpoints`, :meth:`AuditStore.checkpoint_wal`). The
 old nodes a batch hashes against (the *frontier*, O(log n) perfect subtrees) are read in one
 query, or not at all when this store wrote the last batch: after each commit the store keeps the
 frontier of the tree it left, tagged with that tree's size and last leaf hash, and reuses it only
