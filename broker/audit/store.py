@@ -528,13 +528,41 @@ def _plan_pairs(plan: Iterable[Sequence[_Range]]) -> list[_Pair]:
 
 
 def _fetch_nodes(cursor: Any, pairs: Sequence[_Pair], paramstyle: str) -> dict[_Pair, bytes]:
-    """Hashes of the stored perfect subtrees at ``pairs``, in one fixed-text query."""
+    """Hashes of the stored perfect subtrees at ``pairs``, in one query.
+
+    Up to ``_MAX_FIXED_NODES`` (any single proof or root) the text is fixed per count; beyond
+    (many proofs at once, as exports ask) one branch per tree level with an IN list, which
+    stays within SQLite's 500 UNION terms at any count.
+    """
     if not pairs:
         return {}
-    cursor.execute(_nodes_sql(len(pairs), paramstyle), [n for pair in pairs for n in pair])
+    if len(pairs) <= _MAX_FIXED_NODES:
+        cursor.execute(_nodes_sql(len(pairs), paramstyle), [n for pair in pairs for n in pair])
+    else:
+        cursor.execute(*_nodes_by_level(pairs, paramstyle))
     return {
         (int(r[0]), int(r[1])): bytes(r[2]) for r in cursor.fetchall() if len(r[2]) == HASH_SIZE
     }
+
+
+_MAX_FIXED_NODES: Final = 2 * 64  # no proof in a tree of 2**64 leaves reads more
+
+
+def _nodes_by_level(pairs: Sequence[_Pair], paramstyle: str) -> tuple[str, list[int]]:
+    """Driver text and parameters reading ``pairs`` with one IN list per tree level."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    by_level: dict[int, list[int]] = {}
+    for level, index in pairs:
+        by_level.setdefault(level, []).append(index)
+    branches, params = [], []
+    for level, indices in sorted(by_level.items()):
+        marks = ", ".join([mark] * len(indices))
+        branches.append(
+            f"SELECT level, node_index, hash FROM audit_nodes "  # noqa: S608 - marks only
+            f"WHERE level = {mark} AND node_index IN ({marks})"
+        )
+        params += [level, *indices]
+    return " UNION ALL ".join(branches), params
 
 
 def _root_from_db(cursor: Any, size: int, paramstyle: str) -> bytes:

@@ -220,13 +220,14 @@ class AuditLog:
         """
         batch: list[_Pending] = []
         try:
+            if self._batch_s:  # the configured window, before the turn: others write meanwhile
+                with self._cond:
+                    self._wait_for_batch()
             # The batch is taken once the turn is held: callers that queue while another
             # process holds it ride in this batch instead of forming the next one.
             with self.store.write_turn:
                 self._let_callers_return()
                 with self._cond:
-                    if self._batch_s:
-                        self._wait_for_batch()
                     count = min(len(self._queue), self._batch_max)
                     batch = [self._queue.popleft() for _ in range(count)]
                     self._last_batch = count
