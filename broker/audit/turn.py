@@ -12,6 +12,10 @@ over at once:
   several broker processes on one node (``broker serve`` with worker processes): the kernel
   wakes the next process the moment the holder unlocks.
 
+The kernel drops a dead process's ``flock``, but a *stopped* holder (SIGSTOP, a debugger)
+keeps it, and ``flock`` has no timeout: the next leader then waits with it, while its
+followers still fail closed after the log's ``append_timeout``.
+
 The turn only orders writers; correctness never rests on it. Indices are still read from the
 database under its own lock, so a process (or an old broker) that appends without the turn is
 only slower, never wrong. PostgreSQL replicas live on several hosts, so there the thread lock
