@@ -512,12 +512,18 @@ def _nodes_sql(count: int, paramstyle: str) -> str:
     in the driver's cache (sqlite3's statement cache, psycopg's automatic prepare): no
     expression building, no planning per proof. ``level = ? AND node_index = ?`` branches are
     UNION ALL-ed, each a primary-key lookup on both engines (SQLite does not use the index for
-    a row-value IN list).
+    a row-value IN list). On PostgreSQL (``%s`` marks) each branch also says ``LIMIT 1``, which
+    the key implies: without it, a table not yet analyzed (a log just restored or bulk-loaded)
+    looked costly enough for a parallel plan, whose workers took 7-9 ms to start per proof.
     """
-    mark = "?" if paramstyle == "qmark" else "%s"
+    if paramstyle == "qmark":
+        return " UNION ALL ".join(
+            ["SELECT level, node_index, hash FROM audit_nodes WHERE level = ? AND node_index = ?"]
+            * count
+        )
     branch = (
-        f"SELECT level, node_index, hash FROM audit_nodes "  # noqa: S608 - fixed text
-        f"WHERE level = {mark} AND node_index = {mark}"
+        "(SELECT level, node_index, hash FROM audit_nodes"
+        " WHERE level = %s AND node_index = %s LIMIT 1)"
     )
     return " UNION ALL ".join([branch] * count)
 
