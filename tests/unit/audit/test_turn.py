@@ -1,4 +1,4 @@
-"""Several broker processes on one SQLite file: the write turn crosses processes.
+"""The write turn and the writer's connection: several processes on one SQLite file, WAL deferral.
 
 ``broker serve`` may run worker processes on one node, each with its own ``AuditStore`` on the
 same database file. They take turns through ``flock`` on a lock file beside the database, and
