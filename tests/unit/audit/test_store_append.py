@@ -23,14 +23,14 @@ def _node_reads(engine: sa.Engine, fn: object) -> int:
     node-reading statements it asks for; each one is executed once.
     """
     calls: list[int] = []
-    original = store_module._frontier_sql
+    original = store_module._nodes_sql
 
     def counting(count: int, paramstyle: str) -> str:
         calls.append(count)
         return original(count, paramstyle)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_frontier_sql", counting)
+        patch.setattr(store_module, "_nodes_sql", counting)
         assert callable(fn)
         fn()
     return len(calls)
@@ -128,13 +128,13 @@ def test_checkpoints_sign_the_right_root_from_the_kept_frontier_or_the_database(
 ) -> None:
     other = create_engine_for(engine.url.render_as_string(hide_password=False))
     from_database: list[int] = []
-    original = store_module._prove
+    original = store_module._root_from_db
 
-    def counting(conn: sa.Connection, build: Any) -> Any:
+    def counting(cursor: Any, size: int, paramstyle: str) -> bytes:
         from_database.append(1)
-        return original(conn, build)
+        return original(cursor, size, paramstyle)
 
-    monkeypatch.setattr(store_module, "_prove", counting)
+    monkeypatch.setattr(store_module, "_root_from_db", counting)
     try:
         mine, theirs = AuditStore(engine), AuditStore(other)
         signed: list[tuple[int, bytes]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -124,3 +125,121 @@ def test_constructor_checks(engine: sa.Engine, keys: TenantKeys) -> None:
         AuditLog(
             engine, signer=Signer.generate(ORIGIN), origin=ORIGIN, tenant_keys=keys, batch_max=0
         )
+
+
+def test_an_idle_log_commits_in_the_callers_own_thread(
+    audit_log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committers: list[threading.Thread] = []
+    original = audit_log.store.append_in_turn
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        committers.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(audit_log.store, "append_in_turn", recording)
+    for _ in range(3):
+        audit_log.append(make_intent())
+    assert committers == [threading.current_thread()] * 3
+
+
+def _wait_until(condition: Any) -> None:
+    """Poll ``condition`` (a safety bound keeps a broken writer from hanging the suite)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.001)
+
+
+def _blocked_leader(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """Make the next commit wait for ``release``; ``entered`` is set once it is waiting."""
+    entered, release = threading.Event(), threading.Event()
+    original = log.store.append_in_turn
+
+    def blocking(*args: Any, **kwargs: Any) -> Any:
+        if not release.is_set():
+            entered.set()
+            release.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(log.store, "append_in_turn", blocking)
+    return entered, release
+
+
+def test_followers_ride_in_one_batch_behind_the_leader(
+    audit_log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = _blocked_leader(audit_log, monkeypatch)
+    batches: list[int] = []
+    blocked = audit_log.store.append_in_turn
+
+    def counting(entries: Any, companions: Any = ()) -> Any:
+        batches.append(len(entries))
+        return blocked(entries, companions)
+
+    monkeypatch.setattr(audit_log.store, "append_in_turn", counting)
+    receipts: list[int] = []
+    leader = threading.Thread(
+        target=lambda: receipts.append(audit_log.append(make_intent()).leaf_index)
+    )
+    leader.start()
+    assert entered.wait(5)
+    followers = [
+        threading.Thread(target=lambda: receipts.append(audit_log.append(make_intent()).leaf_index))
+        for _ in range(5)
+    ]
+    for t in followers:
+        t.start()
+    _wait_until(lambda: len(audit_log._queue) == 5)  # all queued behind the blocked leader
+    release.set()
+    for t in [leader, *followers]:
+        t.join()
+    assert sorted(receipts) == list(range(6))
+    assert batches == [1, 5]  # the leader's own entry, then every follower at once
+
+
+def test_a_caller_that_times_out_while_queued_is_withdrawn(
+    engine: sa.Engine, signer: Signer, keys: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(engine, signer=signer, origin=ORIGIN, tenant_keys=keys, append_timeout=0.2)
+    log.start()
+    try:
+        entered, release = _blocked_leader(log, monkeypatch)
+        leader = threading.Thread(target=lambda: log.append(make_intent(call_id="first")))
+        leader.start()
+        assert entered.wait(5)
+        with pytest.raises(Unavailable, match="timed out"):
+            log.append(make_intent(call_id="withdrawn"))
+        release.set()
+        leader.join()
+        log.append(make_intent(call_id="last"))
+    finally:
+        log.close()
+    with engine.connect() as conn:
+        calls = conn.execute(sa.text("SELECT call_id FROM audit_entries ORDER BY leaf_index"))
+        assert [c for (c,) in calls] == ["first", "last"]
+
+
+def test_close_waits_for_queued_appends(
+    audit_log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = _blocked_leader(audit_log, monkeypatch)
+    receipts: list[int] = []
+    callers = [
+        threading.Thread(target=lambda: receipts.append(audit_log.append(make_intent()).leaf_index))
+        for _ in range(3)
+    ]
+    callers[0].start()
+    assert entered.wait(5)
+    for t in callers[1:]:
+        t.start()
+    _wait_until(lambda: len(audit_log._queue) == 2)
+    closer = threading.Thread(target=audit_log.close)
+    closer.start()
+    release.set()
+    closer.join()
+    for t in callers:
+        t.join()
+    assert sorted(receipts) == [0, 1, 2]
+    with pytest.raises(Unavailable):
+        audit_log.append(make_intent())
