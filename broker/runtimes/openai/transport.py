@@ -13,14 +13,22 @@ records the sockets that call used. ``CallGuard.abort`` shuts those sockets down
 the runtime then reports the abort's reason (cancelled, or deadline) instead of a network error.
 A guard that has finished ignores ``abort``, so a late canceller can never touch a pooled
 connection that another call has taken over since.
+
+Deadlines are watched by one ``DeadlineWatcher`` thread for every call, not by a
+``threading.Timer`` per call: ``Timer.start`` creates a thread and waits until it runs, which
+cost 0.04 ms on a quiet machine and up to several ms on a busy one, all of it on the path of a
+streamed call's first chunk. Arming the shared watcher is a heap push under a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import ssl
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from enum import Enum
@@ -69,6 +77,65 @@ class CallGuard:
         if aborted:
             _shutdown(stream)
             raise httpcore.ReadError("call abandoned")
+
+
+class Watch:
+    """One armed deadline; ``cancel`` disarms it (idempotent, any thread)."""
+
+    __slots__ = ("cancelled", "guard")
+
+    def __init__(self, guard: CallGuard) -> None:
+        self.guard = guard
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Disarm: the guard will not be aborted for this deadline."""
+        self.cancelled = True
+
+
+class DeadlineWatcher:
+    """Aborts guards whose deadline passed, from one daemon thread started on first use.
+
+    A disarmed watch stays in the heap until its time comes (then it is dropped unseen), so
+    ``cancel`` costs nothing; the heap holds at most the calls started within the longest
+    deadline, a few entries each.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, guard: CallGuard, timeout: float) -> Watch:
+        """Abort ``guard`` with ``AbortReason.DEADLINE`` in ``timeout`` seconds unless cancelled."""
+        entry = Watch(guard)
+        due = time.monotonic() + timeout
+        with self._cond:
+            earliest = self._heap[0][0] if self._heap else None
+            heapq.heappush(self._heap, (due, next(self._order), entry))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="openai-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif earliest is None or due < earliest:
+                self._cond.notify()
+        return entry
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                due, _, entry = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            if not entry.cancelled:
+                entry.guard.abort(AbortReason.DEADLINE)
 
 
 _current = threading.local()
