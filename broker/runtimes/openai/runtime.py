@@ -70,6 +70,9 @@ _log = get_logger(__name__)
 SecretLookup = Callable[[ModelVersion], "str | None"]
 """Returns the vendor API key for a model (None: the endpoint needs none). Never logged."""
 
+_DEADLINES = DeadlineWatcher()
+"""One watcher thread for every runtime instance in the process (started on first use)."""
+
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -102,7 +105,6 @@ class OpenAIRuntime:
         self._lock = threading.Lock()
         self._clients: dict[_PoolKey, httpx.Client] = {}
         self._closed = False
-        self._deadlines = DeadlineWatcher()
 
     def invoke(
         self,
@@ -268,7 +270,7 @@ class OpenAIRuntime:
         if timeout <= 0:
             raise DeadlineExceeded("no time left to call the model")
         guard = CallGuard()
-        timer = self._deadlines.watch(guard, timeout)
+        timer = _DEADLINES.watch(guard, timeout)
         if on_cancel is not None:
             on_cancel(lambda: guard.abort(AbortReason.CANCELLED))
         return guard, timer

@@ -82,34 +82,39 @@ class CallGuard:
 class Watch:
     """One armed deadline; ``cancel`` disarms it (idempotent, any thread)."""
 
-    __slots__ = ("cancelled", "guard")
+    __slots__ = ("_watcher", "cancelled", "guard")
 
-    def __init__(self, guard: CallGuard) -> None:
-        self.guard = guard
+    def __init__(self, watcher: DeadlineWatcher, guard: CallGuard) -> None:
+        self._watcher = watcher
+        self.guard: CallGuard | None = guard
         self.cancelled = False
 
     def cancel(self) -> None:
         """Disarm: the guard will not be aborted for this deadline."""
-        self.cancelled = True
+        self._watcher._disarm(self)
 
 
 class DeadlineWatcher:
     """Aborts guards whose deadline passed, from one daemon thread started on first use.
 
-    A disarmed watch stays in the heap until its time comes (then it is dropped unseen), so
-    ``cancel`` costs nothing; the heap holds at most the calls started within the longest
-    deadline, a few entries each.
+    A disarmed watch is only marked (and lets go of its guard); it leaves the heap when its
+    time comes or when disarmed watches make up more than half of the heap, which is then
+    rebuilt without them. So a buyer's long deadline cannot make finished calls pile up:
+    the heap holds at most about twice the calls in flight.
     """
+
+    _COMPACT_AT = 64  # disarmed watches tolerated before a rebuild is considered
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, Watch]] = []
+        self._disarmed = 0
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
     def watch(self, guard: CallGuard, timeout: float) -> Watch:
         """Abort ``guard`` with ``AbortReason.DEADLINE`` in ``timeout`` seconds unless cancelled."""
-        entry = Watch(guard)
+        entry = Watch(self, guard)
         due = time.monotonic() + timeout
         with self._cond:
             earliest = self._heap[0][0] if self._heap else None
@@ -123,6 +128,24 @@ class DeadlineWatcher:
                 self._cond.notify()
         return entry
 
+    @property
+    def pending(self) -> int:
+        """Watches still in the heap, disarmed ones included (for tests and metrics)."""
+        with self._cond:
+            return len(self._heap)
+
+    def _disarm(self, entry: Watch) -> None:
+        with self._cond:
+            if entry.cancelled:
+                return
+            entry.cancelled = True
+            entry.guard = None
+            self._disarmed += 1
+            if self._disarmed > self._COMPACT_AT and 2 * self._disarmed > len(self._heap):
+                self._heap = [item for item in self._heap if not item[2].cancelled]
+                heapq.heapify(self._heap)
+                self._disarmed = 0
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -134,8 +157,12 @@ class DeadlineWatcher:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            if not entry.cancelled:
-                entry.guard.abort(AbortReason.DEADLINE)
+                if entry.cancelled:
+                    self._disarmed -= 1
+                    continue
+                guard = entry.guard
+            if guard is not None:
+                guard.abort(AbortReason.DEADLINE)
 
 
 _current = threading.local()

@@ -55,3 +55,21 @@ def test_a_finished_call_is_not_touched_by_its_deadline() -> None:
     watcher.watch(witness, 0.05)
     assert _wait_aborted(witness) is AbortReason.DEADLINE
     assert finished.reason is None
+
+
+def test_disarmed_watches_do_not_pile_up_behind_long_deadlines() -> None:
+    """A buyer may set a deadline of hours: finished calls must not keep their entries."""
+    watcher = DeadlineWatcher()
+    live = [watcher.watch(CallGuard(), 3600) for _ in range(10)]
+    for _ in range(1000):
+        watcher.watch(CallGuard(), 3600).cancel()
+    assert watcher.pending <= 2 * (len(live) + 64) + 1
+    assert all(entry.guard is not None and not entry.cancelled for entry in live)
+
+
+def test_cancel_is_idempotent_and_lets_go_of_the_guard() -> None:
+    watcher = DeadlineWatcher()
+    entry = watcher.watch(CallGuard(), 3600)
+    entry.cancel()
+    entry.cancel()
+    assert entry.cancelled and entry.guard is None
