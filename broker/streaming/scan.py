@@ -181,7 +181,7 @@ class StreamingScanner:
     def _last_word_break(buf: str, boundary: int, *, at_start: bool) -> int:
         """The last word or hard break (rules 2 and 3 of the module docstring) after
         ``boundary``, or ``boundary``."""
-        limit = _unclosed_key_block(buf, boundary)
+        limit = _unclosed_key_block(buf)
         found = boundary
         # A plain word is shorter than the window, so only its last stretch is worth searching.
         # Position 0 is a word start only at the very start of the answer, not of a window.
@@ -195,15 +195,17 @@ class StreamingScanner:
         return found
 
 
-def _unclosed_key_block(buf: str, boundary: int) -> int:
-    """Where the first private key block after ``boundary`` without a complete END line starts.
+def _unclosed_key_block(buf: str) -> int:
+    """Where the first private key block in the window without a complete END line starts.
 
     ``len(buf)`` when there is none. A block's body may hold any break, and it is one entity
     up to its END line, so nothing after its BEGIN line may go out before that line is whole: an
     END line that has only partly arrived (``-----END RSA PRI``) does not close it. A BEGIN
-    line that is still arriving holds no break, so it is held without help.
+    line that is still arriving holds no break, so it is held without help. The released
+    context is searched too: a block whose start was released (only past ``max_hold``) keeps
+    everything after it to the hold window, as before.
     """
-    for begin in _PEM_BEGIN_LINE.finditer(buf, boundary):
+    for begin in _PEM_BEGIN_LINE.finditer(buf):
         if _PEM_END_LINE.search(buf, begin.end()) is None:
             return begin.start()
     return len(buf)
