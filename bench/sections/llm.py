@@ -4,8 +4,11 @@ The same run starts the real llama.cpp OpenAI-compatible server with SmolLM2-135
 ``.venv-llm`` and a broker in process (SQLite, default policy, a development issuer), then asks
 the same short chat question both ways, alternating: streamed straight from the server over
 HTTP, and through ``Broker/InvokeStream``. Both sides are timed the same way, from sending the
-request, and each reader stops at its first answer text (the broker then cancels the vendor
-request, as a direct reader closing the connection does):
+request, and each reader reads its answer to the end (``max_tokens`` 16) before the next call
+starts, so every call finds the server idle. (Until 2026-12-07 each reader left at its first
+text. llama.cpp's server then goes on generating until it notices, so the next call waited
+for a previous answer's tail, a wait that building a client per call on the direct side
+partly hid.) The figures:
 
 - **first text**: the first chunk whose ``delta.content`` is not empty (a chunk with only a
   ``role`` does not count, on either side). This is the headline figure.
@@ -21,9 +24,8 @@ request, as a direct reader closing the connection does):
 
 The direct client is one ``httpx.Client`` made before the clock starts, as the broker's pooled
 one is: building a client loads the CA bundle (about 20 ms), which is setup, not latency.
-(Until 2026-12-07 the direct side built a client per call, which made it look ~20 ms slower.)
-Each call still opens its own connection on both sides, since the abandoned stream's
-connection is not reusable.
+(Until 2026-12-07 the direct side built a client per call, 10-20 ms inside the timed span.)
+Read to the end, a stream leaves its keep-alive connection for the next call, on both sides.
 """
 
 from __future__ import annotations
@@ -127,19 +129,22 @@ def _direct_first_chunk(client: Any, base: str) -> _Times:
         ]
     )
     body = _chat() | {"stream": True}
-    chunk = text = None
+    chunk = text = released = None
     started = time.perf_counter()
     with client.stream("POST", f"{base}/chat/completions", json=body) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
+        for line in response.iter_lines():  # to the end: see the module docstring
+            if released is None and line.startswith("data: ") and line != "data: [DONE]":
                 now = time.perf_counter() - started
                 chunk = now if chunk is None else chunk
                 content = _content(json.loads(line[6:]))
                 if content:
                     text = now if text is None else text
-                    if pipeline.feed(content):
-                        return _Times(chunk, text, now)
-    raise RuntimeError("the server streamed no text the broker's rule could release")
+                    released = now if pipeline.feed(content) else None
+        if released is None and pipeline.finish():
+            released = time.perf_counter() - started
+    if chunk is None or text is None or released is None:
+        raise RuntimeError("the server streamed no text")
+    return _Times(chunk, text, released)
 
 
 def _no_tokens(_tokens: Collection[str]) -> Mapping[str, str]:
@@ -148,19 +153,16 @@ def _no_tokens(_tokens: Collection[str]) -> Mapping[str, str]:
 
 
 def _broker_first_chunk(stub: Any, request: Any, metadata: Any) -> _Times:
-    chunk = None
+    chunk = text = None
     started = time.perf_counter()
-    call = stub.InvokeStream(request, timeout=60, metadata=metadata)
-    try:
-        for message in call:
-            if message.WhichOneof("part") == "delta":
-                now = time.perf_counter() - started
-                chunk = now if chunk is None else chunk
-                if _content(orjson.loads(message.delta)):
-                    return _Times(chunk, now, now)
-    finally:
-        call.cancel()
-    raise RuntimeError("the broker streamed no text")
+    for message in stub.InvokeStream(request, timeout=60, metadata=metadata):  # to the end
+        if text is None and message.WhichOneof("part") == "delta":
+            now = time.perf_counter() - started
+            chunk = now if chunk is None else chunk
+            text = now if _content(orjson.loads(message.delta)) else None
+    if chunk is None or text is None:
+        raise RuntimeError("the broker streamed no text")
+    return _Times(chunk, text, text)
 
 
 def run(settings: Settings) -> list[Figure]:
