@@ -3,10 +3,29 @@
 The same run starts the real llama.cpp OpenAI-compatible server with SmolLM2-135M-Instruct from
 ``.venv-llm`` and a broker in process (SQLite, default policy, a development issuer), then asks
 the same short chat question both ways, alternating: streamed straight from the server over
-HTTP, and through ``Broker/InvokeStream``. The figure is the time from sending the request to
-the first chunk that carries answer text. The gap is what the broker adds before the first
-token: policy decisions (both directions, cached after the first call), the audit intent, and
-at most the streaming pipeline's hold-back, which for prose is one word.
+HTTP, and through ``Broker/InvokeStream``. Both sides are timed the same way, from sending the
+request, and each reader reads its answer to the end (``max_tokens`` 16) before the next call
+starts, so every call finds the server idle. (Until 2026-12-07 each reader left at its first
+text. llama.cpp's server then goes on generating until it notices, so the next call waited
+for a previous answer's tail, a wait that building a client per call on the direct side
+partly hid.) The figures:
+
+- **first text**: the first chunk whose ``delta.content`` is not empty (a chunk with only a
+  ``role`` does not count, on either side). This is the headline figure.
+- **first chunk**: the first chunk of any kind (llama.cpp sends a ``role`` delta with the first
+  token). What the broker adds here is its own work before the vendor's first chunk (auth,
+  resolve, policy both ways, vault and audit intent, the vendor connection), with no hold-back.
+- **direct, released as the broker must**: the direct stream's text fed, as it arrives, through
+  the same answer-side pipeline the broker runs (``StreamingScanner`` with the default
+  detectors, then ``StreamingRestorer``); the time of its first non-empty release. No policy
+  enforcement that gives the same answer as the non-streamed one can release text earlier
+  (``broker/streaming/README.md``), so this is the floor for the broker's first text, and
+  broker minus floor is what the broker itself adds.
+
+The direct client is one ``httpx.Client`` made before the clock starts, as the broker's pooled
+one is: building a client loads the CA bundle (about 20 ms), which is setup, not latency.
+(Until 2026-12-07 the direct side built a client per call, 10-20 ms inside the timed span.)
+Read to the end, a stream leaves its keep-alive connection for the next call, on both sides.
 """
 
 from __future__ import annotations
@@ -18,8 +37,9 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -80,32 +100,69 @@ def _start_llama(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise NotAvailable("the llama.cpp server did not start")
 
 
-def _direct_first_chunk(base: str) -> float:
-    import httpx  # noqa: PLC0415 - the broker's dependency, imported with the section
+class _Times(NamedTuple):
+    """Seconds from sending the request to the first chunk, first text, first releasable text."""
 
+    chunk: float
+    text: float
+    released: float
+
+
+def _content(chunk: dict[str, Any]) -> str:
+    """The text of a chunk's deltas (every choice), "" for a role-only or empty chunk."""
+    choices = chunk.get("choices")
+    return "".join(
+        c.get("delta", {}).get("content") or ""
+        for c in (choices if isinstance(choices, list) else [])
+        if isinstance(c, dict)
+    )
+
+
+def _direct_first_chunk(client: Any, base: str) -> _Times:
+    from broker.classify.detectors import default_detector_set  # noqa: PLC0415
+    from broker.streaming import StreamingRestorer, StreamingScanner, TextPipeline  # noqa: PLC0415
+
+    pipeline = TextPipeline(
+        [
+            StreamingScanner(default_detector_set(), lambda _span, text: text),
+            StreamingRestorer(_no_tokens),
+        ]
+    )
     body = _chat() | {"stream": True}
+    chunk = text = released = None
     started = time.perf_counter()
-    with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    return time.perf_counter() - started
-    raise RuntimeError("the server streamed no text")
+    with client.stream("POST", f"{base}/chat/completions", json=body) as response:
+        for line in response.iter_lines():  # to the end: see the module docstring
+            if released is None and line.startswith("data: ") and line != "data: [DONE]":
+                now = time.perf_counter() - started
+                chunk = now if chunk is None else chunk
+                content = _content(json.loads(line[6:]))
+                if content:
+                    text = now if text is None else text
+                    released = now if pipeline.feed(content) else None
+        if released is None and pipeline.finish():
+            released = time.perf_counter() - started
+    if chunk is None or text is None or released is None:
+        raise RuntimeError("the server streamed no text")
+    return _Times(chunk, text, released)
 
 
-def _broker_first_chunk(stub: Any, request: Any, metadata: Any) -> float:
+def _no_tokens(_tokens: Collection[str]) -> Mapping[str, str]:
+    """The direct reader has no vault: no token resolves (the restorer still holds ``T``...)."""
+    return {}
+
+
+def _broker_first_chunk(stub: Any, request: Any, metadata: Any) -> _Times:
+    chunk = text = None
     started = time.perf_counter()
-    call = stub.InvokeStream(request, timeout=60, metadata=metadata)
-    try:
-        for message in call:
-            if message.WhichOneof("part") == "delta":
-                chunk = orjson.loads(message.delta)
-                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
-                    return time.perf_counter() - started
-    finally:
-        call.cancel()
-    raise RuntimeError("the broker streamed no text")
+    for message in stub.InvokeStream(request, timeout=60, metadata=metadata):  # to the end
+        if text is None and message.WhichOneof("part") == "delta":
+            now = time.perf_counter() - started
+            chunk = now if chunk is None else chunk
+            text = now if _content(orjson.loads(message.delta)) else None
+    if chunk is None or text is None:
+        raise RuntimeError("the broker streamed no text")
+    return _Times(chunk, text, text)
 
 
 def run(settings: Settings) -> list[Figure]:
@@ -119,8 +176,14 @@ def run(settings: Settings) -> list[Figure]:
     from broker.server.app import build_server  # noqa: PLC0415
 
     calls = 5 if settings.quick else 20
-    direct = Figure("llama.cpp direct: time to first chunk", "ms", note=f"median of {calls}")
-    brokered = Figure("through broker InvokeStream: time to first chunk", "ms", note="same run")
+    note = f"median of {calls}, same run"
+    direct = Figure("llama.cpp direct: time to first text", "ms", note=note)
+    brokered = Figure("through broker InvokeStream: time to first text", "ms", note=note)
+    floor = Figure(
+        "llama.cpp direct: first text the broker's answer rule can release", "ms", note=note
+    )
+    direct_any = Figure("llama.cpp direct: time to first chunk (any, e.g. role)", "ms", note=note)
+    brokered_any = Figure("through broker: time to first chunk (any, e.g. role)", "ms", note=note)
     with tempfile.TemporaryDirectory() as tmp:
         llama, base = _start_llama(Path(tmp) / "llama.log")
         environ = {
@@ -147,26 +210,35 @@ def run(settings: Settings) -> list[Figure]:
                     )
                 )
             import grpc  # noqa: PLC0415
+            import httpx  # noqa: PLC0415 - the broker's dependency, imported with the section
 
             buyer = issuer.mint(subject="b", tenant="buyer", roles=["buyer"], ttl_seconds=600)
             metadata = (("authorization", f"Bearer {buyer}"),)
             request = broker_pb2.InvokeRequest(model=_MODEL, json=orjson.dumps(_chat()))
-            with grpc.insecure_channel(target) as channel:
+            with grpc.insecure_channel(target) as channel, httpx.Client(timeout=60) as http:
                 stub = broker_pb2_grpc.BrokerStub(channel)
-                _direct_first_chunk(base)
+                _direct_first_chunk(http, base)
                 _broker_first_chunk(stub, request, metadata)  # warm the plan cache
                 for _ in range(settings.repeat):
-                    d_values, b_values = [], []
+                    d_times, b_times = [], []
                     for _ in range(calls):
-                        d_values.append(_direct_first_chunk(base))
-                        b_values.append(_broker_first_chunk(stub, request, metadata))
-                    direct.add(sorted(d_values)[len(d_values) // 2] * 1000)
-                    brokered.add(sorted(b_values)[len(b_values) // 2] * 1000)
+                        d_times.append(_direct_first_chunk(http, base))
+                        b_times.append(_broker_first_chunk(stub, request, metadata))
+                    direct.add(_median_ms(t.text for t in d_times))
+                    brokered.add(_median_ms(t.text for t in b_times))
+                    floor.add(_median_ms(t.released for t in d_times))
+                    direct_any.add(_median_ms(t.chunk for t in d_times))
+                    brokered_any.add(_median_ms(t.chunk for t in b_times))
         finally:
             server.stop(grace=1)
             llama.terminate()
             llama.wait(10)
-    return [direct, brokered]
+    return [direct, brokered, floor, direct_any, brokered_any]
+
+
+def _median_ms(seconds: Iterable[float]) -> float:
+    values = sorted(seconds)
+    return values[len(values) // 2] * 1000
 
 
 SECTION = Section(

@@ -20,7 +20,14 @@ can cross the release point:
    word later. So prose is released word by word, and the time to first chunk stays at the
    model's own. (Not after an unclosed ``-----BEGIN ... PRIVATE KEY-----``, whose block may
    contain anything.)
-3. **No cut through an entity.** If the release point falls inside an entity found in the
+3. **Hard breaks.** A comma, semicolon, ``!``, ``?``, quote, ``*``, tab or line break ends
+   the text before it at once: no entity the detectors know contains one (phone, card, IBAN
+   and ID numbers separate their groups with plain spaces, dots, dashes, slashes or
+   parentheses only), and no detector looks past one (the look-aheads that read a second
+   character start with a space, ``.``, ``-``, ``/`` or ``:``). So ``Sure!`` goes out when
+   the ``!`` arrives, not with the next word. (Not inside an unclosed private key block, as
+   above: its body may span lines.)
+4. **No cut through an entity.** If the release point falls inside an entity found in the
    window, it moves back to the entity's start: the whole entity waits until it is complete.
 
 So at most ``max_hold = 2 * max_entity_chars + LOOKAHEAD_CHARS`` characters are held back
@@ -60,8 +67,12 @@ _PLAIN_WORD_BREAK: Final = re.compile(
 )
 _BREAK_BEFORE_WORD: Final = re.compile(r"\s(?=[A-Z]*[a-z])")
 """A whitespace followed by a word with a lowercase letter (seen up to that letter)."""
-_PEM_BEGIN: Final = "-----BEGIN"
-_PEM_END: Final = "-----END"
+_HARD_BREAK: Final = re.compile(r"[,;!?\"'*\t\n\r]")
+"""Characters that no entity contains and no detector's look-ahead reads past (rule 3)."""
+# The private key detector's BEGIN and END lines (``broker.classify.detectors.secrets``): its
+# span runs from a BEGIN line to the next *complete* END line, whatever lies between.
+_PEM_BEGIN_LINE: Final = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_END_LINE: Final = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 
 def scan_text(text: str, detectors: DetectorSet, action: EntityAction) -> str:
@@ -168,11 +179,9 @@ class StreamingScanner:
 
     @staticmethod
     def _last_word_break(buf: str, boundary: int, *, at_start: bool) -> int:
-        """The last word break (rule 2 of the module docstring) after ``boundary``, or it."""
-        limit = len(buf)
-        begin = buf.rfind(_PEM_BEGIN)
-        if begin != -1 and buf.find(_PEM_END, begin) == -1:
-            limit = begin
+        """The last word or hard break (rules 2 and 3 of the module docstring) after
+        ``boundary``, or ``boundary``."""
+        limit = _unclosed_key_block(buf)
         found = boundary
         # A plain word is shorter than the window, so only its last stretch is worth searching.
         # Position 0 is a word start only at the very start of the answer, not of a window.
@@ -181,4 +190,22 @@ class StreamingScanner:
             found = max(found, match.end())
         for match in _BREAK_BEFORE_WORD.finditer(buf, max(boundary - 1, 0), limit):
             found = max(found, match.end())
+        for match in _HARD_BREAK.finditer(buf, boundary, limit):
+            found = max(found, match.end())
         return found
+
+
+def _unclosed_key_block(buf: str) -> int:
+    """Where the first private key block in the window without a complete END line starts.
+
+    ``len(buf)`` when there is none. A block's body may hold any break, and it is one entity
+    up to its END line, so nothing after its BEGIN line may go out before that line is whole: an
+    END line that has only partly arrived (``-----END RSA PRI``) does not close it. A BEGIN
+    line that is still arriving holds no break, so it is held without help. The released
+    context is searched too: a block whose start was released (only past ``max_hold``) keeps
+    everything after it to the hold window, as before.
+    """
+    for begin in _PEM_BEGIN_LINE.finditer(buf):
+        if _PEM_END_LINE.search(buf, begin.end()) is None:
+            return begin.start()
+    return len(buf)

@@ -13,9 +13,9 @@ Why it is built this way:
 - **One pooled ``httpx.Client`` per (scheme, host, port, CA)**, created on first use and shared
   by every call and thread, so calls reuse keep-alive connections instead of paying a TCP and
   TLS handshake each.
-- **The caller's remaining deadline bounds the whole call**, not just each socket read: a timer
-  abandons the request when it runs out, so a vendor that trickles one byte a second cannot
-  hold a buyer's call past its deadline.
+- **The caller's remaining deadline bounds the whole call**, not just each socket read: the
+  shared ``DeadlineWatcher`` abandons the request when it runs out, so a vendor that trickles
+  one byte a second cannot hold a buyer's call past its deadline.
 - **No retries, no redirects**: inference is not idempotent, and a redirect could carry the API
   key to a host the registry never named.
 - **Cancellation reaches the vendor**: the canceller handed to ``on_cancel`` shuts the call's
@@ -56,12 +56,22 @@ from broker.registry.model import ModelVersion
 from broker.runtimes.base import Canceller
 from broker.runtimes.openai.errors import error_for_abort, error_for_status, error_for_transport
 from broker.runtimes.openai.stream import ChatStream
-from broker.runtimes.openai.transport import AbortReason, CallGuard, guarded, new_client
+from broker.runtimes.openai.transport import (
+    AbortReason,
+    CallGuard,
+    DeadlineWatcher,
+    Watch,
+    guarded,
+    new_client,
+)
 
 _log = get_logger(__name__)
 
 SecretLookup = Callable[[ModelVersion], "str | None"]
 """Returns the vendor API key for a model (None: the endpoint needs none). Never logged."""
+
+_DEADLINES = DeadlineWatcher()
+"""One watcher thread for every runtime instance in the process (started on first use)."""
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -256,13 +266,11 @@ class OpenAIRuntime:
 
     def _watch(
         self, timeout: float, on_cancel: Callable[[Canceller], None] | None
-    ) -> tuple[CallGuard, threading.Timer]:
+    ) -> tuple[CallGuard, Watch]:
         if timeout <= 0:
             raise DeadlineExceeded("no time left to call the model")
         guard = CallGuard()
-        timer = threading.Timer(timeout, guard.abort, args=(AbortReason.DEADLINE,))
-        timer.daemon = True
-        timer.start()
+        timer = _DEADLINES.watch(guard, timeout)
         if on_cancel is not None:
             on_cancel(lambda: guard.abort(AbortReason.CANCELLED))
         return guard, timer

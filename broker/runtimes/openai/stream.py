@@ -20,7 +20,6 @@ the line cap already bounds): 16 MiB is orders of magnitude more than any chat a
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from broker.errors import BrokerError
 from broker.logging import get_logger
 from broker.runtimes.openai.errors import error_for_abort, error_for_transport
 from broker.runtimes.openai.sse import SSEError, iter_events
-from broker.runtimes.openai.transport import CallGuard, guarded
+from broker.runtimes.openai.transport import CallGuard, Watch, guarded
 from broker.runtimes.openai.types import (
     ChatChunk,
     StreamInterrupted,
@@ -63,7 +62,7 @@ class ChatStream(Iterator[ChatChunk], ClosedOnExit):
         call_id: str,
         response: httpx.Response,
         guard: CallGuard,
-        timer: threading.Timer,
+        timer: Watch,
         max_bytes: int,
         started: float,
     ) -> None:

@@ -13,14 +13,22 @@ records the sockets that call used. ``CallGuard.abort`` shuts those sockets down
 the runtime then reports the abort's reason (cancelled, or deadline) instead of a network error.
 A guard that has finished ignores ``abort``, so a late canceller can never touch a pooled
 connection that another call has taken over since.
+
+Deadlines are watched by one ``DeadlineWatcher`` thread for every call, not by a
+``threading.Timer`` per call: ``Timer.start`` creates a thread and waits until it runs, which
+cost 0.04 ms on a quiet machine and up to several ms on a busy one, all of it on the path of a
+streamed call's first chunk. Arming the shared watcher is a heap push under a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import ssl
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from enum import Enum
@@ -69,6 +77,92 @@ class CallGuard:
         if aborted:
             _shutdown(stream)
             raise httpcore.ReadError("call abandoned")
+
+
+class Watch:
+    """One armed deadline; ``cancel`` disarms it (idempotent, any thread)."""
+
+    __slots__ = ("_watcher", "cancelled", "guard")
+
+    def __init__(self, watcher: DeadlineWatcher, guard: CallGuard) -> None:
+        self._watcher = watcher
+        self.guard: CallGuard | None = guard
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Disarm: the guard will not be aborted for this deadline."""
+        self._watcher._disarm(self)
+
+
+class DeadlineWatcher:
+    """Aborts guards whose deadline passed, from one daemon thread started on first use.
+
+    A disarmed watch is only marked (and lets go of its guard); it leaves the heap when its
+    time comes or when disarmed watches make up more than half of the heap, which is then
+    rebuilt without them. So a buyer's long deadline cannot make finished calls pile up:
+    the heap holds at most about twice the calls in flight.
+    """
+
+    _COMPACT_AT = 64  # disarmed watches tolerated before a rebuild is considered
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._disarmed = 0
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, guard: CallGuard, timeout: float) -> Watch:
+        """Abort ``guard`` with ``AbortReason.DEADLINE`` in ``timeout`` seconds unless cancelled."""
+        entry = Watch(self, guard)
+        due = time.monotonic() + timeout
+        with self._cond:
+            earliest = self._heap[0][0] if self._heap else None
+            heapq.heappush(self._heap, (due, next(self._order), entry))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="openai-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif earliest is None or due < earliest:
+                self._cond.notify()
+        return entry
+
+    @property
+    def pending(self) -> int:
+        """Watches still in the heap, disarmed ones included (for tests and metrics)."""
+        with self._cond:
+            return len(self._heap)
+
+    def _disarm(self, entry: Watch) -> None:
+        with self._cond:
+            if entry.cancelled:
+                return
+            entry.cancelled = True
+            entry.guard = None
+            self._disarmed += 1
+            if self._disarmed > self._COMPACT_AT and 2 * self._disarmed > len(self._heap):
+                self._heap = [item for item in self._heap if not item[2].cancelled]
+                heapq.heapify(self._heap)
+                self._disarmed = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                due, _, entry = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                if entry.cancelled:
+                    self._disarmed -= 1
+                    continue
+                guard = entry.guard
+            if guard is not None:
+                guard.abort(AbortReason.DEADLINE)
 
 
 _current = threading.local()
