@@ -35,6 +35,19 @@ def _cli(node: ServeProcess, token: str, *args: str) -> subprocess.CompletedProc
     )
 
 
+def assert_exported_log_verifies(node: ServeProcess, token: str, workdir: Path) -> None:
+    """A checkpoint, then the whole log exported and verified offline: no gap, no reordering."""
+    checkpoint = _cli(node, token, "audit", "checkpoint", "--vkey-out", str(workdir / "v"))
+    assert checkpoint.returncode == 0, checkpoint.stderr
+    export = _cli(node, token, "audit", "export", "-o", str(workdir / "log.jsonl"))
+    assert export.returncode == 0, export.stderr
+    verify = _cli(
+        node, token, "audit", "verify", str(workdir / "log.jsonl"), "--log-key", str(workdir / "v")
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.startswith("OK complete log")
+
+
 def test_answered_calls_survive_sigkill(
     tmp_path: Path, database_url: str, backend: FakeBackend
 ) -> None:
@@ -77,20 +90,6 @@ def test_answered_calls_survive_sigkill(
         missing = [call_id for call_id in answered if call_id not in logged]
         assert missing == [], f"{len(missing)} answered calls have no outcome entry"
 
-        checkpoint = _cli(node, token, "audit", "checkpoint", "--vkey-out", str(tmp_path / "v"))
-        assert checkpoint.returncode == 0, checkpoint.stderr
-        export = _cli(node, token, "audit", "export", "-o", str(tmp_path / "log.jsonl"))
-        assert export.returncode == 0, export.stderr
-        verify = _cli(
-            node,
-            token,
-            "audit",
-            "verify",
-            str(tmp_path / "log.jsonl"),
-            "--log-key",
-            str(tmp_path / "v"),
-        )
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert verify.stdout.startswith("OK complete log")
+        assert_exported_log_verifies(node, token, tmp_path)
     finally:
         assert node.terminate() == 0

@@ -27,7 +27,7 @@ from broker.client import BrokerClient
 from broker.config import ConfigError, load_config
 from broker.server.workers import CRASH_LOOP_LIMIT, WorkerSupervisor
 from tests.integration.harness import FakeBackend, echo_model
-from tests.integration.test_audit_crash_broker import _cli
+from tests.integration.test_audit_crash_broker import _cli, assert_exported_log_verifies
 from tests.integration.test_serve_process import ServeProcess
 
 MODEL = "acme-models/echo@1.0.0"
@@ -255,21 +255,7 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_call(
         assert [c for c in answered if c not in outcomes] == []
         assert [c for c in answered if c not in intents] == []
 
-        checkpoint = _cli(node, token, "audit", "checkpoint", "--vkey-out", str(tmp_path / "v"))
-        assert checkpoint.returncode == 0, checkpoint.stderr
-        export = _cli(node, token, "audit", "export", "-o", str(tmp_path / "log.jsonl"))
-        assert export.returncode == 0, export.stderr
-        verify = _cli(
-            node,
-            token,
-            "audit",
-            "verify",
-            str(tmp_path / "log.jsonl"),
-            "--log-key",
-            str(tmp_path / "v"),
-        )
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert verify.stdout.startswith("OK complete log")
+        assert_exported_log_verifies(node, token, tmp_path)
     finally:
         assert node.terminate() == 0
 
