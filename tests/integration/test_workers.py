@@ -307,3 +307,19 @@ def test_a_worker_that_keeps_dying_stops_the_node_instead_of_looping(tmp_path: P
     assert len(exits) >= CRASH_LOOP_LIMIT and {e["status"] for e in exits} == {3}
     assert any(e["event"] == "node_crash_loop" for e in events)
     assert supervisor.pids == {}
+
+
+def test_workers_drain_and_exit_when_their_supervisor_is_killed(
+    two_workers: Callable[..., ServeProcess],
+) -> None:
+    node = two_workers()
+    workers = node_pids(node)
+    node.process.send_signal(signal.SIGKILL)
+    assert node.terminate() == -signal.SIGKILL
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers.values()),
+        "both workers have exited",
+    )
+    gone = {e.get("worker") for e in node.events() if e.get("event") == "supervisor_gone"}
+    stopped = {e.get("worker") for e in node.events() if e.get("event") == "server_stopped"}
+    assert gone == stopped == {0, 1}
