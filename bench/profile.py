@@ -39,7 +39,7 @@ from bench import workload
 from bench.machine import describe_machine
 from bench.procs import spawn
 from bench.profile_stages import STAGES, Row, StageRecorder, installed
-from bench.topology import INVOKE, TOKEN_TTL_SECONDS, _broker_env
+from bench.topology import INVOKE, _broker_env, register_workload
 
 PROFILE_JSON = Path(__file__).resolve().parent / "profile.json"
 DEFAULT_CALLS = 1000
@@ -62,9 +62,7 @@ def serve(
 
     ``settings``: ``BROKER__...`` variables on top of the bench broker's own.
     """
-    from broker.auth.dev_issuer import DevIssuer  # noqa: PLC0415 - after the hooks are in
-    from broker.client import BrokerClient  # noqa: PLC0415
-    from broker.config import load_config  # noqa: PLC0415
+    from broker.config import load_config  # noqa: PLC0415 - after the hooks are in
     from broker.logging import configure_logging  # noqa: PLC0415
     from broker.server.app import build_server  # noqa: PLC0415
 
@@ -79,21 +77,7 @@ def serve(
     server.start()
     stack.callback(server.stop, 1.0)
     target = f"127.0.0.1:{server.port}"
-    issuer = DevIssuer.from_auth_config(config.auth, config.data_dir)
-    vendor = issuer.mint(
-        subject="bench-vendor-svc",
-        tenant=workload.VENDOR_TENANT,
-        roles=["vendor"],
-        ttl_seconds=TOKEN_TTL_SECONDS,
-    )
-    with BrokerClient(target, token=vendor) as client:
-        client.register_model(workload.model(backend.target))
-    buyer = issuer.mint(
-        subject="bench-buyer-svc",
-        tenant=workload.BUYER_TENANT,
-        roles=["buyer"],
-        ttl_seconds=TOKEN_TTL_SECONDS,
-    )
+    buyer = register_workload(config, target, backend.target)
     channel = stack.enter_context(grpc.insecure_channel(target))
     method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INVOKE)
     request = workload.invoke_request_bytes()

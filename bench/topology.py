@@ -26,7 +26,7 @@ from broker._proto.broker.v1 import broker_pb2
 from broker._proto.inference.v2 import grpc_predict_v2_pb2 as oip
 from broker.auth.dev_issuer import DevIssuer
 from broker.client import BrokerClient
-from broker.config import load_config
+from broker.config import Config, load_config
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 INVOKE = "/broker.v1.Broker/Invoke"
@@ -47,14 +47,8 @@ class Topology:
         return {"direct": self.backend, "proxy": self.proxy, "broker": self.broker}[path]
 
 
-def start(stack: contextlib.ExitStack, workdir: Path) -> Topology:
-    """Start backend, proxy and broker (stopped by ``stack``), register the model, check calls."""
-    backend = spawn(stack, workdir, "backend")
-    proxy = spawn(stack, workdir, "proxy", "--upstream", backend.target)
-    broker_env = _broker_env(workdir / "broker")
-    broker = spawn(stack, workdir, "broker", env=broker_env)
-
-    config = load_config(None, broker_env)
+def register_workload(config: Config, broker_target: str, backend_target: str) -> str:
+    """Register the workload's model as its vendor; return a buyer token (dev issuer)."""
     issuer = DevIssuer.from_auth_config(config.auth, config.data_dir)
     vendor_token = issuer.mint(
         subject="bench-vendor-svc",
@@ -62,14 +56,24 @@ def start(stack: contextlib.ExitStack, workdir: Path) -> Topology:
         roles=["vendor"],
         ttl_seconds=TOKEN_TTL_SECONDS,
     )
-    with BrokerClient(broker.target, token=vendor_token) as client:
-        client.register_model(workload.model(backend.target))
-    buyer_token = issuer.mint(
+    with BrokerClient(broker_target, token=vendor_token) as client:
+        client.register_model(workload.model(backend_target))
+    return issuer.mint(
         subject="bench-buyer-svc",
         tenant=workload.BUYER_TENANT,
         roles=["buyer"],
         ttl_seconds=TOKEN_TTL_SECONDS,
     )
+
+
+def start(stack: contextlib.ExitStack, workdir: Path) -> Topology:
+    """Start backend, proxy and broker (stopped by ``stack``), register the model, check calls."""
+    backend = spawn(stack, workdir, "backend")
+    proxy = spawn(stack, workdir, "proxy", "--upstream", backend.target)
+    broker_env = _broker_env(workdir / "broker")
+    broker = spawn(stack, workdir, "broker", env=broker_env)
+
+    buyer_token = register_workload(load_config(None, broker_env), broker.target, backend.target)
 
     infer = workload.infer_request_bytes()
     calls = {
