@@ -95,6 +95,13 @@ SERVICE_NAMES = (
 )
 
 
+def _wake_pipe() -> tuple[int, int]:
+    """A pipe whose write end never blocks (as a signal wake-up fd must not)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
+
+
 @dataclass
 class BrokerServer:
     """A built, bound broker server and the resources it owns."""
@@ -109,10 +116,14 @@ class BrokerServer:
     audit: AuditLog
     grace_seconds: float
     _stopped: threading.Event = field(default_factory=threading.Event)
-    # A pipe, not an Event: a signal handler runs on the main thread between two bytecodes,
-    # possibly while that thread holds an Event's lock, and setting it there would deadlock.
-    # Writing a byte is safe anywhere; serve_forever blocks reading it.
-    _stop_pipe: tuple[int, int] = field(default_factory=lambda: os.pipe2(os.O_CLOEXEC))
+    # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
+    # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
+    # between two bytecodes, maybe while that thread holds the Event's (or the logger's) lock,
+    # and would deadlock there. The write end is also the process's signal wake-up fd, so a
+    # signal the kernel delivers to another thread (grpc's, the pool's) still wakes the main
+    # thread, which a blocking read on the main thread alone would miss.
+    _stop_pipe: tuple[int, int] = field(default_factory=_wake_pipe)
+    _stop_requested: bool = False
 
     def start(self) -> None:
         """Start serving (and the deletion scheduler); report SERVING to health checks."""
@@ -144,8 +155,13 @@ class BrokerServer:
         _log.info("server_stopped")
 
     def request_stop(self) -> None:
-        """Make :meth:`serve_forever` drain and return (thread-safe; signals call it too)."""
-        with contextlib.suppress(OSError):  # closed: the server has stopped already
+        """Make :meth:`serve_forever` drain and return (thread-safe)."""
+        self._stop_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        # Full: a wake-up is pending already. Closed: the server has stopped already.
+        with contextlib.suppress(OSError):
             os.write(self._stop_pipe[1], b"\0")
 
     def serve_forever(self, on_started: Callable[[], None] | None = None) -> None:
@@ -154,22 +170,33 @@ class BrokerServer:
         ``on_started`` runs once the server accepts calls (a node's worker reports in there).
         """
 
+        received: list[int] = []
+
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            _log.info("signal_received", signal=signal.Signals(signum).name)
-            self.request_stop()
+            received.append(signum)  # handled by the loop below, outside the handler
+            self._wake()
 
-        def on_hangup(signum: int, frame: FrameType | None) -> None:
-            _log.info("signal_received", signal="SIGHUP")
-            self.policies.request_reload()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hangup)
-        self.start()
-        if on_started is not None:
-            on_started()
-        with contextlib.suppress(OSError):  # closed by a stop() from elsewhere: stopped
-            os.read(self._stop_pipe[0], 1)  # until a signal or request_stop writes a byte
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(handled, on_signal)
+        previous_wakeup = signal.set_wakeup_fd(self._stop_pipe[1], warn_on_full_buffer=False)
+        try:
+            self.start()
+            if on_started is not None:
+                on_started()
+            while not self._stop_requested:
+                try:
+                    os.read(self._stop_pipe[0], 512)  # until a signal or request_stop writes
+                except OSError:  # closed by a stop() from another thread: stopped
+                    break
+                while received:
+                    got = signal.Signals(received.pop(0))
+                    _log.info("signal_received", signal=got.name)
+                    if got == signal.SIGHUP:
+                        self.policies.request_reload()
+                    else:
+                        self._stop_requested = True
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
         self.stop()
 
 
