@@ -174,6 +174,7 @@ class BrokerServer:
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             received.append(signum)  # handled by the loop below, outside the handler
+            # The wake-up fd's byte may have been read before this handler ran: one more.
             self._wake()
 
         for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

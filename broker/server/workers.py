@@ -319,7 +319,7 @@ class WorkerSupervisor:
             "index": index,
             "port": self.port,
             "migrate": index == 0,
-            "config": orjson.loads(self._config.model_dump_json()),
+            "config": self._config.model_dump(mode="json"),
         }
         mine.sendall(orjson.dumps(settings) + b"\n")
         worker = _Worker(index, process, mine, os.pidfd_open(process.pid), time.monotonic())
@@ -403,11 +403,11 @@ def _send_signal(worker: _Worker, signum: signal.Signals) -> None:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What the supervisor tells a worker: its index, the port, and the node's configuration."""
+    """What the supervisor tells a worker: its index, the port, and the node's configuration
+    (with ``auto_migrate`` off for every worker but the first, which migrated already)."""
 
     index: int
     port: int
-    migrate: bool
     config: Config
 
 
@@ -424,9 +424,7 @@ def read_settings(channel: socket.socket) -> WorkerSettings:
     if not document["migrate"]:
         database = config.database.model_copy(update={"auto_migrate": False})
         config = config.model_copy(update={"database": database})
-    return WorkerSettings(
-        int(document["index"]), int(document["port"]), bool(document["migrate"]), config
-    )
+    return WorkerSettings(int(document["index"]), int(document["port"]), config)
 
 
 def run_worker(channel: socket.socket) -> None:
