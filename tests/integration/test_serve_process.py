@@ -73,8 +73,10 @@ class ServeProcess:
         raise AssertionError(f"broker did not start:\n{self.log_path.read_text()}")
 
     def events(self) -> list[dict[str, object]]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        """The JSON events logged so far; a last line still being written is left for later."""
+        text = self.log_path.read_text(errors="replace")
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def client(self, tenant: str, role: str, **kwargs: object) -> BrokerClient:
         token = self.issuer.mint(subject=f"{tenant}-svc", tenant=tenant, roles=[role])
@@ -84,8 +86,12 @@ class ServeProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=30)
-        self._log_file.close()
+        self.close_log()
         return code
+
+    def close_log(self) -> None:
+        """Closes the test's handle on the log; the file stays readable by ``events()``."""
+        self._log_file.close()
 
 
 def test_sigterm_drains_in_flight_calls(

@@ -33,6 +33,7 @@ from tests.integration.test_serve_process import ServeProcess
 MODEL = "acme-models/echo@1.0.0"
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 WAIT_S = 60.0
+CALLS_PER_CONNECTION = 5
 
 
 def own_connection(node: ServeProcess) -> grpc.Channel:
@@ -79,6 +80,7 @@ def two_workers(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Ser
         if node.process.poll() is None:  # its workers see the supervisor go, and drain
             node.process.kill()
             node.process.wait(timeout=30)
+        node.close_log()
 
 
 def node_pids(node: ServeProcess) -> dict[int, int]:
@@ -210,13 +212,18 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_call(
     stop = threading.Event()
 
     def load() -> None:
-        with buyer(node, max_attempts=1) as client:
-            while not stop.is_set():
-                try:
-                    answered.append(client.invoke(MODEL, {"text": "x"}, timeout=10).call_id)
-                except grpc.RpcError as exc:
-                    failed.append(exc.code())  # type: ignore[attr-defined]
-                    time.sleep(0.05)  # the channel reconnects, to a live worker
+        # A fresh connection every few calls: the kernel picks a worker per connection, so
+        # eight long-lived ones could all land on one worker (1 run in 128).
+        while not stop.is_set():
+            with buyer(node, max_attempts=1) as client:
+                for _ in range(CALLS_PER_CONNECTION):
+                    if stop.is_set():
+                        break
+                    try:
+                        answered.append(client.invoke(MODEL, {"text": "x"}, timeout=10).call_id)
+                    except grpc.RpcError as exc:
+                        failed.append(exc.code())  # type: ignore[attr-defined]
+                        time.sleep(0.05)  # the channel reconnects, to a live worker
 
     threads = [threading.Thread(target=load) for _ in range(8)]
     for thread in threads:
