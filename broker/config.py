@@ -59,6 +59,11 @@ class ServerConfig(_Section):
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     reflection: bool = True
+    database_probe_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="health turns NOT_SERVING while a probe of the database fails; 0: no probe",
+    )
     tls: TlsConfig | None = None
 
     @property
@@ -252,6 +257,14 @@ class Config(_Section):
     """The whole broker configuration."""
 
     data_dir: Path = Path("var")
+    keys_dir: Path | None = Field(
+        default=None,
+        description=(
+            "where the node's keys live (enforcement master key, audit digest root key, log "
+            "signing key, dev issuer key); default: data_dir. Replicas of one cluster share one "
+            "(a mounted secret), so tokens, digests and checkpoints are the same on every one"
+        ),
+    )
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
@@ -271,6 +284,11 @@ class Config(_Section):
         if str(value).strip() == "":
             raise ValueError("data_dir must name a directory")
         return value
+
+    @property
+    def key_dir(self) -> Path:
+        """The directory the node's keys are read from (and created in, on first use)."""
+        return self.keys_dir if self.keys_dir is not None else self.data_dir
 
     @property
     def database_url(self) -> str:

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 def run_mint(args: argparse.Namespace) -> int:
     """Print a freshly minted development token."""
     config = load_config(args.config)
-    issuer = DevIssuer(config.data_dir, config.auth.dev_issuer)
+    issuer = DevIssuer(config.key_dir, config.auth.dev_issuer)
     subject = args.subject or f"{args.tenant}-cli"
     print(
         "warning: development issuer token; trusted only by brokers with "

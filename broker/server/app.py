@@ -78,10 +78,13 @@ from broker.runtimes.sandbox.uids import WorkerIds
 from broker.server import audit_hooks
 from broker.server.audit_service import AuditServicer
 from broker.server.broker_service import BrokerServicer
+from broker.server.cluster import ClusterSync
+from broker.server.db_health import DatabaseHealth
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
 from broker.server.registry_service import ChangeKind, RegistryServicer
 from broker.server.retention_service import RetentionServicer
+from broker.storage.changes import is_postgresql
 from broker.storage.db import create_engine_for, migrate
 
 _log = get_logger(__name__)
@@ -115,6 +118,8 @@ class BrokerServer:
     retention: Retention | None
     audit: AuditLog
     grace_seconds: float
+    cluster: ClusterSync | None = None
+    database_health: DatabaseHealth | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
     # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
@@ -126,12 +131,19 @@ class BrokerServer:
     _stop_requested: bool = False
 
     def start(self) -> None:
-        """Start serving (and the deletion scheduler); report SERVING to health checks."""
+        """Start serving (and the deletion scheduler); report SERVING to health checks.
+
+        A cluster replica first settles its policy with the cluster's and listens for changes.
+        """
+        if self.cluster is not None:
+            self.cluster.start()
         self.server.start()
         if self.retention is not None:
             self.retention.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.database_health is not None:
+            self.database_health.start()
         _log.info("server_started", port=self.port)
 
     def stop(self, grace: float | None = None) -> None:
@@ -142,6 +154,10 @@ class BrokerServer:
         self.health.enter_graceful_shutdown()
         _log.info("server_draining", grace_seconds=self.grace_seconds if grace is None else grace)
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
+        if self.database_health is not None:
+            self.database_health.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         for runtime in self.runtimes.values():
             runtime.close()
         self.policies.stop_watching()
@@ -220,8 +236,8 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
         max_entries=config.registry.resolve_cache_entries,
         changes=SharedChangeCounter.for_data_dir(config.data_dir),
     )
-    verifier = TokenVerifier(config.auth, data_dir=config.data_dir)
-    keys = TenantKeys.load_or_create(config.data_dir)
+    verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
+    keys = TenantKeys.load_or_create(config.key_dir)
     secrets = EndpointSecrets(engine, keys)
     audit = build_audit_log(config, engine)
     runtimes = build_runtimes(config, secrets, audit)
@@ -272,9 +288,16 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
         maximum_concurrent_rpcs=config.server.max_workers * 8,
     )
     record_change = audit_hooks.registry_changes(audit)
+    cluster = (
+        ClusterSync(engine, resolver, policies if config.policy.engine == "regorus" else None)
+        if is_postgresql(engine)
+        else None
+    )
 
     def on_registry_change(kind: ChangeKind, model: ModelVersion) -> None:
         resolver.invalidate(model.vendor, model.name)  # first: the audit hook may raise
+        if cluster is not None:
+            cluster.registry_changed(model.vendor, model.name)
         record_change(kind, model)
 
     broker_pb2_grpc.add_BrokerServicer_to_server(
@@ -311,6 +334,12 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     port = _bind(server, config)
+    probe_s = config.server.database_probe_seconds
+    database_health = (
+        DatabaseHealth(engine, health_servicer, ("", *SERVICE_NAMES), interval_s=probe_s)
+        if probe_s > 0
+        else None
+    )
     return BrokerServer(
         server=server,
         port=port,
@@ -321,6 +350,8 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
         retention=retention,
         audit=audit,
         grace_seconds=config.server.shutdown_grace_seconds,
+        cluster=cluster,
+        database_health=database_health,
     )
 
 
@@ -351,12 +382,12 @@ def build_runtimes(
 
 
 def build_audit_log(config: Config, engine: sa.Engine) -> AuditLog:
-    """Open the audit log (keys under the data directory) and start its writer threads."""
+    """Open the audit log (keys under ``config.key_dir``) and start its writer threads."""
     audit = AuditLog(
         engine,
-        signer=load_or_create_log_signer(config.data_dir, config.audit.origin),
+        signer=load_or_create_log_signer(config.key_dir, config.audit.origin),
         origin=config.audit.origin,
-        tenant_keys=AuditDigestKeys.load_or_create(config.data_dir),
+        tenant_keys=AuditDigestKeys.load_or_create(config.key_dir),
         batch_ms=config.audit.batch_ms,
         batch_max=config.audit.batch_max,
     )

@@ -147,7 +147,7 @@ def start_broker(data_dir: Path, database_url: str, **env: str) -> BrokerHarness
     config = load_config(None, environ)
     server = build_server(config)
     server.start()
-    return BrokerHarness(server, config, DevIssuer(config.data_dir, config.auth.dev_issuer))
+    return BrokerHarness(server, config, DevIssuer(config.key_dir, config.auth.dev_issuer))
 
 
 def echo_model(

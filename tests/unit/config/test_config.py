@@ -72,3 +72,12 @@ def test_missing_file_and_bad_environment() -> None:
         load_config(None, {"BROKER__LIMITS__MAX_DEPTH": "deep"})
     with pytest.raises(ConfigError, match="non-table"):
         load_config(None, {"BROKER__DATA_DIR": "x", "BROKER__DATA_DIR__SUB": "y"})
+
+
+def test_keys_live_in_the_data_dir_unless_a_keys_dir_is_shared(tmp_path: Path) -> None:
+    alone = load_config(None, {"BROKER__DATA_DIR": str(tmp_path / "a")})
+    assert alone.key_dir == tmp_path / "a"
+    shared = load_config(
+        None, {"BROKER__DATA_DIR": str(tmp_path / "b"), "BROKER__KEYS_DIR": str(tmp_path / "k")}
+    )
+    assert shared.key_dir == tmp_path / "k"
