@@ -43,6 +43,9 @@ class Bundle:
     tests: tuple[Source, ...]
     data: Mapping[str, Any]
     revision: str
+    #: The raw (relative path, content) entries the revision is the digest of, sorted: what a
+    #: cluster stores so that other replicas load exactly this bundle.
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 def _bundle_files(root: Path) -> list[tuple[str, Path]]:
@@ -99,13 +102,20 @@ def load_bundle(root: Path | str) -> Bundle:
     root = Path(root)
     if not root.is_dir():
         raise PolicyLoadError(f"policy bundle directory {root} does not exist")
-    entries: list[tuple[str, bytes]] = []
+    return bundle_from_files(root, [(rel, path.read_bytes()) for rel, path in _bundle_files(root)])
+
+
+def bundle_from_files(root: Path, files: list[tuple[str, bytes]]) -> Bundle:
+    """A bundle from (relative path, content) entries, as ``load_bundle`` reads them from
+    ``root``; ``root`` only names where they came from (a directory, or the cluster's store)."""
+    entries = sorted(
+        ((rel, content) for rel, content in files if rel.endswith((".rego", ".json"))),
+        key=lambda item: item[0].encode(),
+    )
     policies: list[Source] = []
     tests: list[Source] = []
     data: dict[str, Any] = {}
-    for rel, path in _bundle_files(root):
-        content = path.read_bytes()
-        entries.append((rel, content))
+    for rel, content in entries:
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError:
@@ -122,7 +132,9 @@ def load_bundle(root: Path | str) -> Bundle:
             _mount(data, rel, value)
     if not policies:
         raise PolicyLoadError(f"policy bundle {root} holds no .rego policy")
-    return Bundle(root, tuple(policies), tuple(tests), data, bundle_revision(entries))
+    return Bundle(
+        root, tuple(policies), tuple(tests), data, bundle_revision(entries), tuple(entries)
+    )
 
 
 def bundle_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -172,11 +184,22 @@ class PolicyStore:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._listeners: list[Callable[[str, str | None], None]] = []
+        self._bundle: Bundle | None = None
+        # The revision last read from this store's own directory: the watcher activates a
+        # bundle only when the directory's content changes, never merely because another
+        # revision (adopted from the cluster) is active.
+        self._disk_revision: str | None = None
+        self._explicit = False  # request_reload() asked the watcher for an explicit reload
 
     @property
     def engine(self) -> PolicyEngine | None:
         """The active engine (``None`` until a bundle has loaded)."""
         return self._engine
+
+    @property
+    def bundle(self) -> Bundle | None:
+        """The active bundle (``None`` until one has loaded, or with an engine that has none)."""
+        return self._bundle
 
     @property
     def revision(self) -> str | None:
@@ -197,33 +220,69 @@ class PolicyStore:
         return plan
 
     def reload(self) -> ReloadOutcome:
-        """Load the bundle again and swap it in if its revision changed."""
+        """Load the bundle directory again and activate it if its revision is not the active one.
+
+        This is the explicit reload (SIGHUP, ``ReloadPolicy``): in a cluster it activates this
+        replica's bundle even if another revision was adopted since.
+        """
+        return self._load_directory(only_if_edited=False)
+
+    def reload_if_edited(self) -> ReloadOutcome:
+        """Activate the bundle directory only if its content changed since it was last read."""
+        return self._load_directory(only_if_edited=True)
+
+    def activate(self, bundle: Bundle) -> ReloadOutcome:
+        """Make ``bundle`` the active one (a bundle adopted from the cluster, say)."""
+        with self._reload_lock:
+            current = self._engine
+            if current is not None and bundle.revision == current.revision:
+                return ReloadOutcome("unchanged", current.revision)
+            try:
+                engine = self._factory(bundle)
+            except PolicyLoadError as exc:
+                return self._failed(exc, current)
+            return self._swap(engine, bundle, current)
+
+    def _load_directory(self, *, only_if_edited: bool) -> ReloadOutcome:
         with self._reload_lock:
             current = self._engine
             try:
                 bundle = load_bundle(self._root)
-                if current is not None and bundle.revision == current.revision:
+                edited = bundle.revision != self._disk_revision
+                self._disk_revision = bundle.revision
+                if current is not None and (
+                    bundle.revision == current.revision or (only_if_edited and not edited)
+                ):
                     return ReloadOutcome("unchanged", current.revision)
                 engine = self._factory(bundle)
             except PolicyLoadError as exc:
-                _log.error(
-                    "policy.reload_failed",
-                    file=exc.file,
-                    line=exc.line,
-                    error=exc.reason,
-                    kept_revision=current.revision if current else None,
-                )
-                return ReloadOutcome("failed", self.revision, exc.reason)
-            self._engine = engine
-            self.cache.clear()
-            _log.info(
-                "policy.reloaded",
-                revision=engine.revision,
-                previous=current.revision if current else None,
-            )
-            for listener in tuple(self._listeners):
-                listener(engine.revision, current.revision if current else None)
-            return ReloadOutcome("loaded", engine.revision)
+                return self._failed(exc, current)
+            return self._swap(engine, bundle, current)
+
+    def _failed(self, exc: PolicyLoadError, current: PolicyEngine | None) -> ReloadOutcome:
+        _log.error(
+            "policy.reload_failed",
+            file=exc.file,
+            line=exc.line,
+            error=exc.reason,
+            kept_revision=current.revision if current else None,
+        )
+        return ReloadOutcome("failed", self.revision, exc.reason)
+
+    def _swap(
+        self, engine: PolicyEngine, bundle: Bundle, current: PolicyEngine | None
+    ) -> ReloadOutcome:
+        self._engine = engine
+        self._bundle = bundle
+        self.cache.clear()
+        _log.info(
+            "policy.reloaded",
+            revision=engine.revision,
+            previous=current.revision if current else None,
+        )
+        for listener in tuple(self._listeners):
+            listener(engine.revision, current.revision if current else None)
+        return ReloadOutcome("loaded", engine.revision)
 
     def on_activated(self, listener: Callable[[str, str | None], None]) -> None:
         """Call ``listener(revision, previous)`` after each new revision is swapped in.
@@ -239,6 +298,7 @@ class PolicyStore:
         With the watcher running it is woken; otherwise a short-lived thread reloads.
         """
         if self._watcher is not None and self._watcher.is_alive():
+            self._explicit = True
             self._wake.set()
         else:
             threading.Thread(target=self.reload, name="policy-reload", daemon=True).start()
@@ -246,8 +306,8 @@ class PolicyStore:
     def start_watching(self, interval_s: float = 2.0) -> None:
         """Poll the bundle's (mtime, size) every ``interval_s`` and reload when it changes.
 
-        The first poll always reloads (an unchanged bundle costs one read and one digest), so
-        an edit made between the last reload and this call is not missed.
+        The first poll always reads the bundle (an unchanged one costs one read and one digest),
+        so an edit made between the last reload and this call is not missed.
         """
         if self._watcher is not None and self._watcher.is_alive():
             return
@@ -276,7 +336,11 @@ class PolicyStore:
             now = bundle_fingerprint(self._root)
             if woken or now != seen:
                 seen = now
+                explicit, self._explicit = self._explicit, False
                 try:
-                    self.reload()
+                    if explicit:
+                        self.reload()
+                    else:
+                        self.reload_if_edited()
                 except Exception:  # noqa: BLE001 - a dead watcher would freeze the policy
                     _log.exception("policy.watcher_error")

@@ -141,6 +141,11 @@ class CachedResolver:
         """
         self._changes.bump(slot_of(vendor, name))
 
+    def clear(self) -> None:
+        """Forget every cached answer of this process (after change notices may have been lost)."""
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         """Entries held, expired ones included until they are replaced or evicted."""
         with self._lock:

@@ -444,7 +444,8 @@ def run_worker(channel: socket.socket) -> None:
         with send_lock, contextlib.suppress(OSError):
             channel.sendall(line.encode() + b"\n")
 
-    server.policies.on_activated(lambda revision, previous: send(f"reload {revision}"))
+    if server.cluster is None:  # a cluster replica's workers hear of activations on its feed
+        server.policies.on_activated(lambda revision, previous: send(f"reload {revision}"))
 
     def watch_supervisor() -> None:
         try:

@@ -43,6 +43,7 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.retention.tables",
     "broker.enforce.vault",
     "broker.registry.secrets",
+    "broker.policy.activations",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
