@@ -22,9 +22,15 @@ import pytest
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker._proto.broker.v1 import policies_pb2, policies_pb2_grpc
+from broker._proto.broker.v1 import (
+    policies_pb2,
+    policies_pb2_grpc,
+    retention_pb2,
+    retention_pb2_grpc,
+)
 from broker.enforce.keys import TenantKeys
 from broker.enforce.vault import PendingToken, TokenVault, new_token
+from broker.retention.rootkey import generate_root_key_file
 from broker.storage.db import create_engine_for
 from tests.integration.harness import BrokerHarness, FakeBackend, echo_model, start_broker
 
@@ -45,7 +51,7 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, fresh_postgres_url: str) -> Iterator[Callable[[str], BrokerHarness]]:
+def replicas(tmp_path: Path, fresh_postgres_url: str) -> Iterator[Callable[..., BrokerHarness]]:
     """``start(name)`` starts a replica; every replica started is stopped afterwards."""
     started: list[BrokerHarness] = []
 
@@ -256,3 +262,42 @@ def test_a_replica_that_loses_its_database_reports_not_serving_and_recovers(
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
+
+
+def test_a_hold_placed_on_one_replica_keeps_a_record_from_an_erasure_ordered_on_the_other(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    replicas: Callable[..., BrokerHarness],
+    backend: FakeBackend,
+) -> None:
+    root_key = tmp_path_factory.mktemp("secrets") / "root.key"
+    generate_root_key_file(root_key)
+    first = replicas("a", BROKER__RETENTION__ROOT_KEY_FILE=str(root_key))
+    second = replicas("b", BROKER__RETENTION__ROOT_KEY_FILE=str(root_key))
+    with first.client("acme-models", "vendor") as vendor:
+        vendor.register_model(echo_model(backend.target))
+    # The shipped policy keeps tenant acme's request and answer.
+    kept = [first.client("acme", "buyer").invoke(MODEL, {"text": "x"}) for _ in range(2)]
+    held_call, free_call = (call.call_id for call in kept)
+    officer = (("authorization", f"Bearer {second.token('acme', 'compliance')}"),)
+    with second.channel() as channel:
+        stub = retention_pb2_grpc.RetentionStub(channel)
+        listed = stub.ListRecords(retention_pb2.ListRecordsRequest(), metadata=officer, timeout=10)
+        held_ids = [r.record_id for r in listed.records if r.call_id == held_call]
+        assert len(held_ids) == 2 and len(listed.records) == 4
+        for record_id in held_ids:
+            target = retention_pb2.HoldTarget(record_id=record_id)
+            stub.Hold(retention_pb2.HoldRequest(target=target, reason="case 7"), metadata=officer)
+    with first.channel() as channel:  # the erasure is ordered on the other replica
+        erased = retention_pb2_grpc.RetentionStub(channel).Erase(
+            retention_pb2.EraseRequest(reason="request 12"),
+            metadata=(("authorization", f"Bearer {first.token('acme', 'compliance')}"),),
+            timeout=30,
+        )
+    assert (erased.records_erased, erased.records_held) == (2, 2)
+    with second.channel() as channel:
+        left = retention_pb2_grpc.RetentionStub(channel).ListRecords(
+            retention_pb2.ListRecordsRequest(), metadata=officer, timeout=10
+        )
+    assert sorted(r.record_id for r in left.records) == sorted(held_ids)
+    assert all(r.held for r in left.records) and free_call not in {r.call_id for r in left.records}
