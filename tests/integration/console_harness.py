@@ -1,7 +1,8 @@
 """A real broker with a small audit trail, and the console in front of it.
 
 The trail: acme (whose policy keeps requests 7 days and answers 30) makes two calls, bank one,
-each with a field labelled ``pii.email`` and one without a label. So there are intent and outcome
+each with a field labelled ``pii.email`` and one without a label; globex makes one call its
+policy denies. So there are intent and outcome
 entries of two tenants, per-field decisions, and retained records to hold.
 """
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc
@@ -115,13 +118,38 @@ def start_world(tmp_path: Path, backend: FakeBackend) -> World:
     bank_calls = [
         _invoke(broker, "bank", b'{"customer": {"email": "c@example.com"}, "note": "z"}').call_id
     ]
+    # globex's policy allows only some purposes: a marketing call is denied (and audited).
+    with pytest.raises(grpc.RpcError) as denied:
+        _invoke(broker, "globex", b'{"customer": {"email": "d@x.org"}, "note": "w"}', "marketing")
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    _wait_for_checkpoint(broker, outcomes=4)
     return World(broker, acme_calls, bank_calls, retained)
 
 
-def _invoke(broker: BrokerHarness, tenant: str, payload: bytes) -> broker_pb2.InvokeResponse:
+def _wait_for_checkpoint(broker: BrokerHarness, *, outcomes: int) -> None:
+    """Wait until the log holds ``outcomes`` outcome entries, all under a signed checkpoint."""
+    engine = sa.create_engine(broker.config.database_url)
+    query = sa.text(
+        "SELECT COUNT(*) FROM audit_entries WHERE kind = 'call.outcome' "
+        "AND leaf_index < (SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints)"
+    )
+    try:
+        for _ in range(200):
+            with engine.connect() as conn:
+                if conn.execute(query).scalar_one() >= outcomes:
+                    return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"the log never held {outcomes} checkpointed outcomes")
+
+
+def _invoke(
+    broker: BrokerHarness, tenant: str, payload: bytes, purpose: str = ""
+) -> broker_pb2.InvokeResponse:
     with broker.channel() as channel:
         reply: broker_pb2.InvokeResponse = broker_pb2_grpc.BrokerStub(channel).Invoke(
-            broker_pb2.InvokeRequest(model=MODEL, json=payload),
+            broker_pb2.InvokeRequest(model=MODEL, json=payload, purpose=purpose),
             metadata=(("authorization", f"Bearer {broker.token(tenant, 'buyer')}"),),
             timeout=10,
         )

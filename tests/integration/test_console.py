@@ -247,8 +247,10 @@ def test_chart_data_counts_the_search(world: World) -> None:
     client = sign_in((world.client()), world.broker.token("ops", "admin"))
     data = client.get("/charts/data.json").json()
     outcomes = data["calls_by_outcome"]
-    assert sum(sum(s["values"]) for s in outcomes["series"]) == 3
-    assert sum(data["calls_by_tenant_model"]["values"]) == 3
+    assert sum(sum(s["values"]) for s in outcomes["series"]) == 4
+    assert {s["name"] for s in outcomes["series"]} == {"OK", "PERMISSION_DENIED"}
+    assert sum(data["calls_by_tenant_model"]["values"]) == 4
+    assert sum(data["denials_by_reason"]["values"]) == 1
     labels = data["actions_by_label"]["labels"]
     assert "pii.email" in labels
     due = next(s for s in data["deletions"]["series"] if s["name"] == "due")
