@@ -10,6 +10,7 @@
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
     broker audit query|export|prove|verify|verify-receipt     the tamper-evident audit log
+    broker console [--listen HOST:PORT]     the compliance console, a web view of the audit log
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -22,7 +23,18 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import audit, calls, health, models, packages, policy, retention, serve, tokens
+from broker.cli import (
+    audit,
+    calls,
+    console,
+    health,
+    models,
+    packages,
+    policy,
+    retention,
+    serve,
+    tokens,
+)
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -40,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     retention.register(sub)
     audit.register(sub)
+    console.register(sub)
     return parser
 
 

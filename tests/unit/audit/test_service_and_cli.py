@@ -18,6 +18,7 @@ from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role
 from broker.cli import audit as audit_cli
 from broker.errors import InvalidArgument, NotFound, PermissionDenied
+from broker.server.audit_hooks import entry_views
 from broker.server.audit_service import AuditServicer
 from broker.server.context import principal_var
 from tests.unit.audit.conftest import make_intent
@@ -139,3 +140,52 @@ def test_cli_verifies_exports_and_receipts_offline(
     assert _cli("verify", str(tmp_path / "missing"), "--log-key", vkey) == 1
     assert _cli("verify", str(export), "--log-key", "garbage+key") == 1
     assert "INVALID" in capsys.readouterr().err
+
+
+def test_get_entry_records_the_view_first_and_hides_other_tenants(audit_log: AuditLog) -> None:
+    for i in range(4):
+        audit_log.append(make_intent(tenant="acme" if i % 2 else "globex", call_id=f"v{i}"))
+    audit_log.checkpoint_now()
+    servicer = AuditServicer(
+        audit_log.store.engine, audit_log.store, audit_log.verifier, on_view=entry_views(audit_log)
+    )
+    with acting_as("acme", Role.COMPLIANCE):
+        entry = servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=1), CONTEXT)
+        assert entry.call_id == "v1"
+        with pytest.raises(NotFound):  # globex's entry: exactly as absent, and no view recorded
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=0), CONTEXT)
+        with pytest.raises(NotFound):
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=99), CONTEXT)
+        with pytest.raises(InvalidArgument):
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=-1), CONTEXT)
+        views = _query(servicer, kind="admin.audit.viewed")
+    assert len(views) == 1
+    body = json.loads(views[0].entry)
+    assert body["tenant"] == "acme"
+    assert body["subject"] == "acme/svc@acme"
+    assert body["target"] == "1"
+    assert body["details"] == {"call_id": "v1", "entry_kind": "call.intent"}
+    with acting_as("acme", Role.BUYER), pytest.raises(PermissionDenied):
+        servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=1), CONTEXT)
+
+
+def test_get_entry_shows_nothing_when_the_view_cannot_be_recorded(audit_log: AuditLog) -> None:
+    audit_log.append(make_intent(tenant="acme", call_id="w0"))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("audit store down")
+
+    servicer = AuditServicer(
+        audit_log.store.engine, audit_log.store, audit_log.verifier, on_view=broken
+    )
+    with acting_as("acme", Role.COMPLIANCE), pytest.raises(RuntimeError):
+        servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=0), CONTEXT)
+
+
+def test_policy_revision_filter_is_exact(servicer: AuditServicer) -> None:
+    with acting_as("ops", Role.ADMIN):
+        assert len(_query(servicer, policy_revision="rev-1")) == 6
+        assert _query(servicer, policy_revision="rev-") == []  # a prefix is not the revision
+        assert _query(servicer, policy_revision="rev-1", tenant="acme")[0].tenant == "acme"
+        with pytest.raises(InvalidArgument):
+            _query(servicer, policy_revision="rev_1")  # outside the revision charset

@@ -35,6 +35,7 @@ class AuditFilter(google.protobuf.message.Message):
     KIND_FIELD_NUMBER: builtins.int
     TIME_FROM_US_FIELD_NUMBER: builtins.int
     TIME_TO_US_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
     tenant: builtins.str
     """Tenant whose entries to return. A `compliance` caller may leave it empty or name its own."""
     subject: builtins.str
@@ -57,6 +58,8 @@ class AuditFilter(google.protobuf.message.Message):
     """Inclusive lower bound on the entry time, microseconds since the Unix epoch; 0 = none."""
     time_to_us: builtins.int
     """Exclusive upper bound on the entry time, microseconds since the Unix epoch; 0 = none."""
+    policy_revision: builtins.str
+    """Policy revision recorded in the entry (call.intent and call.preview entries)."""
     def __init__(
         self,
         *,
@@ -71,8 +74,9 @@ class AuditFilter(google.protobuf.message.Message):
         kind: builtins.str = ...,
         time_from_us: builtins.int = ...,
         time_to_us: builtins.int = ...,
+        policy_revision: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "policy_revision", b"policy_revision", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor"]) -> None: ...
 
 Global___AuditFilter: typing_extensions.TypeAlias = AuditFilter
 
@@ -166,6 +170,24 @@ class AuditEntry(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "entry", b"entry", "entry_hash", b"entry_hash", "kind", b"kind", "leaf_index", b"leaf_index", "model", b"model", "next_page_token", b"next_page_token", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_us", b"time_us", "vendor", b"vendor"]) -> None: ...
 
 Global___AuditEntry: typing_extensions.TypeAlias = AuditEntry
+
+@typing.final
+class GetEntryRequest(google.protobuf.message.Message):
+    """GetEntryRequest names the entry to view."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: builtins.int
+    leaf_index: builtins.int
+    """Leaf index of the entry."""
+    def __init__(
+        self,
+        *,
+        leaf_index: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["leaf_index", b"leaf_index"]) -> None: ...
+
+Global___GetEntryRequest: typing_extensions.TypeAlias = GetEntryRequest
 
 @typing.final
 class GetInclusionProofRequest(google.protobuf.message.Message):
