@@ -228,11 +228,15 @@ def test_tail_follows_across_a_restart_without_gap_or_duplicate(
         second = _calls(node, "after", 3)
         tail.read_until(seen, _has_calls(second))
         _, items, key = _complete_export(node, token, tmp_path, len(seen))
+        buyer = node.issuer.mint(subject="bank-svc", tenant="bank", roles=["buyer"])
+        refused = _cli(node, buyer, "audit", "tail", "--follow", "--from-index", "0")
     finally:
         stderr = tail.stop()
         assert node.terminate() == 0
 
     assert "retrying from leaf" in stderr, stderr
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr
     indices = [r["metadata"]["sequence"] for r in seen]
     assert indices == list(range(len(indices))), "tail skipped or repeated a leaf"
     for record in seen:

@@ -176,3 +176,14 @@ def test_a_siem_export_refuses_a_damaged_entry(servicer: AuditServicer) -> None:
     execute(engine, "UPDATE audit_entries SET entry = :e WHERE leaf_index = 2", e=b"{not json")
     with acting_as("ops", Role.AUDITOR), pytest.raises(FailedPrecondition, match="leaf 2"):
         list(servicer.Export(audit_pb2.ExportRequest(format="ocsf"), CONTEXT))
+
+
+def test_tail_and_export_refuse_bad_arguments_before_connecting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--from-index must not be negative"):
+        _cli("tail", "--from-index", "-1", "--token", "t")
+    with pytest.raises(ValueError, match="--poll and --max-backoff must be positive"):
+        _cli("tail", "--poll", "0", "--token", "t")
+    with pytest.raises(ValueError, match="csv export is a directory"):
+        _cli("export", "--format", "csv", "-o", "-", "--token", "t")
+    with pytest.raises(SystemExit):  # argparse: not a line format
+        _cli("tail", "--format", "csv", "--token", "t")
