@@ -5,6 +5,13 @@ PyPI package ``ocsf-json-schema`` ships it (Apache-2.0 schema data; the package'
 the download); that package turns a class plus a list of profiles into a JSON Schema (draft
 2020-12) with every referenced object embedded, required attributes, types, enums, constants and
 the ``at_least_one`` constraints. Nothing of the schema is copied into this repository.
+
+What the mapping relies on was also read in the OCSF project's own source, the ocsf/ocsf-schema
+repository at tag v1.8.0 (commit 6fa6499a0f8c9f449d342816e90e5f687c224b0a): API Activity (6003)
+requires ``actor``, ``api`` and ``src_endpoint``; its activities are 1-4 (and 0, 99); the
+``security_control`` profile adds ``action_id``, ``disposition_id``, ``policy`` and
+``authorizations``; ``metadata.uid``, ``sequence`` and ``log_name`` are optional or recommended
+attributes of types string, integer and string.
 """
 
 from __future__ import annotations
