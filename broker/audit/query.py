@@ -168,13 +168,24 @@ def decode_cursor(flt: AuditFilter, cursor: str) -> int:
 
 
 def query_page(
-    engine: sa.Engine, flt: AuditFilter, *, page_size: int = 0, cursor: str = ""
+    engine: sa.Engine,
+    flt: AuditFilter,
+    *,
+    page_size: int = 0,
+    cursor: str = "",
+    start_index: int = 0,
 ) -> tuple[list[StoredEntry], str]:
-    """One page in leaf order and the cursor of the next ("" when there is none)."""
+    """One page in leaf order and the cursor of the next ("" when there is none).
+
+    Without a cursor the page starts at leaf ``start_index``: a follower that has seen every
+    leaf below it asks from there, statelessly, across reconnects and broker restarts.
+    """
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative")
+    if start_index < 0:
+        raise InvalidArgument("start_index must not be negative")
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    after = decode_cursor(flt, cursor)
+    after = decode_cursor(flt, cursor) if cursor else start_index - 1
     rows = _select(engine, flt, after, size + 1)
     if len(rows) > size:
         rows = rows[:size]

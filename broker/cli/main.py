@@ -9,7 +9,7 @@
     broker policy test|eval                 test a policy bundle; print the plan for an input
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
-    broker audit query|export|prove|verify|verify-receipt     the tamper-evident audit log
+    broker audit query|export|tail|prove|verify|verify-receipt   the tamper-evident audit log
     broker console [--listen HOST:PORT]     the compliance console, a web view of the audit log
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.

@@ -25,7 +25,15 @@ import orjson
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
-from broker.audit.export import build_export, build_receipts, csv_chunks, jsonl_chunks, unb64
+from broker.audit.export import (
+    build_export,
+    build_receipts,
+    csv_chunks,
+    jsonl_chunks,
+    siem_chunks,
+    unb64,
+)
+from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
 from broker.audit.query import AuditFilter, StoredEntry, query_page
 from broker.audit.store import AuditStore
@@ -36,6 +44,7 @@ from broker.server.context import current_principal
 _READERS: Final = (Role.COMPLIANCE, Role.AUDITOR, Role.ADMIN)
 _ALL_TENANTS: Final = (Role.AUDITOR, Role.ADMIN)
 _CHUNK_BYTES: Final = 64 * 1024
+_EXPORT_FORMATS: Final = ("jsonl", "csv", "ocsf", "cef")
 
 #: Called with the viewer and the entry before ``GetEntry`` answers (see the module doc).
 EntryViewHook = Callable[[Principal, StoredEntry], None]
@@ -63,7 +72,11 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         """One page of matching entries; the last carries the next page's token."""
         flt = _filter(request.filter, _reader())
         rows, token = query_page(
-            self._engine, flt, page_size=request.page_size, cursor=request.page_token
+            self._engine,
+            flt,
+            page_size=request.page_size,
+            cursor=request.page_token,
+            start_index=request.start_index,
         )
         for n, row in enumerate(rows):
             yield _entry_message(row, token if n == len(rows) - 1 else "")
@@ -150,18 +163,28 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
     ) -> Iterator[audit_pb2.ExportChunk]:
         """Stream an export: the manifest first, then the file bytes in chunks."""
         fmt = request.format or "jsonl"
-        if fmt not in {"jsonl", "csv"}:
-            raise InvalidArgument("format must be jsonl or csv")
+        if fmt not in _EXPORT_FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(_EXPORT_FORMATS)}")
         flt = _filter(request.filter, _reader())
         manifest, items = build_export(self._engine, self._store, self._verifier, flt)
         yield audit_pb2.ExportChunk(manifest_json=orjson.dumps(manifest.to_json()).decode())
-        chunks = jsonl_chunks(manifest, items) if fmt == "jsonl" else csv_chunks(items)
+        if fmt == "jsonl":
+            chunks = jsonl_chunks(manifest, items)
+        elif fmt == "csv":
+            chunks = csv_chunks(items)
+        else:
+            chunks = siem_chunks(fmt, manifest.origin, items)
         buffer = bytearray()
-        for piece in chunks:
-            buffer += piece
-            if len(buffer) >= _CHUNK_BYTES:
-                yield audit_pb2.ExportChunk(data=bytes(buffer))
-                buffer.clear()
+        try:
+            for piece in chunks:
+                buffer += piece
+                if len(buffer) >= _CHUNK_BYTES:
+                    yield audit_pb2.ExportChunk(data=bytes(buffer))
+                    buffer.clear()
+        except VerificationError as exc:  # only the SIEM formats refuse a damaged entry
+            raise FailedPrecondition(
+                f"cannot export {fmt}: {exc}; a jsonl export and `broker audit verify` locate it"
+            ) from exc
         if buffer:
             yield audit_pb2.ExportChunk(data=bytes(buffer))
 

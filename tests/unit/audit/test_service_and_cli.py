@@ -17,11 +17,12 @@ from broker.audit.export import MANIFEST_FILE
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role
 from broker.cli import audit as audit_cli
-from broker.errors import InvalidArgument, NotFound, PermissionDenied
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from broker.server.audit_hooks import entry_views
 from broker.server.audit_service import AuditServicer
 from broker.server.context import principal_var
 from tests.unit.audit.conftest import make_intent
+from tests.unit.audit.tamper import drop_triggers, execute
 
 CONTEXT = cast(grpc.ServicerContext, None)
 
@@ -189,3 +190,50 @@ def test_policy_revision_filter_is_exact(servicer: AuditServicer) -> None:
         assert _query(servicer, policy_revision="rev-1", tenant="acme")[0].tenant == "acme"
         with pytest.raises(InvalidArgument):
             _query(servicer, policy_revision="rev_1")  # outside the revision charset
+
+
+def test_query_from_a_start_index(servicer: AuditServicer) -> None:
+    with acting_as("ops", Role.AUDITOR):
+        request = audit_pb2.QueryEntriesRequest(start_index=4)
+        assert [e.leaf_index for e in servicer.QueryEntries(request, CONTEXT)] == [4, 5]
+        request = audit_pb2.QueryEntriesRequest(start_index=6)
+        assert list(servicer.QueryEntries(request, CONTEXT)) == []
+        with pytest.raises(InvalidArgument, match="start_index"):
+            list(servicer.QueryEntries(audit_pb2.QueryEntriesRequest(start_index=-1), CONTEXT))
+    with acting_as("acme", Role.COMPLIANCE):  # the tenant is still forced
+        request = audit_pb2.QueryEntriesRequest(start_index=2)
+        assert [e.leaf_index for e in servicer.QueryEntries(request, CONTEXT)] == [3, 5]
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "cef"])
+def test_siem_exports_are_scoped_and_anchored(servicer: AuditServicer, fmt: str) -> None:
+    with acting_as("acme", Role.COMPLIANCE):
+        chunks = list(servicer.Export(audit_pb2.ExportRequest(format=fmt), CONTEXT))
+    lines = b"".join(c.data for c in chunks).decode().splitlines()
+    assert len(lines) == 3
+    if fmt == "ocsf":
+        events = [json.loads(line) for line in lines]
+        assert [e["metadata"]["sequence"] for e in events] == [1, 3, 5]
+        assert {e["metadata"]["tenant_uid"] for e in events} == {"acme"}
+    else:
+        assert [line.split("cn1=")[1].split(" ")[0] for line in lines] == ["1", "3", "5"]
+        assert all(line.startswith("CEF:0|model-broker|") for line in lines)
+
+
+def test_a_siem_export_refuses_a_damaged_entry(servicer: AuditServicer) -> None:
+    engine = servicer._engine
+    drop_triggers(engine)
+    execute(engine, "UPDATE audit_entries SET entry = :e WHERE leaf_index = 2", e=b"{not json")
+    with acting_as("ops", Role.AUDITOR), pytest.raises(FailedPrecondition, match="leaf 2"):
+        list(servicer.Export(audit_pb2.ExportRequest(format="ocsf"), CONTEXT))
+
+
+def test_tail_and_export_refuse_bad_arguments_before_connecting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--from-index must not be negative"):
+        _cli("tail", "--from-index", "-1", "--token", "t")
+    with pytest.raises(ValueError, match="--poll and --max-backoff must be positive"):
+        _cli("tail", "--poll", "0", "--token", "t")
+    with pytest.raises(ValueError, match="csv export is a directory"):
+        _cli("export", "--format", "csv", "-o", "-", "--token", "t")
+    with pytest.raises(SystemExit):  # argparse: not a line format
+        _cli("tail", "--format", "csv", "--token", "t")

@@ -89,10 +89,15 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     FILTER_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    START_INDEX_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Entries per page; 0 means 100, values above 1000 are capped at 1000."""
     page_token: builtins.str
     """Cursor from the last entry of the previous page; empty for the first page."""
+    start_index: builtins.int
+    """First leaf index to return (inclusive) when page_token is empty; 0 = from the start.
+    A follower (`broker audit tail --follow`) asks again from one past the last index it saw.
+    """
     @property
     def filter(self) -> Global___AuditFilter:
         """What to select."""
@@ -103,9 +108,10 @@ class QueryEntriesRequest(google.protobuf.message.Message):
         filter: Global___AuditFilter | None = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
+        start_index: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
 
 Global___QueryEntriesRequest: typing_extensions.TypeAlias = QueryEntriesRequest
 
@@ -374,7 +380,10 @@ class ExportRequest(google.protobuf.message.Message):
     FILTER_FIELD_NUMBER: builtins.int
     FORMAT_FIELD_NUMBER: builtins.int
     format: builtins.str
-    """"jsonl" (default) or "csv"."""
+    """"jsonl" (default) or "csv": bundles with proofs, for offline verification. "ocsf" (OCSF
+    1.8.0 API Activity events, one JSON object a line) or "cef" (ArcSight CEF lines): for SIEMs,
+    each record naming its entry's origin, leaf index and leaf hash (hex) instead of a proof.
+    """
     @property
     def filter(self) -> Global___AuditFilter:
         """What to export; an empty filter (with the auditor role) exports the whole log."""
@@ -401,7 +410,7 @@ class ExportChunk(google.protobuf.message.Message):
     manifest_json: builtins.str
     """The manifest as JSON; set on the first chunk only."""
     data: builtins.bytes
-    """File bytes: the JSONL file (manifest line included) or entries.csv."""
+    """File bytes: the JSONL file (manifest line included), entries.csv, or the OCSF or CEF lines."""
     def __init__(
         self,
         *,
