@@ -24,6 +24,7 @@ admin.model.*          1 Create (registered), 3 Update (updated, retired); Succe
 admin.policy.activated 3 Update; Success; ``policy`` names the revision
 admin.key.*            1 Create (created), 3 Update (rotated); Success
 admin.retention.*      3 Update (held, released), 4 Delete (erased, deleted); Success
+admin.audit.viewed     2 Read (an officer opened an entry in the console); Success
 admin.sandbox.violation 99 "Sandbox Violation"; Failure, action Denied, disposition Blocked,
                        severity High, ``is_alert`` true
 ====================== =============== ===================================================

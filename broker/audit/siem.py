@@ -94,6 +94,9 @@ KIND_MEANINGS: Final[Mapping[str, KindMeaning]] = {
     "admin.retention.deleted": KindMeaning(
         "Retained record deleted", DELETE, "Delete", "broker", "retained_record"
     ),
+    "admin.audit.viewed": KindMeaning(
+        "Audit entry viewed", READ, "Read", "broker.v1.Audit", "audit_entry"
+    ),
     "admin.sandbox.violation": KindMeaning(
         "Sandbox violation", OTHER, "Sandbox Violation", "broker", "model"
     ),
