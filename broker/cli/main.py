@@ -10,6 +10,7 @@
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
     broker audit query|export|prove|verify|verify-receipt     the tamper-evident audit log
+    broker cluster up|down|status           a demo cluster: replicas behind HAProxy
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import grpc
 
 from broker.cli import audit, calls, health, models, packages, policy, retention, serve, tokens
+from broker.cluster import cli as cluster
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     retention.register(sub)
     audit.register(sub)
+    cluster.register(sub)
     return parser
 
 
