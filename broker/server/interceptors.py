@@ -6,8 +6,8 @@ worker thread that serves the RPC:
 1. the bearer token is verified and the principal is made available to the servicer through
    ``broker.server.context`` (health checking and reflection stay unauthenticated);
 2. a ``BrokerError`` raised anywhere below becomes its gRPC status, with a
-   ``google.rpc.ErrorInfo`` detail; any other exception becomes a bare INTERNAL whose cause
-   goes only to the log;
+   ``google.rpc.ErrorInfo`` detail; a database that cannot be reached becomes UNAVAILABLE; any
+   other exception becomes a bare INTERNAL whose cause goes only to the log;
 3. exactly one structured ``rpc`` event is logged per call, with method, tenant, subject,
    status and latency, plus whatever the servicer bound (call id, model). Never a payload value.
 
@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
+import sqlalchemy as sa
 import structlog
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from broker.auth.principal import Principal
-from broker.errors import BrokerError, Unauthenticated
+from broker.errors import BrokerError, Unauthenticated, Unavailable
 from broker.logging import get_logger
 from broker.server.context import principal_var
 
@@ -130,6 +131,12 @@ class _RpcScope:
             return step()
         except BrokerError as exc:
             self._fail(exc)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            # The database is unreachable (stopped, restarting, cut off): the call was refused
+            # before any answer, and a retry, maybe on another replica, is the caller's remedy.
+            # The exception's text holds SQL parameters: only its type goes to the log.
+            _log.error("rpc_database_unavailable", error=type(exc.orig or exc).__name__)
+            self._fail(Unavailable("the broker cannot reach its database; retry shortly"))
         except Exception:  # noqa: BLE001 - the boundary: anything unexpected becomes INTERNAL
             _log.exception("rpc_internal_error")
             self._fail(BrokerError("internal error in the broker; the operator's log has details"))

@@ -38,6 +38,8 @@ POLL_SECONDS: Final = 0.5
 RECONNECT_MIN_SECONDS: Final = 0.2
 RECONNECT_MAX_SECONDS: Final = 5.0
 CONNECT_TIMEOUT_SECONDS: Final = 5
+#: How the listening session shows in ``pg_stat_activity``, for operators.
+APPLICATION_NAME: Final = "broker-change-feed"
 
 Notice = Mapping[str, str]
 NoticeHandler = Callable[[Notice], None]
@@ -124,7 +126,10 @@ class ChangeFeed:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    application_name=APPLICATION_NAME,
                 ) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
                     self._listening.set()
