@@ -7,8 +7,9 @@ tests. Afterwards every answered call (Invoke, and InvokeStream to its summary) 
 and outcome entries, the exported log verifies offline (no gap, no duplicate index), every
 record retained for an answered call (tenant ``bank`` keeps requests for two seconds) is deleted
 exactly once, with one receipt and one deletion entry naming it, calls cut by the kill or the
-database outage failed with UNAVAILABLE only, and after the outage the replicas report SERVING
-again and calls succeed without anyone restarting them.
+database outage failed with UNAVAILABLE only (one exception, HAProxy's: a stream the SIGKILL cut
+mid-answer ends UNKNOWN "Stream removed"; it had its intent entry), and after the outage the
+replicas report SERVING again and calls succeed without anyone restarting them.
 """
 
 from __future__ import annotations
