@@ -48,11 +48,18 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None, argparse.
     parser.add_argument(
         "--callgrind", action="store_true", help="with --profile: instructions per call"
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="with --profile: the broker serves its Prometheus page (the cost of recording)",
+    )
     parser.add_argument("--calls", type=int, help="with --profile: calls to profile")
     parser.add_argument("--warmup", type=int, help="with --profile: calls before measuring")
     args = parser.parse_args(argv)
-    if args.callgrind and not args.profile:
-        parser.error("--callgrind goes with --profile")
+    if (args.callgrind or args.metrics) and not args.profile:
+        parser.error("--callgrind and --metrics go with --profile")
+    if args.metrics:
+        os.environ["BENCH_BROKER_METRICS"] = "1"  # bench.profile.METRICS_ENV, for the children
     if args.broker_workers is not None:  # the broker reads its config from the environment
         os.environ["BROKER__SERVER__WORKERS"] = str(args.broker_workers)
     settings = Settings.quick_settings() if args.quick else Settings()

@@ -55,6 +55,18 @@ class Serving:
     stop: Callable[[], None]
 
 
+#: Set by ``--metrics``: the profiled broker serves its Prometheus page (records every series).
+METRICS_ENV = "BENCH_BROKER_METRICS"
+
+
+def observed_settings() -> dict[str, str]:
+    """The broker settings ``--metrics`` adds (read from the environment: the callgrind child
+    is another process)."""
+    if os.environ.get(METRICS_ENV) == "1":
+        return {"BROKER__METRICS__LISTEN": "127.0.0.1:0"}
+    return {}
+
+
 def serve(
     stack: contextlib.ExitStack, workdir: Path, settings: dict[str, str] | None = None
 ) -> Serving:
@@ -67,7 +79,8 @@ def serve(
     from broker.server.app import build_server  # noqa: PLC0415
 
     backend = spawn(stack, workdir, "backend")
-    config = load_config(None, {**_broker_env(workdir / "broker"), **(settings or {})})
+    extra = {**(settings or {}), **observed_settings()}
+    config = load_config(None, {**_broker_env(workdir / "broker"), **extra})
     # The broker logs at its configured level, as in production, into /dev/null: the log
     # events cost what they cost, and the table stays readable.
     devnull = stack.enter_context(Path(os.devnull).open("w", encoding="utf-8"))  # noqa: SIM115

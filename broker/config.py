@@ -241,6 +241,27 @@ class SandboxConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: the Prometheus page (off unless ``listen`` is set)."""
+
+    listen: str | None = Field(
+        default=None,
+        description="host:port of the /metrics page, e.g. 127.0.0.1:9464; unset: no metrics",
+    )
+
+
+class TracingConfig(_Section):
+    """``[tracing]``: OpenTelemetry spans to an OTLP/gRPC collector (off unless set)."""
+
+    otlp_endpoint: str | None = Field(
+        default=None, description="host:port of an OTLP/gRPC collector (plaintext); unset: off"
+    )
+    service_name: str = "model-broker"
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="share of new traces kept; a caller's choice wins"
+    )
+
+
 class LoggingConfig(_Section):
     """Structured logging.
 
@@ -275,6 +296,8 @@ class Config(_Section):
     enforcement: EnforcementConfig = EnforcementConfig()
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
     sandbox: SandboxConfig = SandboxConfig()
 

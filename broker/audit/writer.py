@@ -53,6 +53,7 @@ from broker.audit.note import Signer, Verifier
 from broker.audit.store import AuditStore, Companion, Receipt, StoredCheckpoint
 from broker.errors import Unavailable
 from broker.logging import get_logger
+from broker.observability import metrics
 
 log = get_logger(__name__)
 
@@ -234,6 +235,7 @@ class AuditLog:
                 started = time.perf_counter()
                 self._commit(batch)
                 self._last_commit_s = time.perf_counter() - started
+                metrics.record_audit_batch(len(batch), len(self._queue), self._last_commit_s)
         except Exception as exc:  # the turn could not be taken: fail closed like a commit
             log.exception("audit_append_failed", error=type(exc).__name__, entries=len(batch))
             if not batch:
@@ -453,7 +455,10 @@ class AuditLog:
         def sign(size: int, root: bytes) -> str:
             return sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
 
-        return self.store.add_checkpoint(sign, self._now_us())
+        stored = self.store.add_checkpoint(sign, self._now_us())
+        if stored is not None:
+            metrics.record_checkpoint(stored.size, stored.time_us / 1_000_000)
+        return stored
 
     def _checkpoint_loop(self) -> None:
         while not self._stop.is_set():

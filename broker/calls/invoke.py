@@ -34,6 +34,8 @@ from broker.enforce.enforcer import CallScope, Enforcer, FieldDecision
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault
 from broker.errors import BrokerError, DeadlineExceeded, FailedPrecondition
+from broker.observability.metrics import count_actions
+from broker.observability.stages import stage
 from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
@@ -176,9 +178,10 @@ class Invoker:
         except BrokerError as exc:
             record.record_failure(exc)
             raise
-        receipt = record.record_success(
-            result.answer, usage=result.usage, retained=result.retained_record_ids
-        )
+        with stage("audit_outcome"):
+            receipt = record.record_success(
+                result.answer, usage=result.usage, retained=result.retained_record_ids
+            )
         return dataclasses.replace(
             result,
             receipt=receipt,
@@ -198,57 +201,74 @@ class Invoker:
         deadline = time.monotonic() + (
             self._default_timeout if time_remaining is None else time_remaining
         )
-        model = record.model = self._resolve(request.model_ref)
-        runtime = self._runtime_for(model)
+        with stage("resolve"):
+            model = record.model = self._resolve(request.model_ref)
+            runtime = self._runtime_for(model)
         parts = self._enforcement
         purpose = self._purpose(request)
         with self._limiter.slot(principal.tenant):
-            chat = open_tool_arguments(request.payload)  # see broker.calls.chat
-            classification = parts.decider.classify_request(model, chat.payload, request.labels)
-            plan = parts.decider.decide("request", principal, model, purpose, classification)
+            with stage("classify"):
+                chat = open_tool_arguments(request.payload)  # see broker.calls.chat
+                classification = parts.decider.classify_request(model, chat.payload, request.labels)
+            with stage("decide"):
+                plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
             refuse_unkeepable(plan, self._retention)
             scope = CallScope(principal.tenant, call_id, model.runtime is Runtime.SANDBOX)
-            outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
-            close_tool_arguments(outgoing.payload, chat.opened)
-            # Vault rows commit with the intent, the answer is restored from ``tokens``: see
-            # broker.enforce.vault (durable before dispatch, one commit instead of two).
-            tokens = parts.vault.seal(principal.tenant, call_id, outgoing.pending_tokens)
+            with stage("enforce"):
+                outgoing = parts.enforcer.apply(
+                    chat.payload, classification, plan, scope, "request"
+                )
+                close_tool_arguments(outgoing.payload, chat.opened)
+                # Vault rows commit with the intent, the answer is restored from ``tokens``: see
+                # broker.enforce.vault (durable before dispatch, one commit instead of two).
+                tokens = parts.vault.seal(principal.tenant, call_id, outgoing.pending_tokens)
+            count_actions("request", outgoing.decisions)
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline expired before the model was called")
-            record.record_intent(
-                plan.revision, outgoing.decisions, outgoing.payload, companions=tokens.companion()
-            )
-            answer = runtime.invoke(
-                model,
-                outgoing.payload,
-                timeout=timeout,
-                call_id=call_id,
-                on_cancel=on_cancel,
-                tenant=principal.tenant,
-            )
+            with stage("audit_intent"):
+                record.record_intent(
+                    plan.revision,
+                    outgoing.decisions,
+                    outgoing.payload,
+                    companions=tokens.companion(),
+                )
+            with stage("dispatch"):
+                answer = runtime.invoke(
+                    model,
+                    outgoing.payload,
+                    timeout=timeout,
+                    call_id=call_id,
+                    on_cancel=on_cancel,
+                    tenant=principal.tenant,
+                )
             usage = usage_from_answer(answer)
-            answer_chat = open_tool_arguments(answer)
-            answer = answer_chat.payload
-            answer_classification = classify(answer)
-            answer_plan = parts.decider.decide(
-                "response",
-                principal,
-                model,
-                purpose,
-                answer_classification,
-                request_labels=labels_of(classification),
-            )
+            with stage("classify"):
+                answer_chat = open_tool_arguments(answer)
+                answer = answer_chat.payload
+                answer_classification = classify(answer)
+            with stage("decide"):
+                answer_plan = parts.decider.decide(
+                    "response",
+                    principal,
+                    model,
+                    purpose,
+                    answer_classification,
+                    request_labels=labels_of(classification),
+                )
             refuse_if_denied(answer_plan, "response")
-            incoming = parts.enforcer.apply(
-                answer, answer_classification, answer_plan, scope, "response"
-            )
-            restored, count = parts.restorer.restore(
-                incoming.payload, principal.tenant, call_id, issued=tokens
-            )
-            close_tool_arguments(restored, answer_chat.opened)
+            with stage("enforce"):
+                incoming = parts.enforcer.apply(
+                    answer, answer_classification, answer_plan, scope, "response"
+                )
+            count_actions("response", incoming.decisions)
+            with stage("restore"):
+                restored, count = parts.restorer.restore(
+                    incoming.payload, principal.tenant, call_id, issued=tokens
+                )
+                close_tool_arguments(restored, answer_chat.opened)
             retained = retain_call(
                 self._retention,
                 plan,

@@ -75,6 +75,8 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import ciphertexts_in
 from broker.errors import BrokerError, Cancelled, DeadlineExceeded, FailedPrecondition
 from broker.logging import get_logger
+from broker.observability.metrics import count_actions
+from broker.observability.stages import stage
 from broker.policy import Plan
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.refs import ModelRef
@@ -158,6 +160,14 @@ StreamEvent = StreamOpened | StreamDelta | StreamSummary
 
 _Keeper = Callable[[list[JsonObject]], tuple[str, ...]]
 """Retains the call with the given delivered chunks as its answer; the record ids."""
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline``; DeadlineExceeded if none are left for the model."""
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        raise DeadlineExceeded("the call's deadline expired before the model was called")
+    return timeout
 
 
 @dataclass
@@ -292,32 +302,41 @@ class Streamer:
         deadline = time.monotonic() + (
             self._default_timeout if time_remaining is None else time_remaining
         )
-        model = record.model = self._resolve(request.model_ref)
-        runtime = self._runtime_for(model)
+        with stage("resolve"):
+            model = record.model = self._resolve(request.model_ref)
+            runtime = self._runtime_for(model)
         parts = self._enforcement
         purpose = request.purpose or self._default_purpose
         with self._limiter.slot(principal.tenant):
-            chat = open_tool_arguments(request.payload)
-            classification = parts.decider.classify_request(model, chat.payload, request.labels)
-            plan = parts.decider.decide("request", principal, model, purpose, classification)
+            with stage("classify"):
+                chat = open_tool_arguments(request.payload)
+                classification = parts.decider.classify_request(model, chat.payload, request.labels)
+            with stage("decide"):
+                plan = parts.decider.decide("request", principal, model, purpose, classification)
             structlog.contextvars.bind_contextvars(policy_revision=plan.revision)
             refuse_if_denied(plan, "request")
             refuse_unkeepable(plan, self._retention)
             scope = CallScope(
                 principal.tenant, record.call_id, to_sandbox=model.runtime is Runtime.SANDBOX
             )
-            outgoing = parts.enforcer.apply(chat.payload, classification, plan, scope, "request")
-            close_tool_arguments(outgoing.payload, chat.opened)
+            with stage("enforce"):
+                outgoing = parts.enforcer.apply(
+                    chat.payload, classification, plan, scope, "request"
+                )
+                close_tool_arguments(outgoing.payload, chat.opened)
+            count_actions("request", outgoing.decisions)
             answer_plan = self._answer_plan(principal, model, purpose, classification)
             # The vault rows commit with the intent, as for Invoke (broker.enforce.vault): one
             # commit before the vendor is called instead of two.
             tokens = parts.vault.seal(principal.tenant, record.call_id, outgoing.pending_tokens)
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise DeadlineExceeded("the call's deadline expired before the model was called")
-            record.record_intent(
-                plan.revision, outgoing.decisions, outgoing.payload, companions=tokens.companion()
-            )
+            timeout = _time_left(deadline)
+            with stage("audit_intent"):
+                record.record_intent(
+                    plan.revision,
+                    outgoing.decisions,
+                    outgoing.payload,
+                    companions=tokens.companion(),
+                )
             yield StreamOpened(record.call_id, model, tuple(outgoing.decisions), plan.revision)
             if wants_retention(plan):
                 self._plan_keeping(progress, principal, model, plan, request.payload)

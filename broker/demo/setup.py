@@ -190,7 +190,12 @@ def _quickstart(config: Config, ref: str, port: int) -> str:
         f" --tenant acme-bank --role buyer){flag}\n"
         "  .venv/bin/broker models list\n"
         f"  .venv/bin/broker call {ref} --payload examples/demo/iris-call.json\n"
-        "The other demo models are prepared in the background; each says when it is callable.\n"
+        + (
+            f"Prometheus metrics: curl -s http://{config.metrics.listen}/metrics | grep ^broker_\n"
+            if config.metrics.listen
+            else ""
+        )
+        + "The other demo models are prepared in the background; each says when it is callable.\n"
         "Ctrl-C stops the broker and everything the demo started."
     )
 

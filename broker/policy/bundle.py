@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from broker.logging import get_logger
+from broker.observability.metrics import count_plan_lookup
 from broker.policy.cache import PlanCache
 from broker.policy.contract import Plan, PolicyError, PolicyInput, PolicyLoadError
 from broker.policy.engine import PolicyEngine, RegorusEngine
@@ -214,6 +215,7 @@ class PolicyStore:
             raise PolicyError("no policy is loaded")
         key = self.cache.key(engine.revision, policy_input)
         plan = self.cache.get(key)
+        count_plan_lookup(hit=plan is not None)
         if plan is None:
             plan = engine.decide(policy_input)
             self.cache.put(key, plan)

@@ -31,6 +31,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from broker.logging import get_logger
+from broker.observability import metrics
 from broker.retention.keyring import Keyring
 from broker.retention.model import (
     DeletionHook,
@@ -113,6 +114,7 @@ class Deleter:
         self.deliver(now)
         if erased or keys_destroyed:
             checkpoint_sqlite(self._engine)
+        metrics.record_erasure(erased)
         return EraseResult(erased=erased, held=held, keys_destroyed=keys_destroyed)
 
     def deliver(self, now: datetime) -> int:
@@ -252,10 +254,24 @@ class DeletionScheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def overdue(self, now: datetime | None = None) -> int:
+        """Records still stored past their due time (held ones, and any not yet deleted)."""
+        moment = to_us(now or self._now())
+        query = (
+            sa.select(sa.func.count())
+            .select_from(retention_records)
+            .where(retention_records.c.due_time_us <= moment)
+        )
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                deleted = self.run_once()
+                overdue = self.overdue() if metrics.enabled() else 0
+                metrics.record_retention_run(overdue, deleted, failed=0)
             except Exception as exc:  # noqa: BLE001 - keep the thread alive; retried next tick
                 _log.error("retention_scheduler_round_failed", error=repr(exc))
+                metrics.record_retention_run(0, 0, failed=1)
             self._stop.wait(self._interval_s)

@@ -61,6 +61,7 @@ from broker.errors import (
     Unavailable,
 )
 from broker.logging import get_logger
+from broker.observability import tracing
 from broker.registry.model import Endpoint, ModelVersion
 from broker.runtimes.base import Canceller
 from broker.runtimes.oip_mapping import build_answer, encode_request
@@ -140,7 +141,7 @@ class OpenInferenceRuntime:
             raise DeadlineExceeded(f"no time left to call model {model.ref}")
         stub = self._stub(endpoint)
         started = time.monotonic()
-        future = stub.future(request, timeout=timeout)
+        future = stub.future(request, timeout=timeout, metadata=tracing.outgoing_metadata())
         if on_cancel is not None:
             on_cancel(lambda: _cancel(future))
         try:

@@ -56,6 +56,8 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault, vault_tokens
 from broker.logging import get_logger
+from broker.observability import metrics, tracing
+from broker.observability.metrics import MetricsPage
 from broker.packages.environment import Environments
 from broker.packages.store import PackageStore
 from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
@@ -120,6 +122,7 @@ class BrokerServer:
     grace_seconds: float
     cluster: ClusterSync | None = None
     database_health: DatabaseHealth | None = None
+    metrics_page: MetricsPage | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
     # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
@@ -144,6 +147,8 @@ class BrokerServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.database_health is not None:
             self.database_health.start()
+        if self.metrics_page is not None:
+            _log.info("metrics_started", port=self.metrics_page.start())
         _log.info("server_started", port=self.port)
 
     def stop(self, grace: float | None = None) -> None:
@@ -156,6 +161,8 @@ class BrokerServer:
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         if self.database_health is not None:
             self.database_health.stop()
+        if self.metrics_page is not None:
+            self.metrics_page.stop()
         if self.cluster is not None:
             self.cluster.stop()
         for runtime in self.runtimes.values():
@@ -165,6 +172,7 @@ class BrokerServer:
             self.retention.close()
         self.audit.close()
         self.engine.dispose()
+        tracing.shutdown()  # flushes the last spans
         self.request_stop()  # wakes serve_forever if another thread called stop()
         for fd in self._stop_pipe:
             os.close(fd)
@@ -217,14 +225,26 @@ class BrokerServer:
         self.stop()
 
 
-def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
+def build_server(
+    config: Config, *, reuse_port: bool = False, metrics_page: bool = True
+) -> BrokerServer:
     """Create every component from ``config`` and bind the listener (port 0 picks a free port).
 
     ``reuse_port``: bind with ``SO_REUSEPORT``, as each of a node's worker processes does so
     that they share one port (:mod:`broker.server.workers`); a lone server binds without it, so
     a port already in use is an error rather than a silently shared listener.
+    ``metrics_page``: serve ``[metrics] listen`` from this process (a worker records metrics
+    but leaves the page to its supervisor).
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if config.metrics.listen is not None:
+        metrics.enable()
+    if config.tracing.otlp_endpoint is not None:
+        tracing.configure(
+            config.tracing.otlp_endpoint,
+            service_name=config.tracing.service_name,
+            sample_ratio=config.tracing.sample_ratio,
+        )
     engine = create_engine_for(config.database_url, echo=config.database.echo)
     if config.database.auto_migrate:
         migrate(engine)
@@ -352,6 +372,11 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
         grace_seconds=config.server.shutdown_grace_seconds,
         cluster=cluster,
         database_health=database_health,
+        metrics_page=(
+            MetricsPage(config.metrics.listen)
+            if metrics_page and config.metrics.listen is not None
+            else None
+        ),
     )
 
 

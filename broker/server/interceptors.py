@@ -31,6 +31,8 @@ from grpc_status import rpc_status
 from broker.auth.principal import Principal
 from broker.errors import BrokerError, Unauthenticated, Unavailable
 from broker.logging import get_logger
+from broker.observability import metrics, tracing
+from broker.observability.stages import stage
 from broker.server.context import principal_var
 
 _log = get_logger(__name__)
@@ -113,14 +115,23 @@ class _RpcScope:
         self._started = time.perf_counter()
         self._status = grpc.StatusCode.OK
         self._principal_token: Any = None
+        self._tenant = ""
+        self._span: tracing.RpcSpan | None = None
 
     def __enter__(self) -> _RpcScope:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(method=self._method)
+        metadata = tuple(self._context.invocation_metadata())
+        self._span = tracing.start_rpc_span(self._method, metadata)
         try:
-            principal = self._authenticate(tuple(self._context.invocation_metadata()))
+            with stage("auth"):
+                principal = self._authenticate(metadata)
         except Unauthenticated as exc:
+            # __exit__ will not run for a scope that was never entered: finish here.
+            self._status = exc.code
+            self._finish()
             self._fail(exc)
+        self._tenant = principal.tenant
         structlog.contextvars.bind_contextvars(tenant=principal.tenant, subject=principal.subject)
         self._principal_token = principal_var().set(principal)
         return self
@@ -157,11 +168,19 @@ class _RpcScope:
                 if not self._context.is_active()
                 else (grpc.StatusCode.UNKNOWN)
             )
-        _log.info(
-            "rpc",
-            status=self._status.name,
-            latency_ms=round((time.perf_counter() - self._started) * 1000, 3),
-        )
+        self._finish()
+
+    def _finish(self) -> None:
+        """The RPC's one log event, its metrics and the end of its span."""
+        seconds = time.perf_counter() - self._started
+        _log.info("rpc", status=self._status.name, latency_ms=round(seconds * 1000, 3))
+        if metrics.enabled() or self._span is not None:
+            bound = structlog.contextvars.get_contextvars()
+            metrics.count_rpc(
+                self._method, self._tenant, str(bound.get("model", "")), self._status.name, seconds
+            )
+            if self._span is not None:
+                self._span.end(self._status.name, bound)
         structlog.contextvars.clear_contextvars()
 
 

@@ -49,12 +49,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
 from broker.config import Config, ConfigError
 from broker.logging import configure_logging, get_logger
+
+if TYPE_CHECKING:  # the supervisor imports prometheus_client only when it serves metrics
+    from broker.observability.metrics import MetricsPage
 
 _log = get_logger(__name__)
 
@@ -162,6 +165,7 @@ class WorkerSupervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._revision: bytes = b""  # the last policy revision passed on to every worker
+        self._metrics_page: MetricsPage | None = None
         self.port = 0
         self.status = 0
 
@@ -180,6 +184,7 @@ class WorkerSupervisor:
         check_port_free(self._config.server.listen)
         _, self.port = split_listen(self._config.server.listen)
         try:
+            self._start_metrics_page()
             first = self._spawn(0)
             self.port = self._wait_ready(first)
             others = [self._spawn(index) for index in range(1, self._count)]
@@ -189,6 +194,22 @@ class WorkerSupervisor:
             self.stop()
             raise
         _log.info("node_started", port=self.port, workers=self._count, pids=self.pids)
+
+    def _start_metrics_page(self) -> None:
+        """Serve the node's one metrics page here, summing what the workers record.
+
+        The multiprocess directory is set in this process's environment before any worker
+        starts, so each worker's prometheus_client writes its values there (see
+        :mod:`broker.observability.metrics`).
+        """
+        listen = self._config.metrics.listen
+        if listen is None:
+            return
+        from broker.observability import metrics  # noqa: PLC0415 - only a node that serves them
+
+        metrics.prepare_multiprocess_dir(self._config.data_dir / "run" / "metrics")
+        self._metrics_page = metrics.MetricsPage(listen)
+        _log.info("metrics_started", port=self._metrics_page.start())
 
     def serve_forever(self) -> int:
         """Start (unless :meth:`start` ran already), supervise until SIGTERM or SIGINT, drain
@@ -239,6 +260,9 @@ class WorkerSupervisor:
                 worker.process.kill()
                 worker.process.wait()
             self._forget(worker)
+        if self._metrics_page is not None:
+            self._metrics_page.stop()
+            self._metrics_page = None
         _log.info("node_stopped")
 
     # -- supervision ----------------------------------------------------------------------
@@ -285,6 +309,10 @@ class WorkerSupervisor:
     def _on_exit(self, worker: _Worker) -> None:
         status = worker.process.wait()
         self._forget(worker)
+        if self._metrics_page is not None:
+            from broker.observability.metrics import mark_worker_dead  # noqa: PLC0415
+
+            mark_worker_dead(worker.process.pid)
         if self._stopping:
             return
         lived = time.monotonic() - worker.started
@@ -436,7 +464,9 @@ def run_worker(channel: socket.socket) -> None:
     configure_logging(
         logging.level, json_output=logging.json_output, fields={"worker": settings.index}
     )
-    server = build_server(with_port(settings.config, settings.port), reuse_port=True)
+    server = build_server(
+        with_port(settings.config, settings.port), reuse_port=True, metrics_page=False
+    )
     send_lock = threading.Lock()
 
     def send(line: str) -> None:

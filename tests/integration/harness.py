@@ -33,6 +33,7 @@ class BackendLog:
     """What the fake backend saw."""
 
     requests: list[oip.ModelInferRequest] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)  # per request, text keys
     cancelled: list[str] = field(default_factory=list)
     delay_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -49,6 +50,9 @@ class EchoInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelInferResponse:
         with self.log.lock:
             self.log.requests.append(request)
+            self.log.metadata.append(
+                {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            )
         deadline = time.monotonic() + self.log.delay_seconds
         while time.monotonic() < deadline:
             if not context.is_active():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -94,6 +95,13 @@ class ServeProcess:
         self._log_file.close()
 
 
+def metrics_page(node: ServeProcess) -> str:
+    """The node's /metrics page (``[metrics] listen`` on port 0: the port is in the log)."""
+    port = next(e["port"] for e in node.events() if e.get("event") == "metrics_started")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return str(answer.read().decode())
+
+
 def test_sigterm_drains_in_flight_calls(
     tmp_path: Path, database_url: str, backend: FakeBackend
 ) -> None:
@@ -123,7 +131,7 @@ def test_one_log_event_per_call_and_no_payload_value_anywhere(
     tmp_path: Path, database_url: str, backend: FakeBackend
 ) -> None:
     canary = f"CANARY-{uuid.uuid4().hex}"
-    node = ServeProcess(tmp_path / "var", database_url, {})
+    node = ServeProcess(tmp_path / "var", database_url, {"BROKER__METRICS__LISTEN": "127.0.0.1:0"})
     try:
         with node.client("acme-models", "vendor") as vendor:
             vendor.register_model(echo_model(backend.target))
@@ -143,6 +151,10 @@ def test_one_log_event_per_call_and_no_payload_value_anywhere(
             with pytest.raises(grpc.RpcError) as exc:
                 buyer.invoke("acme-models/echo@1.0.0", {"text": canary})
             assert canary not in str(exc.value.details())  # type: ignore[attr-defined]
+        page = metrics_page(node)
+        invokes = [line for line in page.splitlines() if line.startswith("broker_rpcs_total{")]
+        assert any('method="/broker.v1.Broker/Invoke"' in line for line in invokes)
+        assert canary not in page
     finally:
         node.terminate()
     log_text = node.log_path.read_text(errors="replace")

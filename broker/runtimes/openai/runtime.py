@@ -52,6 +52,7 @@ from broker.errors import (
     Unavailable,
 )
 from broker.logging import get_logger
+from broker.observability import tracing
 from broker.registry.model import ModelVersion
 from broker.runtimes.base import Canceller
 from broker.runtimes.openai.errors import error_for_abort, error_for_status, error_for_transport
@@ -254,6 +255,7 @@ class OpenAIRuntime:
         key = self._secrets(model)
         if key:
             headers["authorization"] = f"Bearer {key}"
+        tracing.inject(headers)  # the trace goes on to the vendor (when tracing is on)
         client = self._client(_PoolKey(url.scheme, url.host, url.port, endpoint.tls_ca_pem))
         limits = httpx.Timeout(
             max(timeout, 0.001),

@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.errors import Cancelled, DeadlineExceeded, Unavailable
 from broker.logging import get_logger
+from broker.observability import metrics
 from broker.packages.environment import Environment, Environments
 from broker.packages.errors import EnvironmentTampered
 from broker.packages.store import PackageStore, StoredPackage
@@ -314,6 +315,8 @@ class WorkerPools:
             if self._closed:
                 self._forget(pool, slot)
                 raise Unavailable("the sandbox runtime is shut down")
+            metrics.record_sandbox_pool(self._live_workers())
+        metrics.count_sandbox_cold_start()
         _log.info("sandbox_worker_started", tenant=tenant, package=digest, model=model)
         return slot
 
@@ -330,6 +333,8 @@ class WorkerPools:
             with self._cond:
                 first = key not in self._tampered_seen
                 self._tampered_seen.add(key)
+            if first:
+                metrics.count_sandbox_violation("environment_tampered")
             if first and self._on_violation is not None:
                 reason = f"environment tampered: {exc.path} {exc.change}"
                 self._on_violation(
@@ -386,6 +391,11 @@ class WorkerPools:
         if slot in pool.idle:
             pool.idle.remove(slot)
         self._cond.notify_all()
+        metrics.record_sandbox_pool(self._live_workers())
+
+    def _live_workers(self) -> int:
+        """Workers alive in every pool (call holding ``_cond``)."""
+        return sum(len(pool.live) for pool in self._pools.values())
 
     def _log_retirement(self, slot: _Slot, reason: str) -> None:
         tags = {
@@ -394,6 +404,10 @@ class WorkerPools:
             "model": slot.model,
         }
         _log.info("sandbox_worker_retired", reason=reason, calls=slot.calls, **tags)
+        if reason.startswith("limit "):
+            metrics.count_sandbox_limit_kill(reason.removeprefix("limit ").split(" ")[0])
+        elif reason.startswith("seccomp"):
+            metrics.count_sandbox_violation("seccomp")
         if reason.startswith(("limit ", "seccomp")):
             # What the broker can see of a sandbox violation goes to the log and the audit log.
             _log.warning("sandbox_violation", reason=reason, **tags)
