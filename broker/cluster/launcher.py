@@ -95,16 +95,29 @@ class Child:
         self.wait(10)
 
     def wait(self, timeout: float) -> bool:
-        """True once the process has exited (within ``timeout``)."""
+        """True once the process has exited (within ``timeout``); a child of this process is
+        also reaped then."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(timeout=0.1)
             if not self.alive():
+                self._reap()
                 return True
             time.sleep(0.05)
-        return not self.alive()
+        if self.alive():
+            return False
+        self._reap()
+        return True
+
+    def _reap(self) -> None:
+        """Collect the exit status of a process that has exited. ``alive`` can find it a zombie
+        in /proc just after ``poll`` saw it running; unreaped, it would stay a zombie (and
+        ``Popen`` warns when it is collected)."""
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM the group, SIGKILL it after ``grace`` seconds."""
