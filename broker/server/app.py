@@ -335,7 +335,8 @@ def build_server(
         server,
     )
     audit_pb2_grpc.add_AuditServicer_to_server(
-        AuditServicer(engine, audit.store, audit.verifier), server
+        AuditServicer(engine, audit.store, audit.verifier, on_view=audit_hooks.entry_views(audit)),
+        server,
     )
     policies_pb2_grpc.add_PoliciesServicer_to_server(
         PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server

@@ -132,10 +132,12 @@ class ChangeFeed:
                     application_name=APPLICATION_NAME,
                 ) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
+                    # Listening from here on: whatever changed before is caught up now, and
+                    # only then is the feed reported up (``start`` returns after the catch-up).
+                    self._handle_gap()
                     self._listening.set()
                     _log.info("change_feed_listening", channel=self._channel)
                     delay = RECONNECT_MIN_SECONDS
-                    self._handle_gap()
                     self._receive(conn)
             except psycopg.Error as exc:
                 if self._listening.is_set():

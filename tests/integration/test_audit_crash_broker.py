@@ -24,7 +24,12 @@ MODEL = "acme-models/echo@1.0.0"
 
 
 def _cli(node: ServeProcess, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BROKER_TARGET": f"127.0.0.1:{node.port}", "BROKER_TOKEN": token}
+    return cli_at(f"127.0.0.1:{node.port}", token, *args)
+
+
+def cli_at(target: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``broker <args>`` against the broker at ``target`` with ``token``, output captured."""
+    env = {**os.environ, "BROKER_TARGET": target, "BROKER_TOKEN": token}
     return subprocess.run(
         [sys.executable, "-m", "broker.cli.main", *args],
         capture_output=True,

@@ -8,25 +8,16 @@ is what makes a replica drop its caches.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from broker.storage.changes import APPLICATION_NAME, ChangeFeed, Notice
 from broker.storage.db import create_engine_for
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
-WAIT_S = 20.0
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.02)
 
 
 class Recorder:

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import FakeBackend, echo_model, start_broker
 from tests.integration.test_serve_process import ServeProcess, metrics_page
-from tests.integration.test_workers import buyer, wait_until, workers_that_served
+from tests.integration.test_workers import buyer, workers_that_served
+from tests.integration.waiting import wait_until
 
 MODEL = "acme-models/echo@1.0.0"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

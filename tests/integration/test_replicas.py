@@ -9,13 +9,10 @@ can make the other replica see a change in time.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import grpc
 import pytest
@@ -33,21 +30,14 @@ from broker.enforce.vault import PendingToken, TokenVault, new_token
 from broker.retention.rootkey import generate_root_key_file
 from broker.storage.db import create_engine_for
 from tests.integration.harness import BrokerHarness, FakeBackend, echo_model, start_broker
+from tests.integration.test_audit_crash_broker import cli_at
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
 
 MODEL = "acme-models/echo@1.0.0"
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-WAIT_S = 30.0
 HOUR = "3600"
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -195,19 +185,13 @@ def test_both_replicas_sign_checkpoints_that_verify_under_the_one_log_key(
     for replica, name in ((first, "a"), (second, "b")):
         replica.server.audit.checkpoint_now()
         token = replica.token("ops", "auditor", subject="auditor")
-        env = {**os.environ, "BROKER_TARGET": replica.target, "BROKER_TOKEN": token}
         work = tmp_path / f"verify-{name}"
         work.mkdir()
 
-        def cli(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "broker.cli.main", *args],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-                check=False,
-            )
+        def cli(
+            *args: str, target: str = replica.target, token: str = token
+        ) -> CompletedProcess[str]:
+            return cli_at(target, token, *args)
 
         assert cli("audit", "checkpoint", "--vkey-out", str(work / "v")).returncode == 0
         assert cli("audit", "export", "-o", str(work / "log.jsonl")).returncode == 0

@@ -29,10 +29,10 @@ from broker.server.workers import CRASH_LOOP_LIMIT, WorkerSupervisor
 from tests.integration.harness import FakeBackend, echo_model
 from tests.integration.test_audit_crash_broker import _cli, assert_exported_log_verifies
 from tests.integration.test_serve_process import ServeProcess
+from tests.integration.waiting import wait_until
 
 MODEL = "acme-models/echo@1.0.0"
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-WAIT_S = 60.0
 CALLS_PER_CONNECTION = 5
 
 
@@ -54,14 +54,6 @@ def workers_that_served(node: ServeProcess, method: str) -> set[int]:
         for e in node.events()
         if e.get("event") == "rpc" and method in str(e.get("method")) and "worker" in e
     }
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
