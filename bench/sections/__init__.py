@@ -50,6 +50,7 @@ _MODULES = (
     "sandbox",
     "retention",
     "llm",
+    "cluster",
 )
 _EXTRA = ("SECTION", "DURABLE_SECTION")  # the names a section module may export
 

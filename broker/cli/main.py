@@ -11,6 +11,7 @@
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
     broker audit query|export|tail|prove|verify|verify-receipt   the tamper-evident audit log
     broker console [--listen HOST:PORT]     the compliance console, a web view of the audit log
+    broker cluster up|down|status           a demo cluster: replicas behind HAProxy
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -35,6 +36,7 @@ from broker.cli import (
     serve,
     tokens,
 )
+from broker.cluster import cli as cluster
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     retention.register(sub)
     audit.register(sub)
     console.register(sub)
+    cluster.register(sub)
     return parser
 
 
