@@ -58,8 +58,16 @@ from broker.enforce.vault import TokenVault, vault_tokens
 from broker.logging import get_logger
 from broker.packages.environment import Environments
 from broker.packages.store import PackageStore
-from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
+from broker.policy import (
+    OpaEngine,
+    PlanCache,
+    PolicyEngine,
+    PolicyStore,
+    RegorusEngine,
+    opa_embedded,
+)
 from broker.policy.bundle import Bundle
+from broker.policy.opa_embedded import OpaEmbeddedEngine
 from broker.registry.cache import CachedResolver
 from broker.registry.generation import SharedChangeCounter
 from broker.registry.model import ModelVersion, Runtime
@@ -289,7 +297,7 @@ def build_server(config: Config, *, reuse_port: bool = False) -> BrokerServer:
     )
     record_change = audit_hooks.registry_changes(audit)
     cluster = (
-        ClusterSync(engine, resolver, policies if config.policy.engine == "regorus" else None)
+        ClusterSync(engine, resolver, policies if config.policy.engine != "opa" else None)
         if is_postgresql(engine)
         else None
     )
@@ -417,9 +425,17 @@ def build_policy_store(config: Config, audit: AuditLog | None = None) -> PolicyS
     def regorus_engine(bundle: Bundle) -> PolicyEngine:
         return RegorusEngine(bundle, rule=settings.rule)
 
+    def opa_embedded_engine(bundle: Bundle) -> PolicyEngine:
+        return OpaEmbeddedEngine(bundle, rule=settings.rule)
+
+    factories = {"regorus": regorus_engine, "opa-embedded": opa_embedded_engine, "opa": opa_engine}
+    if settings.engine == "opa-embedded":
+        problem = opa_embedded.bindings_problem()
+        if problem is not None:
+            raise ConfigError(f'[policy] engine = "opa-embedded" cannot run: {problem}')
     store = PolicyStore(
         settings.bundle_dir,
-        engine_factory=opa_engine if settings.engine == "opa" else regorus_engine,
+        engine_factory=factories[settings.engine],
         cache=PlanCache(max_entries=settings.cache_size),
     )
     if audit is not None:
