@@ -69,7 +69,7 @@ class OpaCallError(Exception):
         self.message = message
 
 
-class _Undefined(Exception):
+class OpaUndefinedDocument(Exception):
     """The evaluated document is undefined."""
 
 
@@ -85,7 +85,7 @@ class Opa:
     """A typed adapter around one ``opa_bindings.OpaEngine`` (the bindings have no hints).
 
     Every failure of the bindings becomes :class:`OpaCallError`; an undefined document is
-    :class:`_Undefined` (private: :class:`OpaEmbeddedEngine` turns it into a denial).
+    :class:`OpaUndefinedDocument` (:class:`OpaEmbeddedEngine` turns both into denials).
     """
 
     def __init__(self) -> None:
@@ -133,7 +133,7 @@ class Opa:
         try:
             value = self._engine.eval_document(path, input_doc, coverage=coverage)
         except self._undefined:
-            raise _Undefined(path) from None
+            raise OpaUndefinedDocument(path) from None
         except Exception as exc:  # noqa: BLE001 - as above
             raise self._failure(exc) from None
         report = self._engine.last_coverage if coverage else None
@@ -280,7 +280,7 @@ class OpaEmbeddedEngine:
         try:
             with self._lease() as opa:
                 value, _ = opa.document(self._path, document)
-        except _Undefined:
+        except OpaUndefinedDocument:
             return None
         except OpaCallError as exc:
             msg, file, line = opa_error_text(exc.message)
