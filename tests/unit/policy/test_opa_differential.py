@@ -10,8 +10,9 @@ undefined rules by kind, since the two engines word their errors differently).
 
 Bundles: the shipped ``policies/`` and the small policies the other tests write (the plan-cache
 tiny policy, the answer-actions policy of the integration tests, the streaming test's policy,
-and the failing bodies of ``test_engine.py``). The input count and both engines' versions are
-printed at the end of the run (``pytest_terminal_summary`` in this folder's conftest).
+and the failing bodies of ``test_engine.py``), and one written here for numbers (whole floats).
+The input count and both engines' versions are printed at the end of the run
+(``pytest_terminal_summary`` in this folder's conftest).
 """
 
 from __future__ import annotations
@@ -230,7 +231,30 @@ def test_shipped_bundle_regorus_and_opa_agree(request: pytest.FixtureRequest) ->
     )
 
 
+# Written for this test: the numbers in a plan as a policy author may write them. OPA keeps
+# 4.0, 1e3 and a data.json 5.0 floats where regorus makes them integers; before parse_plan took
+# whole floats as integers, OPA's plans for this policy were denials and regorus's were not.
+NUMBERS_POLICY = """package broker
+
+import rego.v1
+
+decision := {
+	"allow": true,
+	"fields": {f.path: _mask(f) | some f in input.fields},
+	"entities": {e.label: {"action": "mask", "keep_last": 1e0} | some e in input.entities},
+	"retention": {"request_ttl_s": data.broker.ttl, "response_ttl_s": 7 * 86400.0},
+}
+
+_mask(f) := {"action": "mask", "keep_last": 4.0} if count(f.labels) > 0
+
+_mask(f) := {"action": "mask", "keep_last": max([1, 2.0]), "char": "#"} if count(f.labels) == 0
+"""
+
 SMALL_POLICIES: dict[str, dict[str, str]] = {
+    "numbers (this test)": {
+        "broker/decision.rego": NUMBERS_POLICY,
+        "broker/data.json": '{"ttl": 604800.0}',
+    },
     "tiny (conftest)": {
         "broker/policy.rego": TINY_POLICY,
         "broker/data.json": '{"action": "hash"}',
