@@ -56,6 +56,9 @@ INSTALL_HINT = (
     "Python 3.14 but the wheel is a ctypes binding that runs on 3.11, and needs glibc >= 2.34)"
 )
 
+# Codes of an input the bindings cannot hand to Go (the adapter's own, and the bindings').
+_BAD_INPUT = frozenset({"invalid_input", "invalid_argument", "invalid_json"})
+
 # "file.rego:12: rego_parse_error: unexpected } token" inside OPA's "N errors occurred: ..."
 _LOCATED = re.compile(r"(?P<file>[^\s:][^:\n]*?):(?P<line>\d+): (?P<msg>[a-z_]+_error: [^\n]*)")
 
@@ -102,6 +105,8 @@ class Opa:
             return OpaCallError(
                 str(getattr(exc, "code", "unknown")), str(getattr(exc, "message", ""))
             )
+        if isinstance(exc, TypeError | ValueError):  # json.dumps of the input or the data
+            return OpaCallError("invalid_input", f"not JSON: {type(exc).__name__}: {exc}")
         return OpaCallError("internal", f"{type(exc).__name__}: {exc}")
 
     def add_policy(self, path: str, source: str) -> None:
@@ -237,6 +242,9 @@ class OpaEmbeddedEngine:
     ) -> None:
         if not rule.startswith("data.") or "." not in rule[5:]:
             raise PolicyLoadError(f"rule must look like data.<package>.<rule>, got {rule!r}")
+        size = max_engines if max_engines is not None else min(os.cpu_count() or 1, 8)
+        if size < 1:
+            raise ValueError("max_engines must be >= 1")
         self._bundle = bundle
         self._rule = rule
         self._path = rule[5:]
@@ -245,9 +253,6 @@ class OpaEmbeddedEngine:
         if package not in {package_name(ast) for _, ast in module_asts(first, bundle.policies)}:
             first.close()
             raise PolicyLoadError(f"no policy defines package {package[5:]} (for {rule})")
-        size = max_engines if max_engines is not None else min(os.cpu_count() or 1, 8)
-        if size < 1:
-            raise ValueError("max_engines must be >= 1")
         self._slots = threading.BoundedSemaphore(size)
         self._idle: queue.SimpleQueue[Opa] = queue.SimpleQueue()
         self._idle.put(first)
@@ -283,13 +288,13 @@ class OpaEmbeddedEngine:
         except OpaUndefinedDocument:
             return None
         except OpaCallError as exc:
+            if exc.code in _BAD_INPUT:  # a claim that is not JSON, a NUL, a lone surrogate
+                raise PolicyError("the policy input is not JSON", log_reason=exc.message) from None
             msg, file, line = opa_error_text(exc.message)
             where = f" at {file}:{line}" if file else ""
             raise PolicyError(f"evaluation error{where}: {msg}") from None
         except PolicyLoadError as exc:  # a pooled engine that failed to build
             raise PolicyError(f"evaluation error: {exc.reason}") from None
-        except (TypeError, ValueError) as exc:  # the input is not JSON (a claim's value)
-            raise PolicyError("the policy input is not JSON", log_reason=str(exc)[:200]) from None
         return value
 
     def decide(self, policy_input: PolicyInput) -> Plan:

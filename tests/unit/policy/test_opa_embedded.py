@@ -159,8 +159,13 @@ def test_input_that_is_not_json_denies(shipped: OpaEmbeddedEngine) -> None:
         model=odd.model,
         purpose=odd.purpose,
     )
-    with pytest.raises(PolicyError, match="not JSON"):
+    with pytest.raises(PolicyError) as info:
         shipped.decide(odd)
+    assert info.value.reason == "the policy input is not JSON"
+    surrogate = make_input(fields=(("/\ud800", "string", ()),), entities=())
+    with pytest.raises(PolicyError) as info:
+        shipped.decide(surrogate)
+    assert info.value.reason == "the policy input is not JSON"
 
 
 def test_threads_share_a_bounded_pool(write_bundle: WriteBundle) -> None:
