@@ -105,17 +105,6 @@ decision := {
 """
 
 
-@pytest.fixture(scope="session")
-def opa_bindings_present() -> None:
-    """The embedded OPA engine can run here (skip with how to install it; fail in CI)."""
-    from broker.policy.opa_embedded import bindings_problem  # noqa: PLC0415 - after collection
-    from tests.conftest import skip_or_fail  # noqa: PLC0415
-
-    problem = bindings_problem()
-    if problem is not None:
-        skip_or_fail(problem)
-
-
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
