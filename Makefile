@@ -17,19 +17,17 @@ CONFIG ?= examples/demo/broker.toml
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
-# OPA's own Rego engine for `[policy] engine = "opa-embedded"` and the regorus-vs-OPA
-# differential test. Its metadata says Requires-Python >= 3.14, but the wheel is
-# py3-none-manylinux_2_34 (glibc >= 2.34): a stdlib-only ctypes binding to a Go library,
-# with no 3.14-only code. pyproject dependencies cannot carry --ignore-requires-python, so
-# it is installed here, pinned; tests/unit/policy/test_opa_differential.py is the evidence
-# that it works on this Python.
-# The stamp depends on this Makefile so that an existing .venv picks up such a change.
-$(STAMP): pyproject.toml Makefile
+# OPA's own Rego engine (`[policy] engine = "opa-embedded"`, the differential test), pinned by
+# hash in requirements-opa-embedded.txt, which says why it needs --ignore-requires-python (its
+# metadata asks for Python 3.14; the wheel is a ctypes binding that runs on 3.11). pyproject
+# dependencies cannot carry that flag. The stamp depends on this Makefile and that file so
+# that an existing .venv picks up a change to either.
+$(STAMP): pyproject.toml Makefile requirements-opa-embedded.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --ignore-requires-python opa-golib-python-bindings==0.4.4
+	$(BIN)/python -m pip install --quiet --ignore-requires-python --require-hashes -r requirements-opa-embedded.txt
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the broker with its development tools

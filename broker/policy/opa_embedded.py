@@ -12,9 +12,9 @@ Installation. The package is optional and pinned (``opa-golib-python-bindings==0
 metadata says ``Requires-Python >= 3.14``, but the wheel is ``py3-none-manylinux_2_34``: a
 stdlib-only ctypes wrapper with no 3.14-only code, around a Go library (glibc >= 2.34). So
 ``make install`` installs it with ``pip --ignore-requires-python``, which a pyproject
-dependency cannot express; ``tests/unit/policy/test_opa_differential.py`` is the evidence that
-it works on this project's Python. Without it, this engine refuses to load and says how to
-install it.
+dependency cannot express, pinned by hash (``requirements-opa-embedded.txt``);
+``tests/unit/policy/test_opa_differential.py`` is the evidence that it works on this project's
+Python. Without it, this engine refuses to load and says how to install it.
 
 Threads. One ``opa_bindings.OpaEngine`` serializes its evaluations behind a lock, and ctypes
 releases the GIL while Go evaluates, so engines on different threads really run at once. This
@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 DISTRIBUTION = "opa-golib-python-bindings"
 PINNED_VERSION = "0.4.4"
 INSTALL_HINT = (
-    f"install it with `.venv/bin/pip install --ignore-requires-python "
-    f"{DISTRIBUTION}=={PINNED_VERSION}` (`make install` does; the package metadata asks for "
-    "Python 3.14 but the wheel is a ctypes binding that runs on 3.11, and needs glibc >= 2.34)"
+    "install it with `make install`, or `.venv/bin/pip install --ignore-requires-python "
+    f"--require-hashes -r requirements-opa-embedded.txt` ({DISTRIBUTION}=={PINNED_VERSION}; its "
+    "metadata asks for Python 3.14 but the wheel is a ctypes binding that runs on 3.11, and "
+    "needs glibc >= 2.34)"
 )
 
 # Codes of an input the bindings cannot hand to Go (the adapter's own, and the bindings').

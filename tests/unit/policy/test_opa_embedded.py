@@ -213,4 +213,7 @@ except ConfigError as exc:
     )
     assert done.returncode == 3, done.stderr
     assert 'engine = "opa-embedded" cannot run' in done.stdout
-    assert "--ignore-requires-python opa-golib-python-bindings==0.4.4" in done.stdout
+    assert (
+        "--ignore-requires-python --require-hashes -r requirements-opa-embedded.txt" in done.stdout
+    )
+    assert "opa-golib-python-bindings==0.4.4" in done.stdout
