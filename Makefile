@@ -17,11 +17,17 @@ CONFIG ?= examples/demo/broker.toml
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# OPA's own Rego engine (`[policy] engine = "opa-embedded"`, the differential test), pinned by
+# hash in requirements-opa-embedded.txt, which says why it needs --ignore-requires-python (its
+# metadata asks for Python 3.14; the wheel is a ctypes binding that runs on 3.11). pyproject
+# dependencies cannot carry that flag. The stamp depends on this Makefile and that file so
+# that an existing .venv picks up a change to either.
+$(STAMP): pyproject.toml Makefile requirements-opa-embedded.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --ignore-requires-python --require-hashes -r requirements-opa-embedded.txt
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the broker with its development tools

@@ -148,9 +148,14 @@ class BackendsConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    """Where the Rego policy comes from and how it is evaluated."""
+    """Where the Rego policy comes from and how it is evaluated.
 
-    engine: Literal["regorus", "opa"] = "regorus"
+    ``engine``: ``regorus`` (embedded, the default), ``opa-embedded`` (OPA's own Go engine in
+    process; needs the optional ``opa-golib-python-bindings``, which ``make install`` installs)
+    or ``opa`` (an OPA server's Data API at ``opa_host``:``opa_port``; the bundle stays unused).
+    """
+
+    engine: Literal["regorus", "opa-embedded", "opa"] = "regorus"
     bundle_dir: Path = Path("policies")
     rule: str = "data.broker.decision"
     watch_interval_seconds: float = Field(default=2.0, ge=0, description="0 disables watching")

@@ -45,6 +45,7 @@ _MODULES = (
     "hops",
     "server_model",
     "plan_cache",
+    "policy_engines",
     "detectors",
     "audit",
     "sandbox",
