@@ -37,7 +37,12 @@ KINDS: Final = (
     "admin.model.registered",
     "admin.policy.activated",
 )
-_EXPORT_TYPES: Final = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+#: Export formats: the broker's verifiable bundles (JSONL, CSV) and OCSF events for a SIEM.
+_EXPORT_TYPES: Final = {
+    "jsonl": ("application/x-ndjson", "jsonl"),
+    "csv": ("text/csv", "csv"),
+    "ocsf": ("application/x-ndjson", "ocsf.jsonl"),
+}
 _MAX_REASON: Final = 1024
 
 
@@ -175,14 +180,15 @@ def export(request: Request) -> Response:
     fmt = request.query_params.get("format", "jsonl")
     if fmt not in _EXPORT_TYPES:
         return console.render(
-            request, "error.html", {"status": 400, "message": "format is jsonl or csv"}, 400
+            request, "error.html", {"status": 400, "message": "format is jsonl, csv or ocsf"}, 400
         )
     chunks = console.backend.export(session.token, search.to_filter(), fmt)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    media_type, suffix = _EXPORT_TYPES[fmt]
     return StreamingResponse(
         chunks,
-        media_type=_EXPORT_TYPES[fmt],
-        headers={"content-disposition": f'attachment; filename="audit-{stamp}.{fmt}"'},
+        media_type=media_type,
+        headers={"content-disposition": f'attachment; filename="audit-{stamp}.{suffix}"'},
     )
 
 

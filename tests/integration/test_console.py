@@ -8,6 +8,7 @@ compliance officer cannot place a hold, and the token never appears in a page.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,11 @@ def test_export_of_the_current_search(world: World) -> None:
     jsonl = client.get("/export?format=jsonl&kind=call.outcome")
     lines = jsonl.text.strip().split("\n")
     assert len(lines) == 3  # the manifest, then the two outcomes of acme
+    ocsf = client.get("/export?format=ocsf&kind=call.outcome")
+    assert ocsf.headers["content-disposition"].endswith('.ocsf.jsonl"')
+    events = [json.loads(line) for line in ocsf.text.strip().split("\n")]
+    assert len(events) == 2 and {e["class_uid"] for e in events} == {6003}  # API Activity
+    assert all(e["actor"]["user"]["org"]["name"] == "acme" for e in events)  # its own tenant
     assert client.get("/export?format=xml").status_code == 400
     assert client.get("/export?format=csv&tenant=bank").status_code == 403
 
