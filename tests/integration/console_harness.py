@@ -112,15 +112,15 @@ def start_world(tmp_path: Path, backend: FakeBackend) -> World:
         b'{"customer": {"email": "a@example.com"}, "note": "x"}',
         b'{"customer": {"email": "b@example.com"}, "note": "y"}',
     ):
-        reply = _invoke(broker, "acme", payload)
+        reply = invoke(broker, "acme", payload)
         acme_calls.append(reply.call_id)
         retained.extend(reply.retained_record_ids)
     bank_calls = [
-        _invoke(broker, "bank", b'{"customer": {"email": "c@example.com"}, "note": "z"}').call_id
+        invoke(broker, "bank", b'{"customer": {"email": "c@example.com"}, "note": "z"}').call_id
     ]
     # globex's policy allows only some purposes: a marketing call is denied (and audited).
     with pytest.raises(grpc.RpcError) as denied:
-        _invoke(broker, "globex", b'{"customer": {"email": "d@x.org"}, "note": "w"}', "marketing")
+        invoke(broker, "globex", b'{"customer": {"email": "d@x.org"}, "note": "w"}', "marketing")
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
     _wait_for_checkpoint(broker, outcomes=4)
     return World(broker, acme_calls, bank_calls, retained)
@@ -144,7 +144,7 @@ def _wait_for_checkpoint(broker: BrokerHarness, *, outcomes: int) -> None:
     raise AssertionError(f"the log never held {outcomes} checkpointed outcomes")
 
 
-def _invoke(
+def invoke(
     broker: BrokerHarness, tenant: str, payload: bytes, purpose: str = ""
 ) -> broker_pb2.InvokeResponse:
     with broker.channel() as channel:

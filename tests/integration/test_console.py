@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from broker.audit.checkpoint import open_checkpoint
 from broker.audit.merkle import leaf_hash, verify_inclusion
 from broker.audit.note import Verifier
-from tests.integration.console_harness import World, start_world
+from tests.integration.console_harness import World, invoke, start_world
 from tests.integration.harness import FakeBackend
 
 
@@ -262,3 +263,35 @@ def test_chart_data_counts_the_search(world: World) -> None:
     due = next(s for s in data["deletions"]["series"] if s["name"] == "due")
     assert sum(due["values"]) == len(world.retained)
     assert client.get("/charts").status_code == 200
+
+
+def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: World) -> None:
+    canary = f"canary{uuid.uuid4().hex}@example.com"  # a value the pii.email field carries
+    payload = orjson.dumps({"customer": {"email": canary}, "note": f"note {canary}"})
+    reply = invoke(world.broker, "acme", payload)
+    intent_leaf = world.leaf_of(reply.call_id, "call.intent")
+    outcome_leaf = world.leaf_of(reply.call_id, "call.outcome")
+    officer = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    admin = sign_in(world.client(), world.broker.token("ops", "admin"))
+    seen: list[str] = []
+    for client, tenant in ((officer, ""), (admin, "&tenant=acme")):
+        for path in (
+            "/",
+            f"/entries?size=100{tenant}",
+            f"/entries?call_id={reply.call_id}{tenant}",
+            f"/entries/{intent_leaf}",
+            f"/entries/{outcome_leaf}",
+            f"/entries/{outcome_leaf}/proof.json",
+            f"/charts?x=1{tenant}",
+            f"/charts/data.json?x=1{tenant}",
+            f"/export?format=jsonl{tenant}",
+            f"/export?format=csv{tenant}",
+            f"/export?format=ocsf{tenant}",
+            "/retention?tenant=acme",
+        ):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            seen.append(path)
+            assert canary not in answer.text, f"the canary is in {path}"
+            assert canary not in str(answer.headers), f"the canary is in {path}'s headers"
+    assert len(seen) == 24
