@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from broker.closing import ClosedOnExit
 from broker.runtimes.sandbox.errors import SandboxCrashed
-from broker.runtimes.sandbox.limits import WorkerLimits
+from sandbox.protocol import WorkerLimits
 
 
 class StreamingWorker(Protocol):
