@@ -1,15 +1,15 @@
 """Start sandboxed workers for model packages and call them: the broker's side of the sandbox.
 
 ``SandboxLauncher.start`` gets a new process holding one end of a socket pair (and a pipe for its
-output) that runs :func:`sandbox.worker.main` (the top-level ``sandbox`` package, the inside):
-by default forked by the launcher's zygote (:mod:`sandbox.zygote`, through :mod:`.zygote_client`;
-a clean ``python -I -S -B`` with an empty environment started once, which
-has already paid for the interpreter and the imports), or with ``zygote=False`` spawned as a
-fresh ``python -I -S -B`` of its own. Either way the worker locks itself in (no ``preexec_fn``,
-which is unsafe in a threaded broker) and says ``ready``. ``Worker.call`` then exchanges
-length-prefixed JSON frames, with the caller's deadline and a frame cap enforced here, on the
-broker's side, where the worker cannot lie; ``Worker.stream`` does the same for an answer the
-package streams, chunk by chunk (:mod:`.worker_stream`).
+output) that runs :func:`sandbox.worker.main` (the top-level ``sandbox`` package, the inside): by
+default forked by the launcher's zygote (:mod:`sandbox.zygote`, through :mod:`.zygote_client`; a
+clean ``python -I -S -B`` with an empty environment started once, which has already paid for the
+interpreter and the imports), or with ``zygote=False`` spawned as a fresh ``python -I -S -B`` of
+its own. Either way the worker locks itself in (no ``preexec_fn``, which is unsafe in a threaded
+broker) and says ``ready``. ``Worker.call`` then exchanges length-prefixed JSON frames, with the
+caller's deadline and a frame cap enforced here, on the broker's side, where the worker cannot lie;
+``Worker.stream`` does the same for an answer the package streams, chunk by chunk
+(:mod:`.worker_stream`).
 """
 
 from __future__ import annotations
