@@ -67,10 +67,11 @@ cluster-down: ## Stop every process make cluster started
 test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## Ruff, formatting check and mypy (strict)
-	$(BIN)/ruff check broker tests scripts bench examples
-	$(BIN)/ruff format --check broker tests scripts bench examples
-	$(BIN)/mypy broker
+lint: $(STAMP) ## Ruff, formatting check, mypy (strict) and the import contracts (layers, sandbox boundary)
+	$(BIN)/ruff check broker sandbox tests scripts bench examples
+	$(BIN)/ruff format --check broker sandbox tests scripts bench examples
+	$(BIN)/mypy broker sandbox
+	$(BIN)/lint-imports --no-logo --no-cache
 
 proto: $(STAMP) ## Regenerate broker/_proto from proto/
 	$(BIN)/python scripts/gen_proto.py
@@ -82,4 +83,4 @@ bench: $(STAMP) ## Measure the broker against a direct call and a bare gRPC prox
 	$(BIN)/python -m bench
 
 clean: ## Remove virtual environments and local data
-	rm -rf $(VENV) $(MLSERVER_VENV) $(LLM_VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(LLM_VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -52,8 +52,8 @@ def policy_input() -> Any:
 
 def run(settings: Settings) -> list[Figure]:
     """Decide the same input through a warm cache and through no cache."""
-    from broker.policy.bundle import PolicyStore  # noqa: PLC0415 - optional module
     from broker.policy.cache import PlanCache  # noqa: PLC0415
+    from broker.policy.store import PolicyStore  # noqa: PLC0415 - optional module
 
     if not POLICIES.is_dir():
         raise NotAvailable(f"no policy bundle at {POLICIES}")
@@ -84,7 +84,7 @@ SECTION = Section(
     key="plan_cache",
     title="policy plan cache",
     requires=(
-        "broker.policy.bundle",
+        "broker.policy.store",
         "broker.policy.cache",
         "broker.policy.contract",
         "broker.classify.classifier",

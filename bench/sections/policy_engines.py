@@ -49,7 +49,6 @@ def _threaded_seconds_per_call(fn: Callable[[], Any], budget: float) -> float:
 
 def run(settings: Settings) -> list[Figure]:
     """Decide the workload's input with each engine, uncached, on 1 and on 2 threads."""
-    from broker.policy.bundle import PolicyStore  # noqa: PLC0415 - optional modules
     from broker.policy.cache import PlanCache  # noqa: PLC0415
     from broker.policy.engine import RegorusEngine  # noqa: PLC0415
     from broker.policy.opa_embedded import (  # noqa: PLC0415
@@ -57,6 +56,7 @@ def run(settings: Settings) -> list[Figure]:
         bindings_problem,
         versions,
     )
+    from broker.policy.store import PolicyStore  # noqa: PLC0415 - optional modules
 
     problem = bindings_problem()
     if problem is not None:
@@ -100,7 +100,7 @@ SECTION = Section(
     key="policy_engines",
     title="policy engines: regorus vs embedded OPA",
     requires=(
-        "broker.policy.bundle",
+        "broker.policy.store",
         "broker.policy.cache",
         "broker.policy.engine",
         "broker.policy.opa_embedded",

@@ -79,8 +79,8 @@ class _PlainWorker:
 def run(settings: Settings) -> list[Figure]:
     """Start and call workers all three ways, ``settings.repeat`` rounds."""
     from broker.runtimes.sandbox.launcher import SandboxLauncher  # noqa: PLC0415 - optional
-    from broker.runtimes.sandbox.limits import WorkerLimits  # noqa: PLC0415
     from broker.runtimes.sandbox.probe import sandbox_support  # noqa: PLC0415
+    from sandbox.protocol import WorkerLimits  # noqa: PLC0415
 
     missing = sandbox_support()
     if missing:

@@ -254,6 +254,7 @@ def build_app(console: Console) -> Starlette:
             BackendError: backend_error,
         },
     )
-    app.state.console = console
+    mounted: pages.Console = console  # the pages read it back as their Protocol; mypy checks it
+    app.state.console = mounted
     app.add_middleware(SecurityHeaders)
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -18,11 +18,25 @@ from starlette.routing import Route
 from broker._proto.broker.v1 import audit_pb2, retention_pb2
 from broker.auth.principal import Role
 from broker.console import views
-from broker.console.backend import BackendError
+from broker.console.backend import Backend, BackendError
 from broker.console.search import PAGE_SIZES, Search, SearchError, sort_entries
+from broker.console.sessions import Session
 
-if TYPE_CHECKING:
-    from broker.console.app import Console
+
+class Console(Protocol):
+    """What the pages use of the console (``app.Console`` has it), named here so that the app,
+    which mounts these pages, sits above this module and not in a circle with it."""
+
+    backend: Backend
+
+    def session(self, request: Request, *, admin: bool = False) -> Session: ...
+
+    async def checked_form(self, request: Request, session: Session) -> dict[str, str]: ...
+
+    def render(
+        self, request: Request, name: str, context: dict[str, Any], status: int = 200
+    ) -> Response: ...
+
 
 CHART_LIMIT: Final = 20_000
 KINDS: Final = (

@@ -5,7 +5,7 @@ Callers use :class:`PolicyStore` (``decide``, ``reload``, ``revision``); everyth
 wrong below it is a :class:`PolicyError`, a ``PermissionDenied``, so the call is denied.
 """
 
-from broker.policy.bundle import Bundle, PolicyStore, ReloadOutcome, load_bundle
+from broker.policy.bundle import Bundle, load_bundle
 from broker.policy.cache import CacheStats, PlanCache
 from broker.policy.contract import (
     ACTIONS,
@@ -23,6 +23,7 @@ from broker.policy.contract import (
 )
 from broker.policy.engine import OpaEngine, PolicyEngine, RegorusEngine
 from broker.policy.opa_embedded import OpaEmbeddedEngine
+from broker.policy.store import PolicyStore, ReloadOutcome
 
 __all__ = [
     "ACTIONS",

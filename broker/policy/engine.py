@@ -27,17 +27,15 @@ import re
 import threading
 import weakref
 from itertools import count
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import regorus
 import requests
 from opa_client import OpaClient
 
+from broker.policy.bundle import Bundle
 from broker.policy.contract import Plan, PolicyError, PolicyInput, PolicyLoadError, parse_plan
-
-if TYPE_CHECKING:
-    from broker.policy.bundle import Bundle
 
 DEFAULT_RULE = "data.broker.decision"
 

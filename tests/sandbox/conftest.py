@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.probe import sandbox_support
+from sandbox.protocol import WorkerLimits
 from tests.conftest import skip_or_fail
 from tests.integration.harness import backend  # noqa: F401 - the fake OIP backend fixture
 

@@ -28,9 +28,9 @@ from broker.runtimes.sandbox.cgroups import (
 )
 from broker.runtimes.sandbox.errors import SandboxLimitExceeded
 from broker.runtimes.sandbox.launcher import SandboxLauncher
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.pool import PoolSettings, WorkerPools
 from broker.runtimes.sandbox.probe import cgroup_status
+from sandbox.protocol import WorkerLimits
 from tests.sandbox.conftest import TEST_LIMITS
 
 TREE_PACKAGE = Path(__file__).parent / "tree_pkg"

@@ -5,9 +5,9 @@ takes another path (the worker maps itself into a new user namespace). This modu
 ``unprivileged_driver.py`` as a dedicated unprivileged host user, with a clean environment and no
 supplementary groups, under a world-executable ``python3.11`` (the venv's own interpreter lives
 under ``/root``, mode 700; 3.11 extension modules are ABI-compatible across 3.11.x), with only
-the ``broker`` package and the packages its launcher imports on ``PYTHONPATH``, copied into a
-world-readable temporary directory with the test packages. The driver starts real workers and
-reports each probe; each test below asserts on one.
+the ``broker`` and ``sandbox`` packages and the packages the launcher imports on ``PYTHONPATH``,
+copied into a world-readable temporary directory with the test packages. The driver starts real
+workers and reports each probe; each test below asserts on one.
 
 Where the kernel refuses unprivileged user namespaces, or no such interpreter exists, these tests
 skip with the reason (and fail in CI, ``tests.conftest.skip_or_fail``). When the tests themselves
@@ -106,7 +106,7 @@ def _user_namespaces_refused(python: str, home: Path) -> str | None:
 
 
 def _stage_sources(workspace: Path) -> str:
-    """Copy the broker and just the packages its launcher imports; return the ``PYTHONPATH``.
+    """Copy the broker, the sandbox and just the packages the launcher imports; the ``PYTHONPATH``.
 
     Copies, not links: CI's clone and its venv may sit where this user cannot read.
     """
@@ -115,6 +115,7 @@ def _stage_sources(workspace: Path) -> str:
     ).stdout.split()
     site, names = Path(found[0]), found[1:]
     source = _copy(REPO / "broker", workspace / "src" / "broker").parent
+    _copy(REPO / "sandbox", source / "sandbox")  # the worker's own code: the launcher finds it here
     chosen = workspace / "site"
     for name in names:
         _copy(site / name, chosen / name)

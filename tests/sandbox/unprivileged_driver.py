@@ -26,7 +26,7 @@ from typing import Any
 
 from broker.runtimes.sandbox.errors import SandboxError
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
-from broker.runtimes.sandbox.limits import WorkerLimits
+from sandbox.protocol import WorkerLimits
 
 AF_VSOCK = 40
 AF_NETLINK = 16

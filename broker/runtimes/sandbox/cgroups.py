@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from broker.logging import get_logger
-from broker.runtimes.sandbox.limits import WorkerLimits
+from sandbox.protocol import WorkerLimits
 
 CONTROLLERS = ("memory", "pids")
 GROUP_PARENT = "model-broker"

@@ -15,8 +15,8 @@ import threading
 
 from broker.logging import get_logger
 from broker.runtimes.sandbox.cgroups import Cgroups, WorkerGroup, default_cgroups
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.uids import WorkerIds
+from sandbox.protocol import WorkerLimits
 
 _log = get_logger(__name__)
 

@@ -1,14 +1,15 @@
 """Start sandboxed workers for model packages and call them: the broker's side of the sandbox.
 
 ``SandboxLauncher.start`` gets a new process holding one end of a socket pair (and a pipe for its
-output) that runs :func:`broker.runtimes.sandbox.worker.main`: by default forked by the launcher's
-zygote (:mod:`.zygote`, a clean ``python -I -S -B`` with an empty environment started once, which
-has already paid for the interpreter and the imports), or with ``zygote=False`` spawned as a
-fresh ``python -I -S -B`` of its own. Either way the worker locks itself in (no ``preexec_fn``,
-which is unsafe in a threaded broker) and says ``ready``. ``Worker.call`` then exchanges
-length-prefixed JSON frames, with the caller's deadline and a frame cap enforced here, on the
-broker's side, where the worker cannot lie; ``Worker.stream`` does the same for an answer the
-package streams, chunk by chunk (:mod:`.worker_stream`).
+output) that runs :func:`sandbox.worker.main` (the top-level ``sandbox`` package, the inside): by
+default forked by the launcher's zygote (:mod:`sandbox.zygote`, through :mod:`.zygote_client`; a
+clean ``python -I -S -B`` with an empty environment started once, which has already paid for the
+interpreter and the imports), or with ``zygote=False`` spawned as a fresh ``python -I -S -B`` of
+its own. Either way the worker locks itself in (no ``preexec_fn``, which is unsafe in a threaded
+broker) and says ``ready``. ``Worker.call`` then exchanges length-prefixed JSON frames, with the
+caller's deadline and a frame cap enforced here, on the broker's side, where the worker cannot lie;
+``Worker.stream`` does the same for an answer the package streams, chunk by chunk
+(:mod:`.worker_stream`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from broker.runtimes.sandbox import frames, namespaces
 from broker.runtimes.sandbox.cgroups import CgroupError, Cgroups
 from broker.runtimes.sandbox.confinement import HostConfinement, WorkerLease
 from broker.runtimes.sandbox.errors import (
@@ -41,18 +41,19 @@ from broker.runtimes.sandbox.errors import (
     SandboxUnavailable,
     SandboxViolation,
 )
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.process import SpawnedProcess, WorkerProcess
-from broker.runtimes.sandbox.spec import (
+from broker.runtimes.sandbox.uids import WorkerIds
+from broker.runtimes.sandbox.worker_stream import WorkerStream
+from broker.runtimes.sandbox.zygote_client import Zygote, ZygoteGone
+from sandbox import protocol
+from sandbox.protocol import (
     EXIT_CPU,
     EXIT_MEMORY,
     EXIT_NAMESPACES_REFUSED,
     EXIT_SECCOMP,
+    WorkerLimits,
     WorkerSpec,
 )
-from broker.runtimes.sandbox.uids import WorkerIds
-from broker.runtimes.sandbox.worker_stream import WorkerStream
-from broker.runtimes.sandbox.zygote_client import Zygote, ZygoteGone
 
 _STDERR_KEEP = 64 * 1024
 _REAP_WAIT = 2.0
@@ -61,6 +62,7 @@ _SPEC_CAP = 1024 * 1024  # the start handshake's frames, whatever the package's 
 
 
 def _site_dir(module: str) -> str:
+    """The ``sys.path`` entry that holds ``module``, for a worker that runs ``python -I -S``."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise SandboxUnavailable([f"the Python package {module!r} is not installed"])
@@ -92,7 +94,7 @@ class SandboxLauncher:
         runtime = (
             tuple(str(d) for d in runtime_dirs)
             if runtime_dirs is not None
-            else namespaces.default_runtime_dirs(sys.base_prefix)
+            else default_runtime_dirs(sys.base_prefix)
         )
         self._runtime_dirs = runtime
         self._env_dirs = tuple(str(Path(d).resolve(strict=True)) for d in env_dirs)
@@ -102,12 +104,12 @@ class SandboxLauncher:
         if libseccomp is None:
             raise SandboxUnavailable(["libseccomp is not installed (Debian: libseccomp2)"])
         self._libseccomp = libseccomp
-        import_paths = [str(Path(__file__).resolve().parents[3])]
-        import_paths.append(_site_dir("pyseccomp"))
-        paths = list(dict.fromkeys(import_paths))
+        # What the worker imports before it locks itself in: the inside (the top-level
+        # ``sandbox`` package) and pyseccomp. These paths are on its sys.path only until then;
+        # none of them is mounted in its root, which holds the runtime, the package and scratch.
+        paths = list(dict.fromkeys([_site_dir("sandbox"), _site_dir("pyseccomp")]))
         self._bootstrap = (
-            f"import sys; sys.path[:0] = {paths!r}; "
-            "from broker.runtimes.sandbox.worker import main; main({fd})"
+            f"import sys; sys.path[:0] = {paths!r}; from sandbox.worker import main; main({{fd}})"
         )
         # The command must not refer to the launcher: the zygote is stopped when the launcher
         # (and every worker it started) is gone, which a reference back would prevent.
@@ -225,10 +227,24 @@ class SandboxLauncher:
 def _zygote_command(python: str, paths: list[str], libseccomp: str, control_fd: int) -> list[str]:
     """The zygote's command line: like a worker's, with the zygote's entry point."""
     bootstrap = (
-        f"import sys; sys.path[:0] = {paths!r}; from broker.runtimes.sandbox.zygote import main; "
+        f"import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import main; "
         f"main({control_fd}, {os.getpid()}, {libseccomp!r})"
     )
     return [python, "-I", "-S", "-B", "-c", bootstrap]
+
+
+def default_runtime_dirs(base_prefix: str) -> tuple[str, ...]:
+    """The directories a CPython worker needs: its prefix and the system's shared libraries."""
+    return _existing_dirs((base_prefix, "/usr/lib", "/usr/lib64"))
+
+
+def _existing_dirs(paths: Iterable[str]) -> tuple[str, ...]:
+    seen: list[str] = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if Path(real).is_dir() and real not in seen:
+            seen.append(real)
+    return tuple(seen)
 
 
 def _manifest_entry_point(package: Path) -> str:
@@ -291,12 +307,12 @@ class Worker:
         """Send the spec and wait for ``ready``; called once by :meth:`SandboxLauncher.start`."""
         deadline = time.monotonic() + timeout
         try:
-            self._channel.sendall(frames.pack(orjson.dumps(spec.to_json()), _SPEC_CAP))
-            reply = orjson.loads(frames.recv(self._channel, _SPEC_CAP, deadline))
+            self._channel.sendall(protocol.pack(orjson.dumps(spec.to_json()), _SPEC_CAP))
+            reply = orjson.loads(protocol.recv(self._channel, _SPEC_CAP, deadline))
         except TimeoutError as exc:
             self.kill()
             raise SandboxCrashed(f"worker not ready after {timeout} s") from exc
-        except (OSError, EOFError, orjson.JSONDecodeError, frames.FrameTooLargeError) as exc:
+        except (OSError, EOFError, orjson.JSONDecodeError, protocol.FrameTooLargeError) as exc:
             code = self._reap()
             if code == EXIT_NAMESPACES_REFUSED:
                 raise SandboxUnavailable(["the kernel refused the worker's namespaces"]) from exc
@@ -342,8 +358,8 @@ class Worker:
             raise SandboxCrashed(f"worker is dead: {self._dead}")
         deadline = time.monotonic() + timeout
         try:
-            request = frames.pack(orjson.dumps(message), self.limits.max_frame_bytes)
-        except frames.FrameTooLargeError as exc:  # the request: the worker is still fine
+            request = protocol.pack(orjson.dumps(message), self.limits.max_frame_bytes)
+        except protocol.FrameTooLargeError as exc:  # the request: the worker is still fine
             raise SandboxLimitExceeded("frame") from exc
         with self._exchanging(timeout):
             self._channel.settimeout(timeout)
@@ -359,8 +375,8 @@ class Worker:
         when it is over the frame cap too).
         """
         with self._exchanging(timeout, limit):
-            body = frames.recv(self._channel, cap, deadline)
-            return orjson.loads(body), frames.HEADER.size + len(body)
+            body = protocol.recv(self._channel, cap, deadline)
+            return orjson.loads(body), protocol.HEADER.size + len(body)
 
     @contextlib.contextmanager
     def _exchanging(self, timeout: float, limit: str = "frame") -> Iterator[None]:
@@ -370,7 +386,7 @@ class Worker:
         except TimeoutError as exc:
             self._fail("timeout")
             raise SandboxTimeout(timeout) from exc
-        except frames.FrameTooLargeError as exc:
+        except protocol.FrameTooLargeError as exc:
             if exc.size > self.limits.max_frame_bytes:
                 limit = "frame"  # over the frame cap as well as ``limit``: name the plainer one
             self._fail(f"{limit} cap")

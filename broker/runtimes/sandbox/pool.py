@@ -37,8 +37,8 @@ from broker.runtimes.sandbox.errors import (
     SandboxViolation,
 )
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.worker_stream import WorkerStream
+from sandbox.protocol import WorkerLimits
 
 _log = get_logger(__name__)
 

@@ -21,11 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from broker.runtimes.sandbox import _libc, landlock
 from broker.runtimes.sandbox.cgroups import CgroupStatus, default_cgroups
 from broker.runtimes.sandbox.errors import SandboxError
 from broker.runtimes.sandbox.launcher import SandboxLauncher
-from broker.runtimes.sandbox.limits import WorkerLimits
+from sandbox import _libc, landlock
+from sandbox.protocol import WorkerLimits
 
 _PROBE_MODULE = "def answer(payload):\n    return {'echo': payload}\n"
 

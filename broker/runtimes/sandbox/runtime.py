@@ -26,7 +26,6 @@ from broker.runtimes.base import Canceller
 from broker.runtimes.sandbox.chat_stream import AnswerAsStream, SandboxChatStream
 from broker.runtimes.sandbox.errors import SandboxUnavailable
 from broker.runtimes.sandbox.launcher import SandboxLauncher
-from broker.runtimes.sandbox.limits import WorkerLimits
 from broker.runtimes.sandbox.pool import (
     LauncherFactory,
     PoolSettings,
@@ -34,6 +33,7 @@ from broker.runtimes.sandbox.pool import (
     WorkerPools,
 )
 from broker.runtimes.sandbox.probe import sandbox_support
+from sandbox.protocol import WorkerLimits
 
 PREPARE_TIMEOUT = 1800.0
 PREPARE_FRAME_BYTES = 512 * 1024 * 1024

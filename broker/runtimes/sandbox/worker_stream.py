@@ -28,14 +28,33 @@ frames cannot serve the next one. The pool sees a dead worker and replaces it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from broker.closing import ClosedOnExit
 from broker.runtimes.sandbox.errors import SandboxCrashed
+from sandbox.protocol import WorkerLimits
 
-if TYPE_CHECKING:
-    from broker.runtimes.sandbox.launcher import Worker
+
+class StreamingWorker(Protocol):
+    """What a stream uses of the worker it reads; ``launcher.Worker`` is the one that has it.
+
+    These are the worker's own channel primitives (private to the sandbox's host side, and
+    called only with the call lock held). Naming them here instead of importing ``Worker`` keeps
+    the launcher above this module: the launcher makes streams, a stream never makes a worker.
+    """
+
+    limits: WorkerLimits
+    _lock: threading.Lock
+
+    def _receive(
+        self, deadline: float, timeout: float, cap: int, limit: str = "frame"
+    ) -> tuple[Any, int]: ...
+
+    def _interpret(self, reply: Any) -> dict[str, Any]: ...
+
+    def _fail(self, reason: str) -> None: ...
 
 
 class WorkerStream(Iterator[dict[str, Any]], ClosedOnExit):
@@ -47,7 +66,7 @@ class WorkerStream(Iterator[dict[str, Any]], ClosedOnExit):
     cancellation does: the reader then sees the worker's death.
     """
 
-    def __init__(self, worker: Worker, deadline: float, timeout: float) -> None:
+    def __init__(self, worker: StreamingWorker, deadline: float, timeout: float) -> None:
         self._worker = worker
         self._deadline = deadline
         self._timeout = timeout

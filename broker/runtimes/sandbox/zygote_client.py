@@ -1,11 +1,11 @@
 """The broker's side of the zygote: start it on first use, ask it for workers, learn their ends.
 
-:class:`Zygote` is owned by a ``SandboxLauncher``. The zygote process (:mod:`.zygote`) is started
-lazily, by a thread of its own that then reads the zygote's replies and exit reports for as long
-as it lives: the zygote's parent-death signal follows the *thread* that started it, so that thread
-must outlive it. If the zygote dies, every worker it forked dies too (their parent-death signal,
-and a SIGKILL through each pidfd here to be sure), each broker-side handle reports "exited with an
-unknown code", and the next :meth:`Zygote.spawn` starts a new zygote and logs why.
+:class:`Zygote` is owned by a ``SandboxLauncher``. The zygote process (:mod:`sandbox.zygote`) is
+started lazily, by a thread of its own that then reads the zygote's replies and exit reports for as
+long as it lives: the zygote's parent-death signal follows the *thread* that started it, so that
+thread must outlive it. If the zygote dies, every worker it forked dies too (their parent-death
+signal, and a SIGKILL through each pidfd here to be sure), each broker-side handle reports "exited
+with an unknown code", and the next :meth:`Zygote.spawn` starts a new zygote and logs why.
 
 ``spawn`` is called from many gRPC threads at once: requests carry ids, a lock guards the tables
 and another the socket's sends and its one close, so no thread ever writes to a descriptor number
@@ -26,8 +26,8 @@ import weakref
 from collections.abc import Callable
 
 from broker.logging import get_logger
-from broker.runtimes.sandbox import zygote
 from broker.runtimes.sandbox.process import Pidfd
+from sandbox import protocol
 
 _log = get_logger(__name__)
 _EXIT_WAIT = 5.0
@@ -114,14 +114,14 @@ class _Link:
 
     def spawn(self, channel_fd: int, output_fd: int, keepalive: object) -> ZygoteChild:
         """Have the zygote fork a worker holding these two descriptors; wait for its pid."""
-        pending = self._request(zygote.OP_START, keepalive, [channel_fd, output_fd])
+        pending = self._request(protocol.OP_START, keepalive, [channel_fd, output_fd])
         if pending.child is None:
             raise ZygoteGone("the zygote sent no worker")
         return pending.child
 
     def modules(self) -> list[str]:
         """Names of the modules the zygote has imported."""
-        return self._request(zygote.OP_MODULES, None, []).names or []
+        return self._request(protocol.OP_MODULES, None, []).names or []
 
     def close(self) -> None:
         """Ask the zygote to exit (EOF on its control socket); its workers die with it."""
@@ -138,7 +138,7 @@ class _Link:
             self._pending[request_id] = pending
         try:
             with self._send_lock:
-                socket.send_fds(self._control, [zygote.REQUEST.pack(op, request_id)], fds)
+                socket.send_fds(self._control, [protocol.REQUEST.pack(op, request_id)], fds)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -185,7 +185,7 @@ class _Link:
     def _receive(self) -> bool:
         try:
             msg, fds, flags, _ = socket.recv_fds(
-                self._control, zygote.MAX_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
+                self._control, protocol.MAX_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
             )
         except TimeoutError:
             return True
@@ -197,29 +197,29 @@ class _Link:
             _close(fds)
             raise ValueError("truncated control message")
         kind = msg[:1]
-        if kind == zygote.REPLY_STARTED and len(fds) == 1:
-            _, request_id, pid = zygote.STARTED.unpack(msg)
+        if kind == protocol.REPLY_STARTED and len(fds) == 1:
+            _, request_id, pid = protocol.STARTED.unpack(msg)
             self._started_child(request_id, pid, fds[0])
             return True
         _close(fds)
-        if kind == zygote.REPLY_EXITED:
-            _, pid, code = zygote.EXITED.unpack(msg)
+        if kind == protocol.REPLY_EXITED:
+            _, pid, code = protocol.EXITED.unpack(msg)
             with self._lock:
                 child = self._children.pop(pid, None)
             if child is not None:
                 child._end(code)  # the link owns its children's state
-        elif kind == zygote.REPLY_FAILED:
-            _, request_id, err = zygote.FAILED.unpack(msg)
+        elif kind == protocol.REPLY_FAILED:
+            _, request_id, err = protocol.FAILED.unpack(msg)
             with self._lock:
                 pending = self._pending.pop(request_id, None)
             if pending is not None:
                 pending.fail(OSError(err, f"the zygote could not fork: {os.strerror(err)}"))
-        elif kind == zygote.REPLY_MODULES:
-            _, request_id = zygote.MODULES.unpack(msg[: zygote.MODULES.size])
+        elif kind == protocol.REPLY_MODULES:
+            _, request_id = protocol.MODULES.unpack(msg[: protocol.MODULES.size])
             with self._lock:
                 pending = self._pending.pop(request_id, None)
             if pending is not None:
-                pending.names = msg[zygote.MODULES.size :].decode().split("\n")
+                pending.names = msg[protocol.MODULES.size :].decode().split("\n")
                 pending.done.set()
         else:
             raise ValueError(f"unknown control message {kind!r}")

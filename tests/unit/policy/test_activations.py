@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from broker.policy.activations import PolicyActivations, decode_files, policy_activations
-from broker.policy.bundle import Bundle, PolicyStore, bundle_from_files, load_bundle
+from broker.policy.bundle import Bundle, bundle_from_files, load_bundle
 from broker.policy.contract import Action, PolicyLoadError
+from broker.policy.store import PolicyStore
 from broker.storage.db import create_engine_for, migrate
 from tests.unit.policy.conftest import TINY_POLICY, make_input
 from tests.unit.policy.test_bundle import WriteBundle, _tiny

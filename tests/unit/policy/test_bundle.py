@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from broker.policy.bundle import (
-    PolicyStore,
-    bundle_fingerprint,
-    bundle_revision,
-    load_bundle,
-)
+from broker.policy.bundle import bundle_fingerprint, bundle_revision, load_bundle
 from broker.policy.contract import Action, PolicyError, PolicyLoadError
+from broker.policy.store import PolicyStore
 from tests.unit.policy.conftest import SHIPPED_BUNDLE, TINY_POLICY, make_input
 
 WriteBundle = Callable[[dict[str, str]], Path]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy.bundle import PolicyStore
 from broker.policy.cache import PlanCache
 from broker.policy.contract import (
     Plan,
@@ -17,6 +16,7 @@ from broker.policy.contract import (
     Retention,
     parse_plan,
 )
+from broker.policy.store import PolicyStore
 from tests.unit.policy.conftest import TINY_POLICY, make_input
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy.bundle import PolicyStore, load_bundle
+from broker.policy.bundle import load_bundle
 from broker.policy.contract import Action, PolicyError, PolicyInput, PolicyLoadError
 from broker.policy.engine import PolicyEngine
 from broker.policy.opa_embedded import OpaEmbeddedEngine, opa_error_text
+from broker.policy.store import PolicyStore
 from tests.unit.policy.conftest import SHIPPED_BUNDLE, TINY_POLICY, make_input
 
 WriteBundle = Callable[[dict[str, str]], Path]

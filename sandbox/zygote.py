@@ -6,7 +6,8 @@ environment, ``cwd=/``, its own session, one inherited socket), it imports :mod:
 pyseccomp, and then does nothing but fork. It never loads vendor code and never sees a payload or
 a spec: those travel on the worker's own channel, which the zygote only hands over.
 
-Control protocol (``SOCK_SEQPACKET``, one message per datagram, descriptors by ``SCM_RIGHTS``):
+Control protocol (``SOCK_SEQPACKET``, one message per datagram, descriptors by ``SCM_RIGHTS``;
+the message formats are in :mod:`sandbox.protocol`, which the broker's side imports):
 
 - broker -> zygote ``S id`` with two descriptors, the worker's end of its channel and the write
   end of its output pipe: fork a worker. The child closes every other descriptor, takes the pipe
@@ -34,25 +35,25 @@ import resource
 import select
 import signal
 import socket
-import struct
 import sys
 from typing import Any, NoReturn
 
-from broker.runtimes.sandbox import privileges, seccomp_filter, worker
-from broker.runtimes.sandbox.spec import EXIT_SETUP_FAILED
+from sandbox import privileges, seccomp_filter, worker
+from sandbox.protocol import (
+    EXIT_SETUP_FAILED,
+    EXITED,
+    FAILED,
+    MODULES,
+    OP_MODULES,
+    OP_START,
+    REPLY_EXITED,
+    REPLY_FAILED,
+    REPLY_MODULES,
+    REPLY_STARTED,
+    REQUEST,
+    STARTED,
+)
 
-OP_START = b"S"
-OP_MODULES = b"M"
-REPLY_STARTED = b"P"
-REPLY_FAILED = b"F"
-REPLY_EXITED = b"X"
-REPLY_MODULES = b"M"
-REQUEST = struct.Struct("=cQ")  # op, request id
-STARTED = struct.Struct("=cQi")  # P, request id, pid (and the child's pidfd)
-FAILED = struct.Struct("=cQi")  # F, request id, errno
-EXITED = struct.Struct("=cii")  # X, pid, exit code
-MODULES = struct.Struct("=cQ")  # M, request id, then the names
-MAX_MESSAGE = 64 * 1024  # the broker reads replies up to this size; requests are REQUEST.size
 CHILD_CHANNEL_FD = 3  # where the worker finds its channel, as a freshly spawned one would
 
 

@@ -7,7 +7,7 @@ over nothing else. Setting up from inside the new process (rather than in a ``pr
 the broker's threads out of it. The process first becomes a *reaper*: it enters the new
 namespaces and forks; the child is PID 1 of the new PID namespace and becomes the worker, the
 reaper stays outside, waits for it and turns the way it died into an exit code (see
-``spec.EXIT_*``).
+``protocol.EXIT_*``).
 
 Order of the worker's setup, each step needed by the next:
 namespaces -> root filesystem + pivot_root -> rlimits -> unprivileged id -> user namespace ->
@@ -28,9 +28,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from broker.runtimes.sandbox import _libc, frames, landlock, namespaces, privileges, seccomp_filter
-from broker.runtimes.sandbox.limits import apply_rlimits
-from broker.runtimes.sandbox.spec import (
+from sandbox import _libc, landlock, namespaces, privileges, protocol, seccomp_filter
+from sandbox.protocol import (
     ENV_MOUNT_PREFIX,
     EXIT_CPU,
     EXIT_MEMORY,
@@ -40,16 +39,17 @@ from broker.runtimes.sandbox.spec import (
     SCRATCH_MOUNT,
     WorkerSpec,
 )
+from sandbox.rlimits import apply_rlimits
 
 _SPEC_CAP = 1024 * 1024
-_UNENCODABLE = (frames.FrameTooLargeError, TypeError, ValueError)  # an answer that cannot go
+_UNENCODABLE = (protocol.FrameTooLargeError, TypeError, ValueError)  # an answer that cannot go
 
 
 def main(channel_fd: int) -> NoReturn:
     """Entry point of the worker process (run by the launcher; never call it in the broker)."""
     channel = socket.socket(fileno=channel_fd)
     try:
-        spec = WorkerSpec.from_json(json.loads(frames.recv(channel, _SPEC_CAP)))
+        spec = WorkerSpec.from_json(json.loads(protocol.recv(channel, _SPEC_CAP)))
         filt = seccomp_filter.build(spec.libseccomp)
         last_cap = privileges.last_capability()
         as_root = os.geteuid() == 0
@@ -174,10 +174,10 @@ def _serve(channel: socket.socket, entry: Any, cap: int) -> NoReturn:
     """
     while True:
         try:
-            request = json.loads(frames.recv(channel, cap))
-        except (frames.ChannelClosedError, ConnectionError):
+            request = json.loads(protocol.recv(channel, cap))
+        except (protocol.ChannelClosedError, ConnectionError):
             os._exit(0)
-        except (frames.FrameTooLargeError, ValueError):
+        except (protocol.FrameTooLargeError, ValueError):
             os._exit(EXIT_SETUP_FAILED)
         try:
             reply = _answer(entry, request, cap)
@@ -250,7 +250,7 @@ def _stream(channel: socket.socket, chunks: Iterator[Any], cap: int) -> bytes | 
 
 def _refusal(exc: Exception, cap: int) -> bytes:
     """The error frame for an answer (or chunk) that cannot be sent as it is."""
-    if isinstance(exc, frames.FrameTooLargeError):
+    if isinstance(exc, protocol.FrameTooLargeError):
         return _encode({"error": "answer too large", "limit": "frame", "size": exc.size}, cap)
     return _encode({"error": "answer is not JSON", "detail": str(exc)[:200]}, cap)
 
@@ -266,7 +266,7 @@ def _close(chunks: Iterator[Any]) -> None:
 def _encode(message: Any, cap: int) -> bytes:
     """Strict JSON (no NaN), compact, UTF-8: what the broker's orjson accepts."""
     text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return frames.pack(text.encode(), cap)
+    return protocol.pack(text.encode(), cap)
 
 
 def _send(channel: socket.socket, message: Any, cap: int) -> None:

@@ -12,11 +12,10 @@ including the broker's database and keyring, is simply not in its mount tree.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.runtimes.sandbox import _libc
-from broker.runtimes.sandbox.spec import ENV_MOUNT_PREFIX, PACKAGE_MOUNT, SCRATCH_MOUNT, WorkerSpec
+from sandbox import _libc
+from sandbox.protocol import ENV_MOUNT_PREFIX, PACKAGE_MOUNT, SCRATCH_MOUNT, WorkerSpec
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -158,17 +157,3 @@ def _symlink_merged_usr() -> None:
         host = f"/{name}"
         if os.path.islink(host) and os.path.isdir(_STAGING + "/" + os.readlink(host).lstrip("/")):
             os.symlink(os.readlink(host), f"{_STAGING}/{name}")
-
-
-def default_runtime_dirs(base_prefix: str) -> tuple[str, ...]:
-    """The directories a CPython worker needs: its prefix and the system's shared libraries."""
-    return _existing_dirs((base_prefix, "/usr/lib", "/usr/lib64"))
-
-
-def _existing_dirs(paths: Iterable[str]) -> tuple[str, ...]:
-    seen: list[str] = []
-    for path in paths:
-        real = os.path.realpath(path)
-        if os.path.isdir(real) and real not in seen:
-            seen.append(real)
-    return tuple(seen)

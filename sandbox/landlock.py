@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from broker.runtimes.sandbox import _libc
+from sandbox import _libc
 
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1

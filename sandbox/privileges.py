@@ -14,7 +14,7 @@ import ctypes
 import errno
 import os
 
-from broker.runtimes.sandbox import _libc
+from sandbox import _libc
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
