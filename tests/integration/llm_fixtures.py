@@ -84,6 +84,19 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _warm_up(base_url: str) -> None:
+    """One short completion before the tests: the first one pays for paging the model in and
+    llama.cpp's first-batch setup, which on a busy machine could eat a test's own deadline."""
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    ).encode()
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions", data=body, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as response:
+        response.read()
+
+
 @pytest.fixture(scope="session")
 def llama_server(
     llm_venv: Path, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
@@ -106,6 +119,7 @@ def llama_server(
                 tail = log.read_text(errors="replace")[-2000:]
                 pytest.fail(f"llama.cpp server did not become ready; its log ends:\n{tail}")
             time.sleep(0.2)
+        _warm_up(base_url)
         yield LlamaServer(base_url=base_url, model_path=smollm2_gguf, log=log)
     finally:
         process.terminate()
