@@ -11,8 +11,10 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 LLM_VENV := .venv-llm
 LLM_STAMP := $(LLM_VENV)/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
+FUZZ_SECONDS ?= 60
+FUZZ ?= all
 
-.PHONY: help run test lint proto proto-check bench mlserver-env llm-env install clean system-deps
+.PHONY: help run test lint fuzz proto proto-check bench mlserver-env llm-env install clean system-deps
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +55,9 @@ run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServe
 
 test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## Fuzz every parser of outside input, FUZZ_SECONDS (60) each; FUZZ=name runs one
+	nice -n 19 $(BIN)/python -m tests.fuzz $(FUZZ) --seconds $(FUZZ_SECONDS)
 
 lint: $(STAMP) ## Ruff, formatting check and mypy (strict)
 	$(BIN)/ruff check broker tests scripts bench examples
