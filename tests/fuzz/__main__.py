@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.fuzz.runner import HARNESSES, Result, run, table
+from tests.fuzz.runner import HARNESSES, Result, report, run, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         status = result.finding or "ok"
         print(f"{name}: {result.inputs} inputs, {status}", file=sys.stderr, flush=True)
         if result.finding:
-            print(result.log[-6000:], file=sys.stderr)
+            print(report(result), file=sys.stderr)
     print(table(results))
     return 1 if any(r.finding for r in results) else 0
 

@@ -63,11 +63,7 @@ class Result:
     finding: str  # "" when clean; else "crash", "hang", "oom" or "exit <code>"
     artifacts: tuple[str, ...]
     log: str
-
-    @property
-    def exec_per_s(self) -> float:
-        """Inputs per second over the run."""
-        return self.inputs / self.seconds if self.seconds else 0.0
+    exec_per_s: float  # libFuzzer's average, over its fuzzing time (start-up excluded)
 
 
 def run(
@@ -121,6 +117,7 @@ def run(
         new_units=_stat(log, "new_units_added"),
         coverage=_last_field(log, "cov"),
         finding=_finding(log, proc.returncode),
+        exec_per_s=_stat(log, "average_exec_per_sec") or (_last_count(log) / elapsed),
         artifacts=tuple(re.findall(r"Test unit written to (\S+)", log)),
         log=log,
     )
@@ -151,6 +148,17 @@ def _finding(log: str, returncode: int) -> str:
     if returncode != 0:
         return f"exit {returncode}"
     return ""
+
+
+def report(result: Result, limit: int = 6000) -> str:
+    """The part of a run's log that explains its finding: the traceback and libFuzzer's error."""
+    starts = [
+        result.log.find(marker)
+        for marker in ("=== Uncaught Python exception", "ERROR: libFuzzer", "==ERROR")
+    ]
+    found = [i for i in starts if i >= 0]
+    start = min(found) if found else max(0, len(result.log) - limit)
+    return result.log[start : start + limit]
 
 
 def table(results: list[Result]) -> str:

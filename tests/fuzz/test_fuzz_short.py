@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.fuzz.runner import CORPUS, HARNESSES, run
+from tests.fuzz.runner import CORPUS, HARNESSES, report, run
 
 SHORT_SECONDS = 3  # 16 harnesses x (3 s + start-up) stays near a minute and a half
 
@@ -46,6 +46,6 @@ def test_short_fuzz_pass_finds_nothing(harness: str, tmp_path: Path) -> None:
         skip_or_fail("atheris is not installed (pip install -e '.[dev]')")
     result = run(harness, SHORT_SECONDS, artifact_dir=tmp_path)
     assert not result.finding, (
-        f"{harness}: {result.finding}; input(s) {result.artifacts}\n{result.log[-4000:]}"
+        f"{harness}: {result.finding}; input(s) {result.artifacts}\n{report(result)}"
     )
     assert result.inputs > 0, result.log[-2000:]

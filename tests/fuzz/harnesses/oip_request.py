@@ -20,8 +20,15 @@ from tests.fuzz.harnesses._support import instrumented, main
 with instrumented():
     from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
     from broker.errors import InvalidArgument
-    from broker.registry.model import OipMapping, TensorInput, TensorOutput
-    from broker.registry.validation import _check_mapping
+    from broker.registry.model import (
+        Endpoint,
+        ModelVersion,
+        OipMapping,
+        Runtime,
+        TensorInput,
+        TensorOutput,
+    )
+    from broker.registry.validation import validate_model
     from broker.runtimes.oip_mapping import encode_request, validate_mapping
     from broker.runtimes.oip_tensors import DATATYPES
 
@@ -90,8 +97,16 @@ def fuzz_one(data: bytes) -> None:
     mapping = _mapping(raw_mapping)
     if not _typed(mapping):
         return
+    model = ModelVersion(
+        vendor="acme",
+        name="m",
+        version="1.0.0",
+        runtime=Runtime.OPEN_INFERENCE_GRPC,
+        endpoint=Endpoint(target="127.0.0.1:8081"),
+        oip_mapping=mapping,
+    )
     try:
-        _check_mapping(mapping)
+        validate_model(model)  # what RegistryStore.register checks
     except EXPECTED:
         return
     validate_mapping(mapping)  # accepted by the registry: must not fail at call time
