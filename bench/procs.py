@@ -48,7 +48,12 @@ class ServerProcess:
         resolution is one clock tick (10 ms), so callers measure over enough calls to make that
         negligible. A descendant that exits takes its time with it: none do while measured.
         """
-        return sum(_cpu_ticks(pid) for pid in _tree(self.popen.pid)) / _CLOCK_TICKS
+        return tree_cpu_seconds(self.popen.pid)
+
+
+def tree_cpu_seconds(*pids: int) -> float:
+    """User plus system CPU seconds so far of each of ``pids`` and their live descendants."""
+    return sum(_cpu_ticks(p) for pid in pids for p in _tree(pid)) / _CLOCK_TICKS
 
 
 def spawn(

@@ -148,9 +148,14 @@ class BackendsConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    """Where the Rego policy comes from and how it is evaluated."""
+    """Where the Rego policy comes from and how it is evaluated.
 
-    engine: Literal["regorus", "opa"] = "regorus"
+    ``engine``: ``regorus`` (embedded, the default), ``opa-embedded`` (OPA's own Go engine in
+    process; needs the optional ``opa-golib-python-bindings``, which ``make install`` installs)
+    or ``opa`` (an OPA server's Data API at ``opa_host``:``opa_port``; the bundle stays unused).
+    """
+
+    engine: Literal["regorus", "opa-embedded", "opa"] = "regorus"
     bundle_dir: Path = Path("policies")
     rule: str = "data.broker.decision"
     watch_interval_seconds: float = Field(default=2.0, ge=0, description="0 disables watching")
@@ -250,6 +255,35 @@ class MetricsConfig(_Section):
     )
 
 
+class ConsoleConfig(_Section):
+    """``[console]``: the compliance console, a read-mostly web view of the audit trail.
+
+    It is a gRPC client of this broker (``broker_target``, default ``server.listen``) that
+    calls with the signed-in officer's own token, so the broker's role and tenant checks apply
+    unchanged. Without ``tls_cert_file`` it serves plain HTTP, which is allowed on a loopback
+    address only: the session cookie cannot be ``Secure`` there (see the README).
+    """
+
+    listen: str | None = Field(
+        default=None,
+        description="host:port of the console, e.g. 127.0.0.1:8080; unset: `make run` skips it",
+    )
+    broker_target: str | None = Field(
+        default=None, description="the broker's gRPC address; default: server.listen"
+    )
+    session_minutes: int = Field(
+        default=30, ge=1, le=720, description="a session ends this long after sign-in (or at exp)"
+    )
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ConsoleConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("console.tls_cert_file and tls_key_file go together")
+        return self
+
+
 class TracingConfig(_Section):
     """``[tracing]``: OpenTelemetry spans to an OTLP/gRPC collector (off unless set)."""
 
@@ -297,6 +331,7 @@ class Config(_Section):
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
     sandbox: SandboxConfig = SandboxConfig()

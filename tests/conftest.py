@@ -1,8 +1,8 @@
 """Shared fixtures: databases on both engines, and the CI rule that nothing may be skipped.
 
 Every store is tested on SQLite and on PostgreSQL through the ``database_url`` fixture. Outside
-CI, a test whose real dependency is missing skips with a reason; with ``CI=true`` it fails
-instead, so a green CI run means every test really ran.
+CI, a test whose real dependency is missing (PostgreSQL, OPA's embedded engine, ...) skips with a
+reason; with ``CI=true`` it fails instead, so a green CI run means every test really ran.
 """
 
 from __future__ import annotations
@@ -62,6 +62,16 @@ def fresh_postgres_url(postgres_admin_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def opa_bindings_present() -> None:
+    """OPA's embedded engine can run here (``opa-golib-python-bindings``, see the Makefile)."""
+    from broker.policy.opa_embedded import bindings_problem  # noqa: PLC0415 - only when used
+
+    problem = bindings_problem()
+    if problem is not None:
+        skip_or_fail(problem)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

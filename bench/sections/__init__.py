@@ -45,11 +45,13 @@ _MODULES = (
     "hops",
     "server_model",
     "plan_cache",
+    "policy_engines",
     "detectors",
     "audit",
     "sandbox",
     "retention",
     "llm",
+    "cluster",
 )
 _EXTRA = ("SECTION", "DURABLE_SECTION")  # the names a section module may export
 

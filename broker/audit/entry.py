@@ -21,7 +21,7 @@ Kinds (``"v": 1``)::
     call.preview   a Preview: who asked about which model, what the policy would do per field
     admin.*        model registered/updated/retired, policy activated, key created/rotated,
                    retained record held/released/erased/deleted (with the key destroyed),
-                   sandbox violation
+                   sandbox violation, an entry viewed in the compliance console
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ ADMIN_KINDS: Final = frozenset(
         "admin.retention.erased",
         "admin.retention.deleted",
         "admin.sandbox.violation",
+        "admin.audit.viewed",
     }
 )
 KINDS: Final = frozenset({KIND_INTENT, KIND_OUTCOME, KIND_PREVIEW, *ADMIN_KINDS})

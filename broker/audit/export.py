@@ -13,6 +13,11 @@ Two encodings of the same content: JSONL (a single file, manifest on the first l
 directory holding ``manifest.json`` and ``entries.csv``). A receipt is one entry with its proof
 and checkpoint, as JSON. Hashes are standard base64, like the checkpoint's root.
 
+Two more encodings are for SIEMs rather than for offline verification: OCSF (one JSON event per
+line, :mod:`broker.audit.ocsf`) and CEF (one line per entry, :mod:`broker.audit.cef`). They carry
+no proofs, only each entry's anchor (origin, leaf index, hex leaf hash), which
+``broker audit prove`` turns into a receipt later (:mod:`broker.audit.siem`).
+
 Reading is strict: anything malformed raises :class:`VerificationError` naming what is wrong.
 """
 
@@ -31,9 +36,12 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from broker.audit.cef import to_cef
 from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
+from broker.audit.ocsf import to_ocsf
 from broker.audit.query import AuditFilter, StoredEntry, iter_entries
+from broker.audit.siem import SiemEntry, siem_entry
 from broker.audit.store import AuditStore, StoredCheckpoint
 from broker.errors import BrokerError, FailedPrecondition, NotFound
 
@@ -46,6 +54,8 @@ CSV_COLUMNS: Final = (
     "status", "entry", "proof",
 )  # fmt: skip
 _PROOF_BATCH: Final = 256
+#: Line formats for SIEMs and log shippers: the entry with its anchor, OCSF, CEF.
+LINE_FORMATS: Final = ("jsonl", "ocsf", "cef")
 
 
 def b64(raw: bytes) -> str:
@@ -230,6 +240,27 @@ def _csv_rows(items: Iterable[ExportedEntry]) -> Iterator[list[str]]:
             item.entry.decode("utf-8", "replace"),
             proof,
         ]
+
+
+def siem_line(fmt: str, item: SiemEntry) -> bytes:
+    """One line (with its line break) of a SIEM format for one entry.
+
+    ``jsonl`` is the entry's anchor and its canonical text (what ``broker audit tail`` prints by
+    default); ``ocsf`` and ``cef`` are described in their modules.
+    """
+    if fmt == "ocsf":
+        return _line(to_ocsf(item))
+    if fmt == "cef":
+        return to_cef(item).encode("utf-8") + b"\n"
+    if fmt == "jsonl":
+        return _line({**item.anchor(), "entry": item.text})
+    raise ValueError(f"unknown line format {fmt!r}; use one of {', '.join(LINE_FORMATS)}")
+
+
+def siem_chunks(fmt: str, origin: str, items: Iterable[ExportedEntry]) -> Iterator[bytes]:
+    """An OCSF or CEF export, line by line; VerificationError at the first malformed entry."""
+    for item in items:
+        yield siem_line(fmt, siem_entry(origin, item.leaf_index, item.entry))
 
 
 def write_export(path: Path, fmt: str, manifest: Manifest, items: Iterable[ExportedEntry]) -> None:

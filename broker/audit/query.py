@@ -14,15 +14,19 @@ import binascii
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from broker.audit.tables import audit_entries
 from broker.errors import InvalidArgument
 
+_REVISION: Final = re.compile(r"[A-Za-z0-9:.-]{1,128}")
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
 
@@ -46,6 +50,7 @@ class AuditFilter:
     kind: str | None = None
     time_from_us: int | None = None
     time_to_us: int | None = None
+    policy_revision: str | None = None
     leaf_index: int | None = None
     below_size: int | None = None
 
@@ -94,6 +99,9 @@ def _where(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
         clauses.append(c.actions.contains(f",{flt.action},", autoescape=True))
     if flt.label is not None:
         clauses.append(c.labels.contains(f",{flt.label},", autoescape=True))
+    if flt.policy_revision is not None:
+        needle = sa.literal(_revision_needle(flt.policy_revision), sa.LargeBinary())
+        clauses.append(_BytePosition(c.entry, needle) > 0)
     if flt.time_from_us is not None:
         clauses.append(c.time_us >= flt.time_from_us)
     if flt.time_to_us is not None:
@@ -103,6 +111,33 @@ def _where(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
     if flt.below_size is not None:
         clauses.append(c.leaf_index < flt.below_size)
     return clauses
+
+
+def _revision_needle(revision: str) -> bytes:
+    """The exact bytes ``"policy_revision":"<rev>"`` has in a canonical entry.
+
+    The revision has no column of its own, so the entry bytes are searched for this needle, and
+    the match is exact: in canonical JSON an unescaped ``"`` is structure, never string content,
+    so the needle can only be that member. Revisions (``sha256:<hex>``) outside
+    ``[A-Za-z0-9:.-]`` cannot exist and are refused.
+    """
+    if not _REVISION.fullmatch(revision):
+        raise InvalidArgument("policy_revision must match [A-Za-z0-9:.-]{1,128}")
+    return b'"policy_revision":"' + revision.encode("ascii") + b'"'
+
+
+class _BytePosition(sa.sql.functions.GenericFunction[int]):
+    """1-based position of ``needle`` in a binary column, 0 if absent (SQLite and PostgreSQL)."""
+
+    type = sa.Integer()
+    inherit_cache = True
+    name = "instr"
+
+
+@compiles(_BytePosition, "postgresql")
+def _position_pg(element: _BytePosition, compiler: SQLCompiler, **kw: Any) -> str:
+    haystack, needle = list(element.clauses)
+    return f"position({compiler.process(needle, **kw)} in {compiler.process(haystack, **kw)})"
 
 
 def _binding(flt: AuditFilter) -> str:
@@ -133,13 +168,24 @@ def decode_cursor(flt: AuditFilter, cursor: str) -> int:
 
 
 def query_page(
-    engine: sa.Engine, flt: AuditFilter, *, page_size: int = 0, cursor: str = ""
+    engine: sa.Engine,
+    flt: AuditFilter,
+    *,
+    page_size: int = 0,
+    cursor: str = "",
+    start_index: int = 0,
 ) -> tuple[list[StoredEntry], str]:
-    """One page in leaf order and the cursor of the next ("" when there is none)."""
+    """One page in leaf order and the cursor of the next ("" when there is none).
+
+    Without a cursor the page starts at leaf ``start_index``: a follower that has seen every
+    leaf below it asks from there, statelessly, across reconnects and broker restarts.
+    """
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative")
+    if start_index < 0:
+        raise InvalidArgument("start_index must not be negative")
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    after = decode_cursor(flt, cursor)
+    after = decode_cursor(flt, cursor) if cursor else start_index - 1
     rows = _select(engine, flt, after, size + 1)
     if len(rows) > size:
         rows = rows[:size]

@@ -2,14 +2,18 @@
 
     broker audit query [filters] [--all] [--json]      entries from a running broker
     broker audit export --format jsonl|csv -o PATH     an export bundle for offline verification
+    broker audit export --format ocsf|cef -o PATH|-    SIEM records, each naming its leaf
+    broker audit tail [--follow] [--format F]          new entries as lines, for a log shipper
     broker audit prove --call-id X [-o FILE]           receipts (entry + proof + checkpoint)
     broker audit checkpoint [--vkey-out FILE]          the latest signed checkpoint and log key
     broker audit verify PATH --log-key VKEY            verify an export, no broker needed
-    broker audit verify-receipt FILE --log-key VKEY    verify receipts, no broker needed
+    broker audit verify-receipt FILE --log-key VKEY [--leaf-hash HEX]
+                                                       verify receipts, no broker needed
 
 ``verify`` and ``verify-receipt`` never contact the broker: they trust only the log key given
 (a vkey string, or a file holding one). They print ``OK ...`` and exit 0, or print the first
-problem (naming the leaf index when there is one) and exit 1.
+problem (naming the leaf index when there is one) and exit 1. ``--leaf-hash`` (the hex hash a
+SIEM record carries, see :mod:`broker.audit.siem`) also requires the receipt to prove that leaf.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import Any
 
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
 from broker.audit.export import MANIFEST_FILE, read_export
-from broker.audit.merkle import VerificationError
+from broker.audit.merkle import VerificationError, leaf_hash
 from broker.audit.note import Verifier
 from broker.audit.verify import verify_export, verify_receipt
+from broker.cli.audit_tail import add_tail_arguments, run_tail
 from broker.cli.common import add_client_arguments, channel_from_args, token_from_args
 
 _FILTERS = ("tenant", "subject", "model", "vendor", "status", "action", "label", "call_id", "kind")
@@ -48,10 +53,23 @@ def register(sub: Any) -> None:
 
     export = actions.add_parser("export", help="write an export bundle for offline checks")
     _add_filters(export)
-    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    export.add_argument("-o", "--output", type=Path, required=True, help="file (jsonl) or dir")
+    export.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "ocsf", "cef"],
+        default="jsonl",
+        help="jsonl/csv: bundles with proofs; ocsf/cef: SIEM records (one a line)",
+    )
+    export.add_argument(
+        "-o", "--output", type=Path, required=True, help="file (- for stdout), or dir for csv"
+    )
     add_client_arguments(export)
     export.set_defaults(handler=run_export)
+
+    tail = actions.add_parser("tail", help="print entries as lines; --follow waits for more")
+    _add_filters(tail)
+    add_tail_arguments(tail)
+    add_client_arguments(tail)
+    tail.set_defaults(handler=lambda args: run_tail(args, _filter(args)))
 
     checkpoint = actions.add_parser(
         "checkpoint", help="the latest signed checkpoint and the log's public key (vkey)"
@@ -85,6 +103,11 @@ def register(sub: Any) -> None:
     receipt = actions.add_parser("verify-receipt", help="verify receipts offline")
     receipt.add_argument("file", type=Path, help="receipt JSON or JSON lines")
     receipt.add_argument("--log-key", required=True, help="trusted vkey, or a file holding it")
+    receipt.add_argument(
+        "--leaf-hash",
+        default=None,
+        help="hex leaf hash from a SIEM record: the receipt must prove exactly that leaf",
+    )
     receipt.set_defaults(handler=run_verify_receipt)
 
 
@@ -149,6 +172,14 @@ def run_export(args: argparse.Namespace) -> int:
     """Write the bundle: a JSONL file, or a directory with manifest.json and entries.csv."""
     request = audit_pb2.ExportRequest(filter=_filter(args), format=args.format)
     path: Path = args.output
+    if str(path) == "-":
+        if args.format == "csv":
+            raise ValueError("a csv export is a directory; give -o DIR")
+        with _stub(args) as (stub, metadata):
+            for chunk in stub.Export(request, timeout=args.timeout, metadata=metadata):
+                sys.stdout.buffer.write(chunk.data)
+        sys.stdout.buffer.flush()
+        return 0
     if args.format == "csv":
         path.mkdir(parents=True, exist_ok=True)
         data_path = path / "entries.csv"
@@ -235,6 +266,8 @@ def run_verify_receipt(args: argparse.Namespace) -> int:
         key = load_log_key(args.log_key)
         receipts = _read_receipts(args.file)
         reports = [verify_receipt(r, key) for r in receipts]
+        if args.leaf_hash is not None:
+            _match_leaf_hash(args.leaf_hash, receipts)
     except (VerificationError, OSError, UnicodeDecodeError) as exc:
         print(f"INVALID: {exc}", file=sys.stderr)
         return 1
@@ -244,6 +277,18 @@ def run_verify_receipt(args: argparse.Namespace) -> int:
             f"{report.origin} at size {report.size}"
         )
     return 0
+
+
+def _match_leaf_hash(expected: str, receipts: list[Any]) -> None:
+    """The receipts (already verified) must include the leaf whose hash a SIEM record names."""
+    wanted = expected.strip().lower()
+    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise VerificationError("--leaf-hash must be 64 hex digits (SHA-256)")
+    hashes = {leaf_hash(str(r["entry"]).encode("utf-8", "surrogatepass")).hex() for r in receipts}
+    if wanted not in hashes:
+        raise VerificationError(
+            f"no receipt proves the leaf hash {wanted[:16]}...: the SIEM record names another entry"
+        )
 
 
 def _read_receipts(path: Path) -> list[Any]:

@@ -9,7 +9,9 @@
     broker policy test|eval                 test a policy bundle; print the plan for an input
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
-    broker audit query|export|prove|verify|verify-receipt     the tamper-evident audit log
+    broker audit query|export|tail|prove|verify|verify-receipt   the tamper-evident audit log
+    broker console [--listen HOST:PORT]     the compliance console, a web view of the audit log
+    broker cluster up|down|status           a demo cluster: replicas behind HAProxy
 
 Errors are printed as one line that says what to do, and the exit status is non-zero.
 """
@@ -22,7 +24,19 @@ from collections.abc import Sequence
 
 import grpc
 
-from broker.cli import audit, calls, health, models, packages, policy, retention, serve, tokens
+from broker.cli import (
+    audit,
+    calls,
+    console,
+    health,
+    models,
+    packages,
+    policy,
+    retention,
+    serve,
+    tokens,
+)
+from broker.cluster import cli as cluster
 from broker.config import ConfigError
 from broker.errors import BrokerError
 
@@ -40,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     retention.register(sub)
     audit.register(sub)
+    console.register(sub)
+    cluster.register(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ from google.protobuf import json_format
 
 from broker._proto.broker.v1 import models_pb2
 from broker.config import Config
+from broker.console.serve import ConsoleServer, build_console_server
 from broker.demo.chat_prepare import ChatPreparation
 from broker.demo.llm_env import BUILD_SCRIPT
 from broker.demo.mlserver import MLServerProcess, start_mlserver
@@ -96,10 +97,14 @@ class DemoNode:
     chat: ChatPreparation
     iris_ref: str
     sandboxed: threading.Thread | None  # preparing the sandboxed models; None without a sandbox
+    console: ConsoleServer | None = None  # the compliance console, when [console] listen is set
 
     def stop(self) -> None:
-        """Stop the chat model's build or server and MLServer (the broker stops on its own)."""
+        """Stop the console, the chat model's build or server and MLServer (the broker stops on
+        its own)."""
         try:
+            if self.console is not None:
+                self.console.stop()
             self.chat.stop()
         finally:
             self.mlserver.stop()
@@ -123,6 +128,7 @@ def start_demo_node(
     mlserver = start_mlserver(mlserver_venv, config.data_dir / "mlserver")
     chat: ChatPreparation | None = None
     node: BrokerServer | WorkerSupervisor | None = None
+    console: ConsoleServer | None = None
     try:
         node, engine = _start_broker(config)
         changes = SharedChangeCounter.for_data_dir(config.data_dir)
@@ -130,6 +136,7 @@ def start_demo_node(
         model = ensure_registered(registry, demo_model(mlserver.grpc_target), changes)
         _say(f"model {model.ref} is served by MLServer at {mlserver.grpc_target}")
         _say(_quickstart(config, model.ref, node.port))
+        console = _start_console(config, node.port)
         chat = ChatPreparation(
             llm_venv,
             config.data_dir / "llama",
@@ -142,6 +149,8 @@ def start_demo_node(
             config, registry, DEMO_VENDOR, _say, wheels=chat.wait_for_wheels, packages=sandboxed
         )
     except BaseException:
+        if console is not None:
+            console.stop()
         if isinstance(node, WorkerSupervisor):
             node.stop()
         if chat is not None:
@@ -155,7 +164,25 @@ def start_demo_node(
         chat=chat,
         iris_ref=model.ref,
         sandboxed=preparing,
+        console=console,
     )
+
+
+def _start_console(config: Config, broker_port: int) -> ConsoleServer | None:
+    """Serve the compliance console beside the demo broker (if ``[console] listen`` is set)."""
+    if config.console.listen is None:
+        return None
+    host = config.server.listen.rpartition(":")[0].strip("[]")
+    if host in {"", "0.0.0.0", "::"}:  # noqa: S104 - compared, not bound
+        host = "127.0.0.1"
+    console = build_console_server(config, broker_target=f"{host}:{broker_port}")
+    console.start()
+    _say(
+        f"compliance console at {console.url}; sign in with a token from\n"
+        "  .venv/bin/broker token mint --config examples/demo/broker.toml"
+        " --tenant acme-bank --role compliance   (or --role admin to place holds)"
+    )
+    return console
 
 
 def _start_broker(config: Config) -> tuple[BrokerServer | WorkerSupervisor, sa.Engine]:

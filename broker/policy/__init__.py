@@ -1,4 +1,5 @@
-"""Policy decision: the Rego contract, engines (regorus, OPA), bundles, plan cache, tests.
+"""Policy decision: the Rego contract, engines (regorus, embedded OPA, an OPA server), bundles,
+plan cache, tests.
 
 Callers use :class:`PolicyStore` (``decide``, ``reload``, ``revision``); everything that goes
 wrong below it is a :class:`PolicyError`, a ``PermissionDenied``, so the call is denied.
@@ -21,6 +22,7 @@ from broker.policy.contract import (
     parse_plan,
 )
 from broker.policy.engine import OpaEngine, PolicyEngine, RegorusEngine
+from broker.policy.opa_embedded import OpaEmbeddedEngine
 
 __all__ = [
     "ACTIONS",
@@ -30,6 +32,7 @@ __all__ = [
     "EntityInfo",
     "FieldInfo",
     "ModelInfo",
+    "OpaEmbeddedEngine",
     "OpaEngine",
     "Plan",
     "PlanCache",

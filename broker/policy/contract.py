@@ -18,7 +18,8 @@ Output::
 An action is ``{"action": name, ...params}`` (a bare name string is accepted for
 ``default_action``). Only ``mask`` takes parameters: ``keep_last`` (int >= 0, default 4) and
 ``char`` (one character, default ``*``). Unknown keys are errors, so a typo such as
-``keep_lats`` is never silently ignored.
+``keep_lats`` is never silently ignored. Integers (``keep_last``, TTLs) may be written ``4`` or
+``4.0``: JSON does not tell them apart, and OPA keeps ``4.0`` a float where regorus does not.
 
 Defaults: a field or entity the output does not mention gets ``default_action``; a policy that
 declares none gets ``redact``. Redact is the fail-closed choice: a policy author who forgets a
@@ -283,8 +284,20 @@ class Plan:
         }
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _whole(value: object) -> int | None:
+    """``value`` as an int if it is a whole JSON number (``4`` or ``4.0``), else ``None``.
+
+    JSON does not tell 4 from 4.0, and the engines do not agree: regorus turns the Rego literal
+    ``4.0`` (or ``1e3``, or a ``5.0`` in data.json) into an integer, OPA keeps it a float. The
+    plan must not depend on the engine, so both count as the integer. Booleans never do.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def parse_action(raw: object, where: str) -> Action:
@@ -301,9 +314,9 @@ def parse_action(raw: object, where: str) -> Action:
         raise PolicyError(f"{where}: unexpected parameters {sorted(map(str, extra))} for {kind}")
     if kind != "mask":
         return Action(kind)
-    keep_last = raw.get("keep_last", DEFAULT_MASK_KEEP_LAST)
+    keep_last = _whole(raw.get("keep_last", DEFAULT_MASK_KEEP_LAST))
     char = raw.get("char", DEFAULT_MASK_CHAR)
-    if not _is_int(keep_last) or keep_last < 0:
+    if keep_last is None or keep_last < 0:
         raise PolicyError(f"{where}: mask keep_last must be a non-negative integer")
     if not isinstance(char, str) or len(char) != 1:
         raise PolicyError(f"{where}: mask char must be a single character")
@@ -317,8 +330,8 @@ def _parse_retention(raw: object) -> Retention:
         raise PolicyError("retention must be {request_ttl_s, response_ttl_s}")
     values: list[int] = []
     for name in ("request_ttl_s", "response_ttl_s"):
-        value = raw.get(name, 0)
-        if not _is_int(value) or value < 0:
+        value = _whole(raw.get(name, 0))
+        if value is None or value < 0:
             raise PolicyError(f"retention.{name} must be a non-negative integer")
         values.append(value)
     return Retention(values[0], values[1])

@@ -1,10 +1,16 @@
-"""Run a bundle's Rego unit tests with regorus, with coverage (``broker policy test``).
+"""Run a bundle's Rego unit tests, with coverage (``broker policy test [--engine ...]``).
 
 Every rule whose name starts with ``test_`` in any package of the bundle is a test (functions
 and ``todo_test_`` rules are not). As in ``opa test``, a test passes when it is defined and not
-``false``; an evaluation error fails it with the error text. Coverage is regorus's line coverage
-over every file after all tests ran; the policy files' numbers are what tells a security team
-which rules no test exercised.
+``false``; an evaluation error fails it with the error text. Coverage is the engine's line
+coverage over every file after all tests ran; the policy files' numbers are what tells a
+security team which rules no test exercised.
+
+With regorus (the default) tests are found in regorus's AST and coverage is regorus's own. With
+the embedded OPA engine (``engine="opa-embedded"``) tests are found in the AST of OPA's own
+parser (``rego.parse_module``), each test is evaluated with OPA's coverage tracer, and a line
+counts as covered when any test covered it (OPA reports expression ranges; a range covers each
+of its lines).
 """
 
 from __future__ import annotations
@@ -13,10 +19,21 @@ import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from broker.policy.bundle import Bundle, load_bundle
 from broker.policy.engine import build_regorus_engine, regorus_error_text
+from broker.policy.opa_embedded import (
+    Opa,
+    OpaCallError,
+    OpaUndefinedDocument,
+    build_opa,
+    module_asts,
+    opa_error_text,
+    package_name,
+)
+
+TestEngine = Literal["regorus", "opa-embedded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +143,14 @@ def _run(engine: Any) -> tuple[list[TestResult], dict[str, Any]]:
     return results, report
 
 
-def run_tests(bundle: Bundle) -> TestReport:
+def run_tests(bundle: Bundle, *, engine: TestEngine = "regorus") -> TestReport:
     """Run every test of ``bundle`` in one coverage-enabled engine on this thread."""
+    if engine == "opa-embedded":
+        return _run_tests_opa(bundle)
+    return _run_tests_regorus(bundle)
+
+
+def _run_tests_regorus(bundle: Bundle) -> TestReport:
     engine = build_regorus_engine(bundle, include_tests=True)
     try:
         results, report = _run(engine)
@@ -150,9 +173,71 @@ def run_tests(bundle: Bundle) -> TestReport:
     return TestReport(bundle.revision, tuple(results), coverage)
 
 
-def run_bundle_tests(root: Path | str) -> TestReport:
+def discover_opa_tests(asts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """(package, rule name, file) of every ``test_`` rule, from OPA's AST, in file order."""
+    found: list[tuple[str, str, str]] = []
+    for file, ast in asts:
+        package = package_name(ast).removeprefix("data.")
+        seen: set[str] = set()
+        for rule in ast.get("rules", []):
+            head = rule.get("head", {}) if isinstance(rule, dict) else {}
+            if rule.get("default") or head.get("args") or "key" in head:
+                continue  # default rules, functions and partial sets/objects are not tests
+            name = head.get("name")
+            if isinstance(name, str) and name.startswith("test_") and name not in seen:
+                seen.add(name)
+                found.append((package, name, file))
+    return found
+
+
+def _rows(ranges: object) -> set[int]:
+    rows: set[int] = set()
+    for item in ranges if isinstance(ranges, list) else []:
+        start, end = item.get("start", {}).get("row"), item.get("end", {}).get("row")
+        if isinstance(start, int) and isinstance(end, int):
+            rows.update(range(start, end + 1))
+    return rows
+
+
+def _run_tests_opa(bundle: Bundle) -> TestReport:
+    opa: Opa = build_opa(bundle, include_tests=True)
+    try:
+        tests = discover_opa_tests(module_asts(opa, bundle.policies + bundle.tests))
+        results: list[TestResult] = []
+        covered: dict[str, set[int]] = {}
+        missed: dict[str, set[int]] = {}
+        for package, name, file in tests:
+            try:
+                value, report = opa.document(f"{package}.{name}", None, coverage=True)
+            except OpaUndefinedDocument:
+                results.append(TestResult(package, name, file, False))
+                continue
+            except OpaCallError as exc:
+                results.append(
+                    TestResult(package, name, file, False, opa_error_text(exc.message)[0])
+                )
+                continue
+            results.append(TestResult(package, name, file, value is not False))
+            for path, lines in (report or {}).get("files", {}).items():
+                covered.setdefault(path, set()).update(_rows(lines.get("covered")))
+                missed.setdefault(path, set()).update(_rows(lines.get("not_covered")))
+    finally:
+        opa.close()
+    coverage = tuple(
+        FileCoverage(
+            file=path,
+            covered=tuple(sorted(covered.get(path, set()))),
+            not_covered=tuple(sorted(missed.get(path, set()) - covered.get(path, set()))),
+            is_test=path.endswith("_test.rego"),
+        )
+        for path in sorted(set(covered) | set(missed))
+    )
+    return TestReport(bundle.revision, tuple(results), coverage)
+
+
+def run_bundle_tests(root: Path | str, *, engine: TestEngine = "regorus") -> TestReport:
     """Load the bundle at ``root`` and run its tests (a load error raises PolicyLoadError)."""
-    return run_tests(load_bundle(root))
+    return run_tests(load_bundle(root), engine=engine)
 
 
 def render_report(report: TestReport) -> str:

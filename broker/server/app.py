@@ -60,8 +60,16 @@ from broker.observability import metrics, tracing
 from broker.observability.metrics import MetricsPage
 from broker.packages.environment import Environments
 from broker.packages.store import PackageStore
-from broker.policy import OpaEngine, PlanCache, PolicyEngine, PolicyStore, RegorusEngine
+from broker.policy import (
+    OpaEngine,
+    PlanCache,
+    PolicyEngine,
+    PolicyStore,
+    RegorusEngine,
+    opa_embedded,
+)
 from broker.policy.bundle import Bundle
+from broker.policy.opa_embedded import OpaEmbeddedEngine
 from broker.registry.cache import CachedResolver
 from broker.registry.generation import SharedChangeCounter
 from broker.registry.model import ModelVersion, Runtime
@@ -309,7 +317,7 @@ def build_server(
     )
     record_change = audit_hooks.registry_changes(audit)
     cluster = (
-        ClusterSync(engine, resolver, policies if config.policy.engine == "regorus" else None)
+        ClusterSync(engine, resolver, policies if config.policy.engine != "opa" else None)
         if is_postgresql(engine)
         else None
     )
@@ -335,7 +343,8 @@ def build_server(
         server,
     )
     audit_pb2_grpc.add_AuditServicer_to_server(
-        AuditServicer(engine, audit.store, audit.verifier), server
+        AuditServicer(engine, audit.store, audit.verifier, on_view=audit_hooks.entry_views(audit)),
+        server,
     )
     policies_pb2_grpc.add_PoliciesServicer_to_server(
         PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server
@@ -442,9 +451,17 @@ def build_policy_store(config: Config, audit: AuditLog | None = None) -> PolicyS
     def regorus_engine(bundle: Bundle) -> PolicyEngine:
         return RegorusEngine(bundle, rule=settings.rule)
 
+    def opa_embedded_engine(bundle: Bundle) -> PolicyEngine:
+        return OpaEmbeddedEngine(bundle, rule=settings.rule)
+
+    factories = {"regorus": regorus_engine, "opa-embedded": opa_embedded_engine, "opa": opa_engine}
+    if settings.engine == "opa-embedded":
+        problem = opa_embedded.bindings_problem()
+        if problem is not None:
+            raise ConfigError(f'[policy] engine = "opa-embedded" cannot run: {problem}')
     store = PolicyStore(
         settings.bundle_dir,
-        engine_factory=opa_engine if settings.engine == "opa" else regorus_engine,
+        engine_factory=factories[settings.engine],
         cache=PlanCache(max_entries=settings.cache_size),
     )
     if audit is not None:

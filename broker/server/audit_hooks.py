@@ -1,8 +1,9 @@
 """Adapters that put administrative events on the audit record.
 
-Registry changes, policy activations, retention actions (hold, release, erase) and scheduled
-deletions each become one ``admin.*`` entry naming who did what to which target. They are
-plain functions over ``AuditLog.record_admin`` so that each component stays free of audit code.
+Registry changes, policy activations, retention actions (hold, release, erase), scheduled
+deletions and entries viewed (``Audit/GetEntry``) each become one ``admin.*`` entry naming who
+did what to which target. They are plain functions over ``AuditLog.record_admin`` so that each
+component stays free of audit code.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from broker.audit.query import StoredEntry
 from broker.audit.tables import audit_entries
 from broker.audit.writer import AuditLog
+from broker.auth.principal import Principal
 from broker.logging import get_logger
 from broker.registry.model import ModelVersion
 from broker.retention.model import DeletionHook, DeletionReason
 from broker.runtimes.sandbox.pool import Violation, ViolationHook
+from broker.server.audit_service import EntryViewHook
 from broker.server.context import current_principal
 from broker.server.registry_service import ChangeHook, ChangeKind
 from broker.server.retention_service import RetentionEvent, RetentionEventHook
@@ -67,6 +71,25 @@ def retention_events(log: AuditLog) -> RetentionEventHook:
             actor=f"{event.actor_tenant}/{event.actor_subject}",
             target=event.record_id or event.subject or event.tenant,
             details={"reason": event.reason, "count": str(event.count)},
+        )
+
+    return record
+
+
+def entry_views(log: AuditLog) -> EntryViewHook:
+    """``admin.audit.viewed``: who looked at which entry (the console's entry page).
+
+    The entry goes on the viewed entry's tenant, so that tenant's compliance officers see
+    who read their trail; the actor names the viewer's own tenant too (an admin may be another).
+    """
+
+    def record(viewer: Principal, entry: StoredEntry) -> None:
+        log.record_admin(
+            kind="admin.audit.viewed",
+            tenant=entry.tenant,
+            actor=f"{viewer.tenant}/{viewer.subject}",
+            target=str(entry.leaf_index),
+            details={"entry_kind": entry.kind, "call_id": entry.call_id},
         )
 
     return record

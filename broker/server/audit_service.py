@@ -7,13 +7,17 @@ Who sees what:
   naming another tenant is PermissionDenied (the answer does not depend on what exists);
 - anyone else gets PermissionDenied.
 
+``GetEntry`` is how a person looks at one entry (the compliance console's entry page): it hands
+the entry to ``on_view`` first, which puts an ``admin.audit.viewed`` entry on the log, so the
+view is on the record before anything is shown; if that append fails, nothing is shown.
+
 Checkpoints and consistency proofs reveal no entry content (sizes and hashes only), so every
 reader may fetch them. Errors are ``BrokerError`` subclasses for the error interceptor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import grpc
@@ -21,26 +25,46 @@ import orjson
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
-from broker.audit.export import build_export, build_receipts, csv_chunks, jsonl_chunks, unb64
+from broker.audit.export import (
+    build_export,
+    build_receipts,
+    csv_chunks,
+    jsonl_chunks,
+    siem_chunks,
+    unb64,
+)
+from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
-from broker.audit.query import AuditFilter, query_page
+from broker.audit.query import AuditFilter, StoredEntry, query_page
 from broker.audit.store import AuditStore
 from broker.auth.principal import Principal, Role, require_role
-from broker.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from broker.server.context import current_principal
 
 _READERS: Final = (Role.COMPLIANCE, Role.AUDITOR, Role.ADMIN)
 _ALL_TENANTS: Final = (Role.AUDITOR, Role.ADMIN)
 _CHUNK_BYTES: Final = 64 * 1024
+_EXPORT_FORMATS: Final = ("jsonl", "csv", "ocsf", "cef")
+
+#: Called with the viewer and the entry before ``GetEntry`` answers (see the module doc).
+EntryViewHook = Callable[[Principal, StoredEntry], None]
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
     """The Audit service over one log (its engine, store and verifier key)."""
 
-    def __init__(self, engine: sa.Engine, store: AuditStore, verifier: Verifier) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        store: AuditStore,
+        verifier: Verifier,
+        *,
+        on_view: EntryViewHook | None = None,
+    ) -> None:
         self._engine = engine
         self._store = store
         self._verifier = verifier
+        self._on_view = on_view
 
     def QueryEntries(  # noqa: N802 - the proto fixes gRPC method names
         self, request: audit_pb2.QueryEntriesRequest, context: grpc.ServicerContext
@@ -48,23 +72,33 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         """One page of matching entries; the last carries the next page's token."""
         flt = _filter(request.filter, _reader())
         rows, token = query_page(
-            self._engine, flt, page_size=request.page_size, cursor=request.page_token
+            self._engine,
+            flt,
+            page_size=request.page_size,
+            cursor=request.page_token,
+            start_index=request.start_index,
         )
         for n, row in enumerate(rows):
-            yield audit_pb2.AuditEntry(
-                leaf_index=row.leaf_index,
-                entry=row.entry,
-                entry_hash=row.entry_hash,
-                time_us=row.time_us,
-                kind=row.kind,
-                tenant=row.tenant,
-                subject=row.subject,
-                call_id=row.call_id,
-                model=row.model,
-                vendor=row.vendor,
-                status=row.status,
-                next_page_token=token if n == len(rows) - 1 else "",
-            )
+            yield _entry_message(row, token if n == len(rows) - 1 else "")
+
+    def GetEntry(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.GetEntryRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.AuditEntry:
+        """One entry by leaf index, after its viewing has been put on the log.
+
+        An entry of another tenant is NotFound for a ``compliance`` caller, exactly like one
+        that does not exist.
+        """
+        principal = _reader()
+        if request.leaf_index < 0:
+            raise InvalidArgument("leaf_index must not be negative")
+        flt = AuditFilter(tenant=_tenant_scope(principal, ""), leaf_index=request.leaf_index)
+        rows, _ = query_page(self._engine, flt, page_size=1)
+        if not rows:
+            raise NotFound(f"no audit entry {request.leaf_index}")
+        if self._on_view is not None:
+            self._on_view(principal, rows[0])
+        return _entry_message(rows[0], "")
 
     def GetInclusionProof(  # noqa: N802 - the proto fixes gRPC method names
         self, request: audit_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
@@ -129,20 +163,47 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
     ) -> Iterator[audit_pb2.ExportChunk]:
         """Stream an export: the manifest first, then the file bytes in chunks."""
         fmt = request.format or "jsonl"
-        if fmt not in {"jsonl", "csv"}:
-            raise InvalidArgument("format must be jsonl or csv")
+        if fmt not in _EXPORT_FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(_EXPORT_FORMATS)}")
         flt = _filter(request.filter, _reader())
         manifest, items = build_export(self._engine, self._store, self._verifier, flt)
         yield audit_pb2.ExportChunk(manifest_json=orjson.dumps(manifest.to_json()).decode())
-        chunks = jsonl_chunks(manifest, items) if fmt == "jsonl" else csv_chunks(items)
+        if fmt == "jsonl":
+            chunks = jsonl_chunks(manifest, items)
+        elif fmt == "csv":
+            chunks = csv_chunks(items)
+        else:
+            chunks = siem_chunks(fmt, manifest.origin, items)
         buffer = bytearray()
-        for piece in chunks:
-            buffer += piece
-            if len(buffer) >= _CHUNK_BYTES:
-                yield audit_pb2.ExportChunk(data=bytes(buffer))
-                buffer.clear()
+        try:
+            for piece in chunks:
+                buffer += piece
+                if len(buffer) >= _CHUNK_BYTES:
+                    yield audit_pb2.ExportChunk(data=bytes(buffer))
+                    buffer.clear()
+        except VerificationError as exc:  # only the SIEM formats refuse a damaged entry
+            raise FailedPrecondition(
+                f"cannot export {fmt}: {exc}; a jsonl export and `broker audit verify` locate it"
+            ) from exc
         if buffer:
             yield audit_pb2.ExportChunk(data=bytes(buffer))
+
+
+def _entry_message(row: StoredEntry, next_page_token: str) -> audit_pb2.AuditEntry:
+    return audit_pb2.AuditEntry(
+        leaf_index=row.leaf_index,
+        entry=row.entry,
+        entry_hash=row.entry_hash,
+        time_us=row.time_us,
+        kind=row.kind,
+        tenant=row.tenant,
+        subject=row.subject,
+        call_id=row.call_id,
+        model=row.model,
+        vendor=row.vendor,
+        status=row.status,
+        next_page_token=next_page_token,
+    )
 
 
 def _reader() -> Principal:
@@ -175,4 +236,5 @@ def _filter(msg: audit_pb2.AuditFilter, principal: Principal) -> AuditFilter:
         kind=msg.kind or None,
         time_from_us=msg.time_from_us or None,
         time_to_us=msg.time_to_us or None,
+        policy_revision=msg.policy_revision or None,
     )

@@ -15,6 +15,11 @@ from broker.demo.mlserver import MLServerProcess, start_mlserver
 from tests.conftest import skip_or_fail
 from tests.integration.harness import backend  # noqa: F401 - the fake OIP backend fixture
 from tests.integration.llm_fixtures import llama_server, llm_venv, smollm2_gguf  # noqa: F401
+from tests.integration.private_postgres import (
+    PrivatePostgres,
+    missing_private_postgres,
+    private_postgres,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = REPO_ROOT / ".venv-mlserver"
@@ -38,3 +43,14 @@ def mlserver(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this test's own, which it may stop and restart (the machine's
+    shared server must not be); stopped and deleted afterwards."""
+    problem = missing_private_postgres()
+    if problem:
+        skip_or_fail(problem)
+    with private_postgres() as server:
+        yield server

@@ -55,6 +55,7 @@ def running_demo(
     llm_venv: Path,
     build_script: Path = BUILD_SCRIPT,
     sandboxed: tuple[DemoPackage, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[DemoNode, BrokerHarness]]:
     """A serving demo node; on exit the broker stops, then everything the demo started."""
     environ = {
@@ -66,6 +67,7 @@ def running_demo(
         # One in-process worker, so the test holds the server itself (``make run`` runs one
         # per core; tests/integration/test_workers.py covers several).
         "BROKER__SERVER__WORKERS": "1",
+        **(env or {}),
     }
     config = load_config(None, environ)
     demo = start_demo_node(

@@ -27,13 +27,17 @@ def bundle(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def broker(tmp_path: Path, bundle: Path) -> Iterator[BrokerHarness]:
+@pytest.fixture(params=["regorus", "opa-embedded"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path, bundle: Path) -> Iterator[BrokerHarness]:
+    """A broker on each embedded engine (OPA's needs its bindings: skipped without, not in CI)."""
+    if request.param == "opa-embedded":
+        request.getfixturevalue("opa_bindings_present")
     harness = start_broker(
         tmp_path / "var",
         f"sqlite:///{tmp_path / 'b.db'}",
         BROKER__POLICY__BUNDLE_DIR=str(bundle),
         BROKER__POLICY__WATCH_INTERVAL_SECONDS="0",
+        BROKER__POLICY__ENGINE=request.param,
     )
     yield harness
     harness.stop()
@@ -54,7 +58,8 @@ def test_policy_admin_reads_evaluates_and_reloads(broker: BrokerHarness, bundle:
         admin = _auth(broker, "policy-admin")
         active = stub.GetActivePolicy(policies_pb2.GetActivePolicyRequest(), metadata=admin)
         assert active.revision.startswith("sha256:")
-        assert active.engine == "regorus"
+        assert active.engine in {"regorus", "opa-embedded"}
+        assert active.engine == broker.config.policy.engine
 
         plan = orjson.loads(
             stub.EvaluatePolicy(

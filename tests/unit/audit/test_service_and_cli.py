@@ -18,10 +18,12 @@ from broker.audit.note import Signer
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role
 from broker.cli import audit as audit_cli
-from broker.errors import InvalidArgument, NotFound, PermissionDenied
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from broker.server.audit_hooks import entry_views
 from broker.server.audit_service import AuditServicer
 from broker.server.context import principal_var
 from tests.unit.audit.conftest import make_intent
+from tests.unit.audit.tamper import drop_triggers, execute
 
 CONTEXT = cast(grpc.ServicerContext, None)
 
@@ -153,3 +155,99 @@ def test_cli_refuses_a_receipt_file_nested_too_deep(
         receipt.write_text(text)
         assert _cli("verify-receipt", str(receipt), "--log-key", vkey) == 1
         assert "INVALID" in capsys.readouterr().err
+
+
+def test_get_entry_records_the_view_first_and_hides_other_tenants(audit_log: AuditLog) -> None:
+    for i in range(4):
+        audit_log.append(make_intent(tenant="acme" if i % 2 else "globex", call_id=f"v{i}"))
+    audit_log.checkpoint_now()
+    servicer = AuditServicer(
+        audit_log.store.engine, audit_log.store, audit_log.verifier, on_view=entry_views(audit_log)
+    )
+    with acting_as("acme", Role.COMPLIANCE):
+        entry = servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=1), CONTEXT)
+        assert entry.call_id == "v1"
+        with pytest.raises(NotFound):  # globex's entry: exactly as absent, and no view recorded
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=0), CONTEXT)
+        with pytest.raises(NotFound):
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=99), CONTEXT)
+        with pytest.raises(InvalidArgument):
+            servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=-1), CONTEXT)
+        views = _query(servicer, kind="admin.audit.viewed")
+    assert len(views) == 1
+    body = json.loads(views[0].entry)
+    assert body["tenant"] == "acme"
+    assert body["subject"] == "acme/svc@acme"
+    assert body["target"] == "1"
+    assert body["details"] == {"call_id": "v1", "entry_kind": "call.intent"}
+    with acting_as("acme", Role.BUYER), pytest.raises(PermissionDenied):
+        servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=1), CONTEXT)
+
+
+def test_get_entry_shows_nothing_when_the_view_cannot_be_recorded(audit_log: AuditLog) -> None:
+    audit_log.append(make_intent(tenant="acme", call_id="w0"))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("audit store down")
+
+    servicer = AuditServicer(
+        audit_log.store.engine, audit_log.store, audit_log.verifier, on_view=broken
+    )
+    with acting_as("acme", Role.COMPLIANCE), pytest.raises(RuntimeError):
+        servicer.GetEntry(audit_pb2.GetEntryRequest(leaf_index=0), CONTEXT)
+
+
+def test_policy_revision_filter_is_exact(servicer: AuditServicer) -> None:
+    with acting_as("ops", Role.ADMIN):
+        assert len(_query(servicer, policy_revision="rev-1")) == 6
+        assert _query(servicer, policy_revision="rev-") == []  # a prefix is not the revision
+        assert _query(servicer, policy_revision="rev-1", tenant="acme")[0].tenant == "acme"
+        with pytest.raises(InvalidArgument):
+            _query(servicer, policy_revision="rev_1")  # outside the revision charset
+
+
+def test_query_from_a_start_index(servicer: AuditServicer) -> None:
+    with acting_as("ops", Role.AUDITOR):
+        request = audit_pb2.QueryEntriesRequest(start_index=4)
+        assert [e.leaf_index for e in servicer.QueryEntries(request, CONTEXT)] == [4, 5]
+        request = audit_pb2.QueryEntriesRequest(start_index=6)
+        assert list(servicer.QueryEntries(request, CONTEXT)) == []
+        with pytest.raises(InvalidArgument, match="start_index"):
+            list(servicer.QueryEntries(audit_pb2.QueryEntriesRequest(start_index=-1), CONTEXT))
+    with acting_as("acme", Role.COMPLIANCE):  # the tenant is still forced
+        request = audit_pb2.QueryEntriesRequest(start_index=2)
+        assert [e.leaf_index for e in servicer.QueryEntries(request, CONTEXT)] == [3, 5]
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "cef"])
+def test_siem_exports_are_scoped_and_anchored(servicer: AuditServicer, fmt: str) -> None:
+    with acting_as("acme", Role.COMPLIANCE):
+        chunks = list(servicer.Export(audit_pb2.ExportRequest(format=fmt), CONTEXT))
+    lines = b"".join(c.data for c in chunks).decode().splitlines()
+    assert len(lines) == 3
+    if fmt == "ocsf":
+        events = [json.loads(line) for line in lines]
+        assert [e["metadata"]["sequence"] for e in events] == [1, 3, 5]
+        assert {e["metadata"]["tenant_uid"] for e in events} == {"acme"}
+    else:
+        assert [line.split("cn1=")[1].split(" ")[0] for line in lines] == ["1", "3", "5"]
+        assert all(line.startswith("CEF:0|model-broker|") for line in lines)
+
+
+def test_a_siem_export_refuses_a_damaged_entry(servicer: AuditServicer) -> None:
+    engine = servicer._engine
+    drop_triggers(engine)
+    execute(engine, "UPDATE audit_entries SET entry = :e WHERE leaf_index = 2", e=b"{not json")
+    with acting_as("ops", Role.AUDITOR), pytest.raises(FailedPrecondition, match="leaf 2"):
+        list(servicer.Export(audit_pb2.ExportRequest(format="ocsf"), CONTEXT))
+
+
+def test_tail_and_export_refuse_bad_arguments_before_connecting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--from-index must not be negative"):
+        _cli("tail", "--from-index", "-1", "--token", "t")
+    with pytest.raises(ValueError, match="--poll and --max-backoff must be positive"):
+        _cli("tail", "--poll", "0", "--token", "t")
+    with pytest.raises(ValueError, match="csv export is a directory"):
+        _cli("export", "--format", "csv", "-o", "-", "--token", "t")
+    with pytest.raises(SystemExit):  # argparse: not a line format
+        _cli("tail", "--format", "csv", "--token", "t")

@@ -17,6 +17,9 @@ from broker.policy.contract import (
 
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[3] / "policies"
 
+#: Lines recorded by test_opa_differential (engines, input counts), printed after the run.
+DIFFERENTIAL_SUMMARY = pytest.StashKey[list[str]]()
+
 # A customer-support call as the classifier would describe it: 20 leaves, their labels.
 REALISTIC_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/customer/name", "string", ("pii.name",)),
@@ -100,3 +103,14 @@ decision := {
     "entities": {},
 }
 """
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Print what the regorus-vs-OPA differential test compared, if it ran (no ``-s`` needed)."""
+    rows = config.stash.get(DIFFERENTIAL_SUMMARY, None)
+    if rows:
+        terminalreporter.section("policy engines: regorus vs OPA differential")
+        for row in rows:
+            terminalreporter.write_line(row)

@@ -66,6 +66,28 @@ def test_mask_params_and_defaults() -> None:
     )
 
 
+def test_whole_floats_are_integers_as_json_says() -> None:
+    """OPA answers 4.0 where regorus answers 4 (a Rego ``4.0`` literal, a ``5.0`` in data.json):
+    the plan must be the same whichever engine decided."""
+    raw = _decision(
+        fields={"/a": {"action": "mask", "keep_last": 2.0}},
+        retention={"request_ttl_s": 604800.0, "response_ttl_s": -0.0},
+    )
+    plan = parse_plan(raw, SMALL, "r")
+    assert plan.fields["/a"] == Action("mask", keep_last=2, char="*")
+    assert isinstance(plan.fields["/a"].keep_last, int)
+    assert plan.retention == Retention(604800, 0)
+    assert isinstance(plan.retention.request_ttl_s, int)
+    assert plan == parse_plan(
+        _decision(
+            fields={"/a": {"action": "mask", "keep_last": 2}},
+            retention={"request_ttl_s": 604800, "response_ttl_s": 0},
+        ),
+        SMALL,
+        "r",
+    )
+
+
 def test_deny_without_reason_gets_one() -> None:
     plan = parse_plan(_decision(allow=False), SMALL, "r")
     assert plan.allow is False and plan.reasons
@@ -112,6 +134,10 @@ def test_plan_round_trips_to_json_shape() -> None:
         (_decision(retention={"request_ttl_s": -1}), "request_ttl_s"),
         (_decision(retention={"response_ttl_s": 1.5}), "response_ttl_s"),
         (_decision(retention={"request_ttl_s": "7d"}), "request_ttl_s"),
+        (_decision(retention={"request_ttl_s": float("inf")}), "request_ttl_s"),
+        (_decision(retention={"request_ttl_s": float("nan")}), "request_ttl_s"),
+        (_decision(retention={"request_ttl_s": False}), "request_ttl_s"),
+        (_decision(fields={"/a": {"action": "mask", "keep_last": -2.0}}), "keep_last"),
         (_decision(retention={"forever": True}), "retention must be"),
         (_decision(retention=[]), "retention must be"),
     ],

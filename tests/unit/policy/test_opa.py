@@ -1,14 +1,17 @@
-"""OpaEngine against a small HTTP server that speaks OPA's Data API and evaluates with regorus.
+"""OpaEngine against small HTTP servers that speak OPA's Data API.
 
-This is not OPA itself (no OPA binary is available here); the server implements the part of
-the Data API the broker uses: ``POST /v1/data/<path>`` with ``{"input": ...}`` answers
+These are not an OPA server (no OPA binary is available here); they implement the part of the
+Data API the broker uses: ``POST /v1/data/<path>`` with ``{"input": ...}`` answers
 ``{"result": ...}``, or ``{}`` when the document is undefined, and 4xx/5xx with
-``{"code", "message"}`` on errors.
+``{"code", "message"}`` on errors. One evaluates with regorus; the other with OPA's own Go
+engine (the ``opa-embedded`` bindings), so the Data API path is also checked against OPA's
+evaluation, though not against OPA's HTTP server.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -19,7 +22,15 @@ import pytest
 from broker.policy.bundle import load_bundle
 from broker.policy.contract import Action, PolicyError
 from broker.policy.engine import OpaEngine, build_regorus_engine, regorus_error_text
+from broker.policy.opa_embedded import (
+    Opa,
+    OpaCallError,
+    OpaEmbeddedEngine,
+    OpaUndefinedDocument,
+    build_opa,
+)
 from tests.unit.policy.conftest import SHIPPED_BUNDLE, make_input
+from tests.unit.policy.test_opa_differential import SEED, generate_input, outcome
 
 # regorus engines may only live on the thread that made them: the server's one serving thread.
 _SERVER_THREAD = threading.local()
@@ -139,3 +150,66 @@ def test_unreachable_server_denies() -> None:
 def test_bad_rule_name_is_refused() -> None:
     with pytest.raises(PolicyError):
         OpaEngine(rule="broker")
+
+
+class _GoOpaDataApi(BaseHTTPRequestHandler):
+    """The Data API evaluated by OPA's own Go engine over the shipped bundle."""
+
+    opa: Opa | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Quiet: tests assert on results, not on access logs."""
+
+    def _send(self, status: int, document: object) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        path = self.path.removeprefix("/v1/data/").split("?")[0].replace("/", ".")
+        assert self.opa is not None
+        try:
+            value, _ = self.opa.document(path, request.get("input"))
+        except OpaUndefinedDocument:
+            self._send(200, {})
+        except OpaCallError as exc:
+            self._send(500, {"code": "internal_error", "message": exc.message})
+        else:
+            self._send(200, {"result": value})
+
+
+@pytest.fixture
+def go_opa_port(opa_bindings_present: None) -> Iterator[int]:
+    _GoOpaDataApi.opa = build_opa(load_bundle(SHIPPED_BUNDLE))
+    server = HTTPServer(("127.0.0.1", 0), _GoOpaDataApi)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        _GoOpaDataApi.opa.close()
+
+
+def test_data_api_backed_by_opa_matches_the_embedded_engine(go_opa_port: int) -> None:
+    """Over HTTP (JSON both ways) the plans are those of OPA's engine in process, input by input."""
+    remote = OpaEngine(port=go_opa_port, revision=load_bundle(SHIPPED_BUNDLE).revision)
+    local = OpaEmbeddedEngine(load_bundle(SHIPPED_BUNDLE), max_engines=1)
+    rng = random.Random(SEED + 3)
+    try:
+        for _ in range(300):
+            item = generate_input(rng)
+            assert outcome(remote, item) == outcome(local, item), item.to_json_obj()
+        missing = OpaEngine(port=go_opa_port, rule="data.broker.no_such_rule")
+        with pytest.raises(PolicyError, match="undefined"):
+            missing.decide(make_input())
+        missing.close()
+    finally:
+        remote.close()
+        local.close()

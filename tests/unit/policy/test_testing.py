@@ -1,18 +1,33 @@
-"""`broker policy test`: every test_ rule runs, results and coverage are reported."""
+"""`broker policy test`: every test_ rule runs, results and coverage are reported.
+
+Each test runs with regorus and with the embedded OPA engine (``--engine opa-embedded``).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.policy.testing import render_report, run_bundle_tests
+import pytest
+
+from broker.policy.testing import TestEngine, render_report, run_bundle_tests
 from tests.unit.policy.conftest import SHIPPED_BUNDLE
 
 WriteBundle = Callable[[dict[str, str]], Path]
 
 
-def test_shipped_bundle_tests_all_pass_with_coverage() -> None:
-    report = run_bundle_tests(SHIPPED_BUNDLE)
+@pytest.fixture(params=["regorus", "opa-embedded"])
+def engine(request: pytest.FixtureRequest) -> TestEngine:
+    """Each test once per engine (OPA's needs the bindings: skipped outside CI without them)."""
+    if request.param == "opa-embedded":
+        request.getfixturevalue("opa_bindings_present")
+    name: TestEngine = request.param
+    return name
+
+
+def test_shipped_bundle_tests_all_pass_with_coverage(engine: TestEngine) -> None:
+    report = run_bundle_tests(SHIPPED_BUNDLE, engine=engine)
     failed = [(r.name, r.error) for r in report.results if not r.passed]
     assert failed == []
     assert len(report.results) >= 25
@@ -27,7 +42,7 @@ def test_shipped_bundle_tests_all_pass_with_coverage() -> None:
     assert f"{len(report.results)}/{len(report.results)} tests passed" in text
 
 
-def test_failures_and_errors_are_reported(write_bundle: WriteBundle) -> None:
+def test_failures_and_errors_are_reported(write_bundle: WriteBundle, engine: TestEngine) -> None:
     root = write_bundle(
         {
             "lib/lib.rego": "package lib\n\nimport rego.v1\n\ndouble(x) := x * 2\n\nunused := 1\n",
@@ -42,7 +57,7 @@ def test_failures_and_errors_are_reported(write_bundle: WriteBundle) -> None:
             ),
         }
     )
-    report = run_bundle_tests(root)
+    report = run_bundle_tests(root, engine=engine)
     results = {r.name: r for r in report.results}
     assert set(results) == {"test_ok", "test_wrong", "test_boom", "test_value"}
     assert results["test_ok"].passed
@@ -55,11 +70,20 @@ def test_failures_and_errors_are_reported(write_bundle: WriteBundle) -> None:
     assert 0 < lib.percent < 100
     text = render_report(report)
     assert "FAIL  data.lib_test.test_wrong" in text
-    assert "error: divide by zero" in text
+    assert re.search(r"\n +error: (eval_builtin_error: div: )?divide by zero\n", text), text
     assert "not covered: lines 7" in text
 
 
-def test_bundle_without_tests_is_not_ok(write_bundle: WriteBundle) -> None:
-    report = run_bundle_tests(write_bundle({"p.rego": "package p\n\nx := 1\n"}))
+def test_bundle_without_tests_is_not_ok(write_bundle: WriteBundle, engine: TestEngine) -> None:
+    report = run_bundle_tests(write_bundle({"p.rego": "package p\n\nx := 1\n"}), engine=engine)
     assert not report.ok
     assert "no tests found" in render_report(report)
+
+
+@pytest.mark.usefixtures("opa_bindings_present")
+def test_both_engines_find_and_judge_the_same_tests() -> None:
+    regorus = run_bundle_tests(SHIPPED_BUNDLE, engine="regorus")
+    opa = run_bundle_tests(SHIPPED_BUNDLE, engine="opa-embedded")
+    assert [(r.package, r.name, r.file, r.passed) for r in regorus.results] == [
+        (r.package, r.name, r.file, r.passed) for r in opa.results
+    ]

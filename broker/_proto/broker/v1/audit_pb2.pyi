@@ -35,6 +35,7 @@ class AuditFilter(google.protobuf.message.Message):
     KIND_FIELD_NUMBER: builtins.int
     TIME_FROM_US_FIELD_NUMBER: builtins.int
     TIME_TO_US_FIELD_NUMBER: builtins.int
+    POLICY_REVISION_FIELD_NUMBER: builtins.int
     tenant: builtins.str
     """Tenant whose entries to return. A `compliance` caller may leave it empty or name its own."""
     subject: builtins.str
@@ -57,6 +58,8 @@ class AuditFilter(google.protobuf.message.Message):
     """Inclusive lower bound on the entry time, microseconds since the Unix epoch; 0 = none."""
     time_to_us: builtins.int
     """Exclusive upper bound on the entry time, microseconds since the Unix epoch; 0 = none."""
+    policy_revision: builtins.str
+    """Policy revision recorded in the entry (call.intent and call.preview entries)."""
     def __init__(
         self,
         *,
@@ -71,8 +74,9 @@ class AuditFilter(google.protobuf.message.Message):
         kind: builtins.str = ...,
         time_from_us: builtins.int = ...,
         time_to_us: builtins.int = ...,
+        policy_revision: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "policy_revision", b"policy_revision", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor"]) -> None: ...
 
 Global___AuditFilter: typing_extensions.TypeAlias = AuditFilter
 
@@ -85,10 +89,15 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     FILTER_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    START_INDEX_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Entries per page; 0 means 100, values above 1000 are capped at 1000."""
     page_token: builtins.str
     """Cursor from the last entry of the previous page; empty for the first page."""
+    start_index: builtins.int
+    """First leaf index to return (inclusive) when page_token is empty; 0 = from the start.
+    A follower (`broker audit tail --follow`) asks again from one past the last index it saw.
+    """
     @property
     def filter(self) -> Global___AuditFilter:
         """What to select."""
@@ -99,9 +108,10 @@ class QueryEntriesRequest(google.protobuf.message.Message):
         filter: Global___AuditFilter | None = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
+        start_index: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
 
 Global___QueryEntriesRequest: typing_extensions.TypeAlias = QueryEntriesRequest
 
@@ -166,6 +176,24 @@ class AuditEntry(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["call_id", b"call_id", "entry", b"entry", "entry_hash", b"entry_hash", "kind", b"kind", "leaf_index", b"leaf_index", "model", b"model", "next_page_token", b"next_page_token", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_us", b"time_us", "vendor", b"vendor"]) -> None: ...
 
 Global___AuditEntry: typing_extensions.TypeAlias = AuditEntry
+
+@typing.final
+class GetEntryRequest(google.protobuf.message.Message):
+    """GetEntryRequest names the entry to view."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: builtins.int
+    leaf_index: builtins.int
+    """Leaf index of the entry."""
+    def __init__(
+        self,
+        *,
+        leaf_index: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["leaf_index", b"leaf_index"]) -> None: ...
+
+Global___GetEntryRequest: typing_extensions.TypeAlias = GetEntryRequest
 
 @typing.final
 class GetInclusionProofRequest(google.protobuf.message.Message):
@@ -352,7 +380,10 @@ class ExportRequest(google.protobuf.message.Message):
     FILTER_FIELD_NUMBER: builtins.int
     FORMAT_FIELD_NUMBER: builtins.int
     format: builtins.str
-    """"jsonl" (default) or "csv"."""
+    """"jsonl" (default) or "csv": bundles with proofs, for offline verification. "ocsf" (OCSF
+    1.8.0 API Activity events, one JSON object a line) or "cef" (ArcSight CEF lines): for SIEMs,
+    each record naming its entry's origin, leaf index and leaf hash (hex) instead of a proof.
+    """
     @property
     def filter(self) -> Global___AuditFilter:
         """What to export; an empty filter (with the auditor role) exports the whole log."""
@@ -379,7 +410,7 @@ class ExportChunk(google.protobuf.message.Message):
     manifest_json: builtins.str
     """The manifest as JSON; set on the first chunk only."""
     data: builtins.bytes
-    """File bytes: the JSONL file (manifest line included) or entries.csv."""
+    """File bytes: the JSONL file (manifest line included), entries.csv, or the OCSF or CEF lines."""
     def __init__(
         self,
         *,

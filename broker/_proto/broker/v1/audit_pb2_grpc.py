@@ -43,6 +43,11 @@ class AuditStub:
                 request_serializer=broker_dot_v1_dot_audit__pb2.QueryEntriesRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_audit__pb2.AuditEntry.FromString,
                 _registered_method=True)
+        self.GetEntry = channel.unary_unary(
+                '/broker.v1.Audit/GetEntry',
+                request_serializer=broker_dot_v1_dot_audit__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_audit__pb2.AuditEntry.FromString,
+                _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/broker.v1.Audit/GetInclusionProof',
                 request_serializer=broker_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
@@ -74,6 +79,14 @@ class AuditServicer:
 
     def QueryEntries(self, request, context):
         """QueryEntries streams the entries that match the filters, in leaf order, one page at most.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntry(self, request, context):
+        """GetEntry returns one entry by leaf index and records that the caller viewed it (an
+        `admin.audit.viewed` entry naming the viewer), so looking at the trail leaves a trace too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +126,11 @@ def add_AuditServicer_to_server(servicer, server):
             'QueryEntries': grpc.unary_stream_rpc_method_handler(
                     servicer.QueryEntries,
                     request_deserializer=broker_dot_v1_dot_audit__pb2.QueryEntriesRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_audit__pb2.AuditEntry.SerializeToString,
+            ),
+            'GetEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntry,
+                    request_deserializer=broker_dot_v1_dot_audit__pb2.GetEntryRequest.FromString,
                     response_serializer=broker_dot_v1_dot_audit__pb2.AuditEntry.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
@@ -166,6 +184,33 @@ class Audit:
             target,
             '/broker.v1.Audit/QueryEntries',
             broker_dot_v1_dot_audit__pb2.QueryEntriesRequest.SerializeToString,
+            broker_dot_v1_dot_audit__pb2.AuditEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.Audit/GetEntry',
+            broker_dot_v1_dot_audit__pb2.GetEntryRequest.SerializeToString,
             broker_dot_v1_dot_audit__pb2.AuditEntry.FromString,
             options,
             channel_credentials,

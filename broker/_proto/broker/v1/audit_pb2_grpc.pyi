@@ -41,6 +41,22 @@ _AuditQueryEntriesType = typing_extensions.TypeVar(
     ],
 )
 
+_AuditGetEntryType = typing_extensions.TypeVar(
+    '_AuditGetEntryType',
+    grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.GetEntryRequest,
+        broker._proto.broker.v1.audit_pb2.AuditEntry,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.GetEntryRequest,
+        broker._proto.broker.v1.audit_pb2.AuditEntry,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.GetEntryRequest,
+        broker._proto.broker.v1.audit_pb2.AuditEntry,
+    ],
+)
+
 _AuditGetInclusionProofType = typing_extensions.TypeVar(
     '_AuditGetInclusionProofType',
     grpc.UnaryUnaryMultiCallable[
@@ -105,7 +121,7 @@ _AuditExportType = typing_extensions.TypeVar(
     ],
 )
 
-class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetInclusionProofType, _AuditGetConsistencyProofType, _AuditGetCheckpointType, _AuditExportType]):
+class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _AuditGetInclusionProofType, _AuditGetConsistencyProofType, _AuditGetCheckpointType, _AuditExportType]):
     """Audit is the compliance-facing service over the tamper-evident audit log.
     Requires the `compliance` role (which sees only its own tenant's entries) or `auditor`/`admin`
     (which see every tenant). Everything returned can be verified offline with the log's public
@@ -116,6 +132,10 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetInclusionProofTy
     def __init__(self: AuditStub[
         grpc.UnaryStreamMultiCallable[
             broker._proto.broker.v1.audit_pb2.QueryEntriesRequest,
+            broker._proto.broker.v1.audit_pb2.AuditEntry,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.audit_pb2.GetEntryRequest,
             broker._proto.broker.v1.audit_pb2.AuditEntry,
         ],
         grpc.UnaryUnaryMultiCallable[
@@ -143,6 +163,10 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetInclusionProofTy
             broker._proto.broker.v1.audit_pb2.AuditEntry,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.audit_pb2.GetEntryRequest,
+            broker._proto.broker.v1.audit_pb2.AuditEntry,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             broker._proto.broker.v1.audit_pb2.GetInclusionProofRequest,
             broker._proto.broker.v1.audit_pb2.GetInclusionProofResponse,
         ],
@@ -163,6 +187,11 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetInclusionProofTy
     QueryEntries: _AuditQueryEntriesType
     """QueryEntries streams the entries that match the filters, in leaf order, one page at most."""
 
+    GetEntry: _AuditGetEntryType
+    """GetEntry returns one entry by leaf index and records that the caller viewed it (an
+    `admin.audit.viewed` entry naming the viewer), so looking at the trail leaves a trace too.
+    """
+
     GetInclusionProof: _AuditGetInclusionProofType
     """GetInclusionProof proves that an entry (by leaf index or call id) is in the log."""
 
@@ -178,6 +207,10 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetInclusionProofTy
 AuditAsyncStub: typing_extensions.TypeAlias = AuditStub[
     grpc.aio.UnaryStreamMultiCallable[
         broker._proto.broker.v1.audit_pb2.QueryEntriesRequest,
+        broker._proto.broker.v1.audit_pb2.AuditEntry,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.GetEntryRequest,
         broker._proto.broker.v1.audit_pb2.AuditEntry,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
@@ -212,6 +245,16 @@ class AuditServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[broker._proto.broker.v1.audit_pb2.AuditEntry], collections.abc.AsyncIterator[broker._proto.broker.v1.audit_pb2.AuditEntry]]:
         """QueryEntries streams the entries that match the filters, in leaf order, one page at most."""
+
+    @abc.abstractmethod
+    def GetEntry(
+        self,
+        request: broker._proto.broker.v1.audit_pb2.GetEntryRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[broker._proto.broker.v1.audit_pb2.AuditEntry, collections.abc.Awaitable[broker._proto.broker.v1.audit_pb2.AuditEntry]]:
+        """GetEntry returns one entry by leaf index and records that the caller viewed it (an
+        `admin.audit.viewed` entry naming the viewer), so looking at the trail leaves a trace too.
+        """
 
     @abc.abstractmethod
     def GetInclusionProof(

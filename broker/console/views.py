@@ -1,0 +1,158 @@
+"""What the entry and chart pages show, computed from entries and retention records.
+
+Pure functions over protobuf messages, so they are tested without a browser or a broker.
+Entries hold commitments only (labels, actions, digests), never payload values, and nothing
+here adds any.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from broker._proto.broker.v1 import audit_pb2, retention_pb2
+
+
+def utc(time_us: int) -> str:
+    """An entry time as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _day(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d")
+
+
+def body_of(entry: audit_pb2.AuditEntry) -> dict[str, Any]:
+    """The entry's JSON object (the bytes the tree commits to); {} if they are not an object."""
+    try:
+        body = json.loads(entry.entry)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """One retained record named by an entry, and where it stands."""
+
+    record_id: str
+    state: str  # "held", "due", "retained", "deleted", "unknown"
+    detail: str
+    receipt_leaf: int | None = None
+
+
+def record_ids(body: Mapping[str, Any]) -> list[str]:
+    """Retained record ids an entry names (an outcome's list, an intent's one id)."""
+    ids = body.get("retained_record_ids") or []
+    if body.get("retention_id"):
+        ids = [*ids, body["retention_id"]]
+    return [str(i) for i in ids if isinstance(i, str) and i]
+
+
+def record_states(
+    ids: Iterable[str],
+    records: Iterable[retention_pb2.RetainedRecord],
+    receipts: Mapping[str, audit_pb2.AuditEntry],
+    now: datetime,
+) -> list[RecordState]:
+    """State of each record: held, due (pending deletion), retained until, or deleted."""
+    by_id = {r.record_id: r for r in records}
+    states = []
+    for record_id in dict.fromkeys(ids):
+        record = by_id.get(record_id)
+        if record is not None:
+            due = record.due_time.ToDatetime(tzinfo=UTC)
+            kind = "request" if record.kind == retention_pb2.PAYLOAD_KIND_REQUEST else "response"
+            if record.held or record.tenant_held:
+                why = "record hold" if record.held else "tenant hold"
+                states.append(
+                    RecordState(record_id, "held", f"{kind}; {why}; due {due:%Y-%m-%d %H:%M} UTC")
+                )
+            elif due <= now:
+                states.append(
+                    RecordState(record_id, "due", f"{kind}; due since {due:%Y-%m-%d %H:%M} UTC")
+                )
+            else:
+                states.append(
+                    RecordState(record_id, "retained", f"{kind}; until {due:%Y-%m-%d %H:%M} UTC")
+                )
+            continue
+        receipt = receipts.get(record_id)
+        if receipt is not None:
+            details = body_of(receipt).get("details", {})
+            states.append(
+                RecordState(
+                    record_id,
+                    "deleted",
+                    f"deleted {details.get('done_time', '?')} ({details.get('reason', '?')}), "
+                    f"key {details.get('key_id', '?')} destroyed",
+                    receipt.leaf_index,
+                )
+            )
+        else:
+            states.append(RecordState(record_id, "unknown", "not listed and no deletion receipt"))
+    return states
+
+
+def label_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
+    """(label, action, number of fields) over an entry's per-field decisions."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for item in fields:
+        for label in item.get("labels") or ["(none)"]:
+            counts[(str(label), str(item.get("action", "")))] += 1
+    return sorted((label, action, n) for (label, action), n in counts.items())
+
+
+def chart_data(
+    entries: Iterable[audit_pb2.AuditEntry],
+    records: Iterable[retention_pb2.RetainedRecord],
+) -> dict[str, Any]:
+    """The data of the chart page: one series set per chart (see the chart page's text)."""
+    calls: dict[str, Counter[str]] = defaultdict(Counter)
+    actions: dict[str, Counter[str]] = defaultdict(Counter)
+    denials: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    per_tenant_model: Counter[str] = Counter()
+    for entry in entries:
+        body = body_of(entry)
+        if entry.kind == "call.outcome":
+            calls[_day(entry.time_us)][entry.status or "?"] += 1
+            per_tenant_model[f"{entry.tenant} · {entry.model}"] += 1
+            if entry.status != "OK":
+                denials[str(body.get("error_class") or entry.status or "?")] += 1
+        elif entry.kind == "call.intent":
+            for item in body.get("fields") or []:
+                for label in item.get("labels") or ["(none)"]:
+                    actions[str(label)][str(item.get("action", ""))] += 1
+        elif entry.kind == "admin.retention.deleted":
+            done_time = str(body.get("details", {}).get("done_time", ""))[:10]
+            done[done_time or _day(entry.time_us)] += 1
+    due: Counter[str] = Counter(
+        r.due_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d") for r in records
+    )
+    return {
+        "calls_by_outcome": _stacked(calls),
+        "actions_by_label": _stacked(actions),
+        "denials_by_reason": {"labels": list(denials), "values": list(denials.values())},
+        "deletions": _stacked(
+            {d: Counter({"due": due[d], "done": done[d]}) for d in {*due, *done}}
+        ),
+        "calls_by_tenant_model": {
+            "labels": list(per_tenant_model),
+            "values": list(per_tenant_model.values()),
+        },
+    }
+
+
+def _stacked(table: Mapping[str, Counter[str]]) -> dict[str, Any]:
+    """Rows sorted, one series per column: the shape a stacked bar chart takes."""
+    rows = sorted(table)
+    columns = sorted({c for counter in table.values() for c in counter})
+    return {
+        "labels": rows,
+        "series": [{"name": c, "values": [table[r][c] for r in rows]} for c in columns],
+    }

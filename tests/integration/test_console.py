@@ -1,0 +1,297 @@
+"""The console over a real broker, through HTTP (Starlette's test client): who sees what.
+
+The security properties get negative tests: a wrong role cannot sign in, another tenant's entry
+is NotFound, a POST without its CSRF token is refused, an expired session is signed out, a
+compliance officer cannot place a hold, and the token never appears in a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from broker.audit.checkpoint import open_checkpoint
+from broker.audit.merkle import leaf_hash, verify_inclusion
+from broker.audit.note import Verifier
+from tests.integration.console_harness import World, invoke, start_world
+from tests.integration.harness import FakeBackend
+
+
+@pytest.fixture
+def world(tmp_path: Path, backend: FakeBackend) -> Iterator[World]:
+    world = start_world(tmp_path, backend)
+    yield world
+    world.stop()
+
+
+def sign_in(client: httpx.Client, token: str) -> httpx.Client:
+    page = client.get("/login")
+    nonce = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
+    assert nonce is not None
+    answer = client.post(
+        "/login", data={"token": token, "login_csrf": nonce.group(1)}, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def csrf_of(client: httpx.Client, path: str = "/retention") -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_sign_in_sets_a_strict_cookie_and_never_renders_the_token(world: World) -> None:
+    token = world.broker.token("acme", "compliance", subject="olga")
+    client = world.client()
+    page = client.get("/login")
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "script-src 'self';" in page.headers["content-security-policy"]
+    nonce = re.search(r'name="login_csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    answer = client.post(
+        "/login", data={"token": token, "login_csrf": nonce}, follow_redirects=False
+    )
+    cookie = answer.headers["set-cookie"]
+    assert "console_session=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie or "samesite=strict" in cookie.lower()
+    entries = client.get("/entries")
+    assert entries.status_code == 200
+    assert "olga @ acme" in entries.text
+    for path in ("/entries", "/charts", "/retention"):
+        assert token not in client.get(path).text
+        assert client.get(path).headers["cache-control"] == "no-store"
+
+
+def test_sign_in_refuses_other_roles_bad_tokens_and_forged_forms(world: World) -> None:
+    client = world.client()
+    page = client.get("/login")
+    for token in (
+        world.broker.token("acme", "buyer"),
+        world.broker.token("acme", "auditor"),
+        "x.y.z",
+    ):
+        nonce = re.search(r'name="login_csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        page = client.post("/login", data={"token": token, "login_csrf": nonce})
+        assert page.status_code == 401
+        assert "console_session" not in client.cookies
+    # A form posted from elsewhere has no matching login cookie.
+    fresh = world.client()
+    token = world.broker.token("acme", "compliance")
+    answer = fresh.post("/login", data={"token": token, "login_csrf": "guess"})
+    assert answer.status_code == 403
+    assert fresh.get("/entries", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_compliance_sees_only_its_tenant(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("acme", "compliance"))
+    bank_leaf = world.leaf_of(world.bank_calls[0], "call.intent")
+    acme_leaf = world.leaf_of(world.acme_calls[0], "call.intent")
+    page = client.get("/entries?kind=call.intent")
+    assert f'href="/entries/{acme_leaf}"' in page.text
+    assert f'href="/entries/{bank_leaf}"' not in page.text
+    assert client.get("/entries?tenant=bank").status_code == 403
+    other = client.get(f"/entries/{bank_leaf}")
+    assert other.status_code == 404  # exactly as a missing entry
+    assert client.get("/entries/999999").status_code == 404
+    assert client.get(f"/entries/{bank_leaf}/proof.json").status_code == 404
+
+
+def test_admin_sees_every_tenant_and_search_filters_and_links(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("ops", "admin"))
+    bank_leaf = world.leaf_of(world.bank_calls[0], "call.intent")
+    page = client.get("/entries?tenant=bank&kind=call.intent")
+    assert f'href="/entries/{bank_leaf}"' in page.text
+    assert "<td>acme</td>" not in page.text
+    assert "<td>bank</td>" in page.text
+    labelled = client.get("/entries?label=pii.email&tenant=acme&size=25")
+    assert labelled.text.count('class="entry-link"') == 2
+    redacted = client.get("/entries?action=tokenize")
+    assert redacted.status_code == 200
+    assert client.get("/entries?from=not-a-date").status_code == 400
+    assert client.get("/entries?size=7").status_code == 400
+    # the sort links keep the filters, so a sorted search is still a shareable URL
+    assert "tenant=bank" in re.search(r'href="\?([^"]*sort=-?time[^"]*)"', page.text).group(1)  # type: ignore[union-attr]
+
+
+def test_policy_revision_filter_selects_exactly_its_entries(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("ops", "admin"))
+    leaf = world.leaf_of(world.acme_calls[0], "call.intent")
+    body = orjson.loads(
+        re.search(
+            r'<pre class="mono" id="entry-json">(.*?)</pre>',
+            client.get(f"/entries/{leaf}").text,
+            re.S,
+        )
+        .group(1)
+        .replace("&#34;", '"')
+    )  # type: ignore[union-attr]
+    revision = body["policy_revision"]
+    hits = client.get(f"/entries?revision={revision}&kind=call.intent&size=250")
+    assert hits.text.count('class="entry-link"') == 3
+    assert client.get("/entries?revision=nope&size=250").text.count('class="entry-link"') == 0
+    assert client.get("/entries?revision=bad%20rev").status_code == 400
+
+
+def test_viewing_an_entry_is_audited_and_shows_its_decisions(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("acme", "compliance", subject="olga"))
+    leaf = world.leaf_of(world.acme_calls[0], "call.intent")
+    page = client.get(f"/entries/{leaf}")
+    assert page.status_code == 200
+    assert "/customer/email" in page.text
+    assert "pii.email" in page.text
+    assert "example.com" not in page.text  # entries hold commitments, never values
+    outcome_leaf = world.leaf_of(world.acme_calls[0], "call.outcome")
+    outcome = client.get(f"/entries/{outcome_leaf}")
+    assert outcome.text.count("state-retained") == 2  # request and answer, kept by the policy
+    views = client.get("/entries?kind=admin.audit.viewed&size=250")
+    assert views.text.count('class="entry-link"') >= 2
+    assert "acme/olga" in views.text
+
+
+def test_proof_json_verifies_against_the_signed_checkpoint(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("acme", "compliance"))
+    leaf = world.leaf_of(world.acme_calls[1], "call.outcome")
+    proof = client.get(f"/entries/{leaf}/proof.json").json()
+    checkpoint, signers = open_checkpoint(proof["checkpoint"], [Verifier.from_vkey(proof["vkey"])])
+    assert signers
+    entry = base64.b64decode(proof["entry"])
+    verify_inclusion(
+        leaf_hash(entry),
+        proof["leaf_index"],
+        checkpoint.size,
+        [base64.b64decode(h) for h in proof["hashes"]],
+        checkpoint.root_hash,
+    )
+
+
+def test_holds_need_admin_a_reason_and_the_csrf_token(world: World) -> None:
+    record = world.retained[0]
+    compliance = sign_in((world.client()), world.broker.token("acme", "compliance"))
+    refused = compliance.post(
+        "/retention/hold",
+        data={"record_id": record, "reason": "case 1", "csrf": csrf_of(compliance)},
+    )
+    assert refused.status_code == 403
+    admin = sign_in((world.client()), world.broker.token("ops", "admin", subject="ada"))
+    assert (
+        admin.post("/retention/hold", data={"record_id": record, "reason": "case 1"}).status_code
+        == 403
+    )
+    assert (
+        admin.post(
+            "/retention/hold", data={"record_id": record, "reason": "case 1", "csrf": "wrong"}
+        ).status_code
+        == 403
+    )
+    csrf = csrf_of(admin)
+    assert (
+        admin.post(
+            "/retention/hold", data={"record_id": record, "reason": " ", "csrf": csrf}
+        ).status_code
+        == 400
+    )
+    done = admin.post(
+        "/retention/hold", data={"record_id": record, "reason": "case 1", "csrf": csrf}
+    )
+    assert done.status_code == 200
+    assert "hold recorded" in done.text
+    assert "state-held" in done.text
+    held = admin.get("/entries?kind=admin.retention.held")
+    assert held.text.count('class="entry-link"') == 1
+    assert "ops/ada" in held.text
+
+
+def test_an_expired_session_signs_out(world: World) -> None:
+    now = [1_000.0]
+    client = sign_in(
+        (world.client(clock=lambda: now[0] + __import__("time").time() - 1_000.0, ttl=60)),
+        world.broker.token("acme", "compliance"),
+    )
+    assert client.get("/entries").status_code == 200
+    now[0] += 61
+    gone = client.get("/entries", follow_redirects=False)
+    assert gone.status_code == 303
+    assert gone.headers["location"] == "/login"
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("acme", "compliance"))
+    assert client.post("/logout", data={}).status_code == 403
+    assert client.get("/entries").status_code == 200
+    csrf = csrf_of(client, "/entries")
+    client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert client.get("/entries", follow_redirects=False).status_code == 303
+
+
+def test_export_of_the_current_search(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("acme", "compliance"))
+    csv = client.get("/export?format=csv&kind=call.outcome")
+    assert csv.status_code == 200
+    assert csv.headers["content-disposition"].startswith("attachment;")
+    assert len(csv.text.strip().split("\n")) == 3  # the header, then the two outcomes of acme
+    jsonl = client.get("/export?format=jsonl&kind=call.outcome")
+    lines = jsonl.text.strip().split("\n")
+    assert len(lines) == 3  # the manifest, then the two outcomes of acme
+    ocsf = client.get("/export?format=ocsf&kind=call.outcome")
+    assert ocsf.headers["content-disposition"].endswith('.ocsf.jsonl"')
+    events = [json.loads(line) for line in ocsf.text.strip().split("\n")]
+    assert len(events) == 2 and {e["class_uid"] for e in events} == {6003}  # API Activity
+    assert all(e["actor"]["user"]["org"]["name"] == "acme" for e in events)  # its own tenant
+    assert client.get("/export?format=xml").status_code == 400
+    assert client.get("/export?format=csv&tenant=bank").status_code == 403
+
+
+def test_chart_data_counts_the_search(world: World) -> None:
+    client = sign_in((world.client()), world.broker.token("ops", "admin"))
+    data = client.get("/charts/data.json").json()
+    outcomes = data["calls_by_outcome"]
+    assert sum(sum(s["values"]) for s in outcomes["series"]) == 4
+    assert {s["name"] for s in outcomes["series"]} == {"OK", "PERMISSION_DENIED"}
+    assert sum(data["calls_by_tenant_model"]["values"]) == 4
+    assert sum(data["denials_by_reason"]["values"]) == 1
+    labels = data["actions_by_label"]["labels"]
+    assert "pii.email" in labels
+    due = next(s for s in data["deletions"]["series"] if s["name"] == "due")
+    assert sum(due["values"]) == len(world.retained)
+    assert client.get("/charts").status_code == 200
+
+
+def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: World) -> None:
+    canary = f"canary{uuid.uuid4().hex}@example.com"  # a value the pii.email field carries
+    payload = orjson.dumps({"customer": {"email": canary}, "note": f"note {canary}"})
+    reply = invoke(world.broker, "acme", payload)
+    intent_leaf = world.leaf_of(reply.call_id, "call.intent")
+    outcome_leaf = world.leaf_of(reply.call_id, "call.outcome")
+    officer = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    admin = sign_in(world.client(), world.broker.token("ops", "admin"))
+    seen: list[str] = []
+    for client, tenant in ((officer, ""), (admin, "&tenant=acme")):
+        for path in (
+            "/",
+            f"/entries?size=100{tenant}",
+            f"/entries?call_id={reply.call_id}{tenant}",
+            f"/entries/{intent_leaf}",
+            f"/entries/{outcome_leaf}",
+            f"/entries/{outcome_leaf}/proof.json",
+            f"/charts?x=1{tenant}",
+            f"/charts/data.json?x=1{tenant}",
+            f"/export?format=jsonl{tenant}",
+            f"/export?format=csv{tenant}",
+            f"/export?format=ocsf{tenant}",
+            "/retention?tenant=acme",
+        ):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            seen.append(path)
+            assert canary not in answer.text, f"the canary is in {path}"
+            assert canary not in str(answer.headers), f"the canary is in {path}'s headers"
+    assert len(seen) == 24
