@@ -11,8 +11,10 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 LLM_VENV := .venv-llm
 LLM_STAMP := $(LLM_VENV)/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
+FUZZ_SECONDS ?= 60
+FUZZ ?= all
 
-.PHONY: help run test lint proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down
+.PHONY: help run test lint fuzz proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +68,9 @@ cluster-down: ## Stop every process make cluster started
 
 test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## Fuzz every parser of outside input, FUZZ_SECONDS (60) each; FUZZ=name runs one
+	nice -n 19 $(BIN)/python -m tests.fuzz $(FUZZ) --seconds $(FUZZ_SECONDS)
 
 lint: $(STAMP) ## Ruff, formatting check, mypy (strict) and the import contracts (layers, sandbox boundary)
 	$(BIN)/ruff check broker sandbox tests scripts bench examples

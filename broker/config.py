@@ -365,8 +365,16 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (invalid byte at offset {exc.start})"
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except RecursionError as exc:  # tomllib parses nested arrays and tables recursively
+            raise ConfigError(f"config file {path} nests arrays or tables too deeply") from exc
     _apply_env_overrides(raw, os.environ if environ is None else environ)
     try:
         return Config.model_validate(raw)
@@ -395,7 +403,11 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
 
 
 def _parse_env_value(value: str) -> Any:
+    """A JSON value if the text is one (``8``, ``true``, ``["a"]``), else the text itself.
+
+    Nesting too deep for ``json`` counts as "not JSON", like any other text it cannot parse.
+    """
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value

@@ -55,8 +55,18 @@ def key_id(name: str, sig_type: int, public_key: bytes) -> int:
 
 
 def is_valid_key_name(name: str) -> bool:
-    """Key names are non-empty, with no Unicode space and no ``+`` (signed-note, "Format")."""
-    return bool(name) and "+" not in name and not any(c.isspace() or c < " " for c in name)
+    """Key names are non-empty UTF-8, with no Unicode space and no ``+`` (signed-note, "Format").
+
+    A ``str`` may hold lone surrogates (a key given on a command line that is not UTF-8 arrives
+    so), which no UTF-8 text holds: such a name is invalid, not a ``UnicodeEncodeError`` later.
+    """
+    if not name or "+" in name or any(c.isspace() or c < " " for c in name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _b64decode_strict(text: str, what: str) -> bytes:

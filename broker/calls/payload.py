@@ -10,6 +10,9 @@ Notes on JSON edge cases, so that nobody has to rediscover them:
   by orjson with a position; the message is passed on (it holds positions, not values).
 - Integers beyond 64 bits are accepted by orjson as doubles (and lose precision): JSON allows
   them, and rejecting them would break callers that send large identifiers as numbers.
+- A Struct can carry NaN and infinite doubles, which JSON cannot: they are refused as orjson
+  refuses them in JSON text (found by the ``invoke_request`` fuzz harness; protobuf's
+  ``MessageToDict`` raised a bare ``ValueError`` for them, which became ``INTERNAL``).
 - orjson refuses nesting deeper than 1024 on its own; our depth limit (default 64) is checked
   after parsing with an explicit stack, so no input can make the broker recurse.
 """
@@ -65,7 +68,12 @@ def parse_struct_payload(struct: struct_pb2.Struct, limits: PayloadLimits) -> Js
         raise InvalidArgument(
             f"payload is {size} bytes, over the limit of {limits.max_bytes} bytes"
         )
-    value = json_format.MessageToDict(struct)
+    try:
+        value = json_format.MessageToDict(struct)
+    except ValueError:  # NaN or an infinity in a number_value: not representable in JSON
+        raise InvalidArgument(
+            "payload holds a NaN or infinite number, which JSON cannot carry"
+        ) from None
     return check_payload(value, limits)
 
 

@@ -293,16 +293,18 @@ def _match_leaf_hash(expected: str, receipts: list[Any]) -> None:
 
 def _read_receipts(path: Path) -> list[Any]:
     text = path.read_text(encoding="utf-8")
+    # RecursionError: json nests recursively, so deeply nested text is refused like bad JSON
+    # (it escaped as a traceback; found with the audit_receipt fuzz harness).
     try:
         whole = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         whole = None
     if whole is not None:
         items = whole if isinstance(whole, list) else [whole]
     else:
         try:
             items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise VerificationError(f"{path} is neither a JSON receipt nor JSON lines") from exc
     if not items:  # nothing verified must never read as "valid"
         raise VerificationError(f"{path} holds no receipt")

@@ -58,7 +58,7 @@ class _Budget:
         self.entries += 1
         if self.entries > self.limits.max_entries:
             raise InvalidPackage(f"the package has more than {self.limits.max_entries} entries")
-        return _safe_relative(name, self.limits.max_path_chars)
+        return safe_relative(name, self.limits.max_path_chars)
 
     def add_bytes(self, n: int, name: str, file_so_far: int) -> None:
         self.total += n
@@ -68,15 +68,19 @@ class _Budget:
             raise InvalidPackage(f"the package is larger than {self.limits.max_total_bytes} bytes")
 
 
-def _safe_relative(name: str, max_chars: int) -> PurePosixPath:
+def safe_relative(name: str, max_chars: int, what: str = "package entry") -> PurePosixPath:
+    """``name`` as a path inside the package, or ``InvalidPackage`` if it could leave it.
+
+    Shared by archive members and the manifest's ``files`` (``what`` names which it is).
+    """
     if not name or len(name) > max_chars or "\0" in name or "\\" in name:
-        raise InvalidPackage(f"package entry name {name[:80]!r} is empty, too long or malformed")
+        raise InvalidPackage(f"{what} name {name[:80]!r} is empty, too long or malformed")
     path = PurePosixPath(name)
     if path.is_absolute():
-        raise InvalidPackage(f"package entry {name[:80]!r} is an absolute path")
+        raise InvalidPackage(f"{what} {name[:80]!r} is an absolute path")
     parts = [part for part in path.parts if part != "."]
     if not parts or ".." in parts:
-        raise InvalidPackage(f"package entry {name[:80]!r} leaves the package ('..')")
+        raise InvalidPackage(f"{what} {name[:80]!r} leaves the package ('..')")
     return PurePosixPath(*parts)
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from broker.packages.archive import ExtractLimits, _safe_relative, remove_tree
+from broker.packages.archive import ExtractLimits, remove_tree, safe_relative
 from broker.packages.digest import dir_name
 from broker.packages.env_digest import (
     EnvironmentVerifier,
@@ -207,7 +207,7 @@ def _write_artefacts(target: Path, answer: dict[str, Any], progress: Progress) -
         raise InvalidPackage('the prepare step must return {"artefacts": {path: base64, ...}}')
     limits = ExtractLimits()
     for name, encoded in artefacts.items():
-        rel = _safe_relative(str(name), limits.max_path_chars)
+        rel = safe_relative(str(name), limits.max_path_chars)
         try:
             data = base64.b64decode(str(encoded), validate=True)
         except binascii.Error:

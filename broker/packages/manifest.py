@@ -20,7 +20,8 @@ are pip requirement strings installed once by ``prepare`` into a virtualenv outs
 ``prepare`` (optional) is a ``module:callable`` run once in that environment, *outside* the
 sandbox, with a directory to write artefacts into (a trained model, an index); the worker sees
 that directory read-only at :data:`ARTEFACTS_MOUNT`. ``files`` (optional) lists paths that must
-be present, so a truncated archive is caught at ``add`` rather than at the first call.
+be present, so a truncated archive is caught at ``add`` rather than at the first call; they are
+relative to the package and may not leave it.
 Unknown keys are refused: a typo in ``resources`` must not silently give default limits.
 """
 
@@ -32,12 +33,14 @@ from typing import Any, Final
 
 import orjson
 
+from broker.packages.archive import safe_relative
 from broker.packages.errors import InvalidPackage
 
 MANIFEST_NAME: Final = "manifest.json"
 ARTEFACTS_MOUNT: Final = "/env/0"  # where the prepare step's artefacts appear inside the worker
 MAX_MANIFEST_BYTES: Final = 64 * 1024
 MAX_REQUIREMENTS: Final = 64
+MAX_PATH_CHARS: Final = 255  # as ExtractLimits.max_path_chars: no longer name can exist
 
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _VERSION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
@@ -115,6 +118,10 @@ class Manifest:
                     "'numpy>=1.26' (no options, URLs or paths)"
                 )
         files = _strings(data, "files")
+        for i, name in enumerate(files):
+            # Checked at ``add`` as ``<package>/<name>``: a name that leaves the package would
+            # probe the host's files (found with the package_manifest fuzz harness).
+            safe_relative(name, MAX_PATH_CHARS, f"manifest files[{i}]")
         return cls(
             name=name,
             version=version,

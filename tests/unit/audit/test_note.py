@@ -26,6 +26,7 @@ from broker.audit import (
     sign_checkpoint,
     sign_note,
 )
+from broker.audit.note import is_valid_key_name
 
 LOG = Signer.from_skey(Signer.generate("example.com/log").to_skey())
 OTHER = Signer.generate("example.com/other")
@@ -256,3 +257,17 @@ def test_fuzz_single_character_edits_of_a_signed_checkpoint() -> None:
                 continue
             with pytest.raises(VerificationError):
                 open_checkpoint(edited, verifiers)
+
+
+@pytest.mark.parametrize("prefix", ["", "PRIVATE+KEY+"])
+def test_key_names_that_are_not_utf8_are_refused(prefix: str) -> None:
+    # Found by the audit_note fuzz harness: a key read from a non-UTF-8 command line or file
+    # (surrogate-escaped) made key_id's encode() raise UnicodeEncodeError instead of refusing.
+    signer = Signer.generate("PeterNeumann")
+    text = signer.to_skey() if prefix else signer.verifier().to_vkey()
+    bad = text.replace("PeterNeumann", "Pete\udcff\udcffrNeumann")
+    with pytest.raises(VerificationError, match="invalid key name"):
+        (Signer.from_skey if prefix else Verifier.from_vkey)(bad)
+    assert not is_valid_key_name("Pete\udcffr")
+    with pytest.raises(ValueError, match="invalid key name"):
+        Signer("Pete\udcffr", Ed25519PrivateKey.generate())

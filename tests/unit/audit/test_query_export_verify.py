@@ -248,3 +248,16 @@ def test_receipts_verify_and_catch_another_log(filled: AuditLog) -> None:
     ):
         with pytest.raises(VerificationError):
             verify_receipt(bad, filled.verifier)
+
+
+def test_a_csv_leaf_index_too_long_for_int_is_a_clear_error(tmp_path: Path) -> None:
+    # Found with the audit_export fuzz harness: int() refuses digit strings over 4300 digits
+    # with a bare ValueError, which escaped read_export and `broker audit verify`.
+    (tmp_path / "manifest.json").write_text(
+        '{"format":"broker-audit-export/v1","origin":"o","vkey":"k","checkpoint":"c",'
+        '"complete":true}'
+    )
+    for digits in ("1" * 5000, "1" * 21):
+        (tmp_path / "entries.csv").write_text(f"leaf_index,entry,proof\n{digits},{{}},\n")
+        with pytest.raises(VerificationError, match="row 2 leaf_index is not a leaf index"):
+            read_export(tmp_path)

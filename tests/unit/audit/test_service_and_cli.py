@@ -14,6 +14,7 @@ import pytest
 
 from broker._proto.broker.v1 import audit_pb2
 from broker.audit.export import MANIFEST_FILE
+from broker.audit.note import Signer
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role
 from broker.cli import audit as audit_cli
@@ -141,6 +142,19 @@ def test_cli_verifies_exports_and_receipts_offline(
     assert _cli("verify", str(tmp_path / "missing"), "--log-key", vkey) == 1
     assert _cli("verify", str(export), "--log-key", "garbage+key") == 1
     assert "INVALID" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_receipt_file_nested_too_deep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found with the audit_receipt fuzz harness: json's RecursionError escaped _read_receipts,
+    # so verify-receipt printed a traceback instead of INVALID.
+    vkey = Signer.generate("example.com/log").verifier().to_vkey()
+    receipt = tmp_path / "receipt.json"
+    for text in ("[" * 5000, '{"format": 1}\n' + "[" * 5000):
+        receipt.write_text(text)
+        assert _cli("verify-receipt", str(receipt), "--log-key", vkey) == 1
+        assert "INVALID" in capsys.readouterr().err
 
 
 def test_get_entry_records_the_view_first_and_hides_other_tenants(audit_log: AuditLog) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 from google.protobuf import struct_pb2
@@ -83,3 +85,13 @@ def test_struct_payload_is_held_to_the_same_limits() -> None:
     small = struct_pb2.Struct()
     small.update({"a": "b"})
     assert parse_struct_payload(small, LIMITS) == {"a": "b"}
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_struct_payload_with_a_non_finite_number_is_an_invalid_argument(number: float) -> None:
+    # Found by the invoke_request fuzz harness: MessageToDict raised a bare ValueError (INTERNAL).
+    struct = struct_pb2.Struct()
+    struct.update({"ok": 1, "items": [{"score": 0.5}]})
+    struct.fields["items"].list_value.values[0].struct_value.fields["score"].number_value = number
+    with pytest.raises(InvalidArgument, match="NaN or infinite"):
+        parse_struct_payload(struct, LIMITS)

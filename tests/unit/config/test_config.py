@@ -81,3 +81,31 @@ def test_keys_live_in_the_data_dir_unless_a_keys_dir_is_shared(tmp_path: Path) -
         None, {"BROKER__DATA_DIR": str(tmp_path / "b"), "BROKER__KEYS_DIR": str(tmp_path / "k")}
     )
     assert shared.key_dir == tmp_path / "k"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'data_dir = "var"\n# caf\xdf\n', "not UTF-8 text (invalid byte at offset 22)"),
+        (b"a = " + b"[" * 3000 + b"]" * 3000 + b"\n", "too deeply"),
+    ],
+    ids=["not-utf8", "deep-arrays"],
+)
+def test_unreadable_files_are_config_errors(tmp_path: Path, content: bytes, needle: str) -> None:
+    # Found by the config_file fuzz harness: both escaped load_config as UnicodeDecodeError and
+    # RecursionError, so `broker serve` died with a traceback instead of naming the file.
+    path = tmp_path / "broker.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"broker\.toml") as exc:
+        load_config(path, {})
+    assert needle in str(exc.value)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path, {})  # a directory
+
+
+def test_an_environment_value_nested_too_deep_for_json_is_text() -> None:
+    # Found by the config_file fuzz harness: json.loads' RecursionError escaped the override.
+    with pytest.raises(ConfigError, match=r"limits\.max_depth"):
+        load_config(None, {"BROKER__LIMITS__MAX_DEPTH": "[" * 3000})
+    config = load_config(None, {"BROKER__DATA_DIR": "[" * 3000})
+    assert str(config.data_dir) == "[" * 3000

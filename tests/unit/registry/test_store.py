@@ -11,7 +11,14 @@ import pytest
 import sqlalchemy as sa
 
 from broker.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from broker.registry.model import Endpoint, ModelStatus, OipMapping, Runtime, TensorInput
+from broker.registry.model import (
+    Endpoint,
+    ModelStatus,
+    OipMapping,
+    Runtime,
+    TensorInput,
+    TensorOutput,
+)
 from broker.registry.refs import ModelRef
 from broker.registry.store import RegistryStore, version_sort_key
 from tests.unit.registry.builders import NOW, count_versions, oip_model
@@ -309,6 +316,33 @@ def test_update_and_retire_unknown_are_not_found(store: RegistryStore) -> None:
                 )
             },
             r"inputs\[0\]\.path is not a JSON Pointer",
+        ),
+        # Found by the oip_request fuzz harness: accepted here, then refused on every call
+        # (FAILED_PRECONDITION) because the mapping could never compile.
+        (
+            {
+                "oip_mapping": OipMapping(
+                    inputs=(TensorInput(name="x", datatype="FP32", shape=(1,), path="/x"),),
+                    outputs=(TensorOutput(name="a", path="/o"), TensorOutput(name="b", path="/o")),
+                )
+            },
+            r"oip_mapping: .*output 'b': /o is taken by another output",
+        ),
+        (
+            {
+                "oip_mapping": OipMapping(
+                    inputs=(TensorInput(name="x", datatype="FP32", shape=(3,), paths=("/a",)),)
+                )
+            },
+            r"oip_mapping: .*gives 1 values, shape \[3\] needs 3",
+        ),
+        (
+            {
+                "oip_mapping": OipMapping(
+                    inputs=(TensorInput(name="x", datatype="FP16", shape=(1,), path="/x"),)
+                )
+            },
+            r"oip_mapping: .*datatype 'FP16' cannot be sent as an input",
         ),
         ({"status": ModelStatus.RETIRED}, r"model\.status"),
     ],
