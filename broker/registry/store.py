@@ -76,10 +76,19 @@ def version_sort_key(version: str) -> tuple[Any, ...]:
 class RegistryStore:
     """Model versions on one Engine; every method is one transaction."""
 
-    def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        check: Callable[[ModelVersion], None] | None = None,
+    ) -> None:
+        """``check``: a further check of every registered or updated version (InvalidArgument),
+        from a layer above; the server passes the runtimes' tensor-mapping compile check."""
         self._engine = engine
         self._writer = for_writes(engine)
         self._clock = clock
+        self._check = check
 
     def register(self, mv: ModelVersion) -> ModelVersion:
         """Store a new version; AlreadyExists if ``vendor/name@version`` is taken.
@@ -87,6 +96,8 @@ class RegistryStore:
         ``create_time`` and ``update_time`` of ``mv`` are ignored and set to now.
         """
         validate_model(mv)
+        if self._check is not None:
+            self._check(mv)
         check_status_on_register(mv.status)
         now = self._clock()
         try:
@@ -187,6 +198,8 @@ class RegistryStore:
             _refuse_if_retired(current)
             updated = dataclasses.replace(current, **changes, update_time=now)
             validate_model(updated)
+            if self._check is not None:
+                self._check(updated)
             apply_to_row(row, updated)
             row.update_time = now
             session.add(row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from broker.errors import FailedPrecondition, InvalidArgument
+from broker.errors import InvalidArgument
 from broker.registry.model import (
     Endpoint,
     FieldSpec,
@@ -21,7 +21,6 @@ from broker.registry.model import (
     Runtime,
 )
 from broker.registry.refs import check_name, check_vendor, check_version
-from broker.runtimes.oip_mapping import validate_mapping
 
 FIELD_TYPES: Final = frozenset({"string", "number", "integer", "boolean", "object", "array"})
 # Open Inference Protocol (KServe V2) tensor datatypes.
@@ -182,14 +181,6 @@ def _check_mapping(mapping: OipMapping) -> None:
         where = f"model.oip_mapping.outputs[{i}]"
         _check_tensor_name(output.name, where, names)
         check_pointer(output.path, f"{where}.path", allow_empty=True)
-    if mapping.inputs:
-        # What the checks above cannot see (outputs placed on top of each other, ``paths`` that
-        # do not fill the shape): compile the mapping as a call would, so that a vendor learns
-        # now that it can never work, not every buyer at call time (FAILED_PRECONDITION).
-        try:
-            validate_mapping(mapping)
-        except FailedPrecondition as exc:
-            raise InvalidArgument(f"model.oip_mapping: {exc.message}") from None
 
 
 def _check_tensor_name(name: str, where: str, seen: set[str]) -> None:

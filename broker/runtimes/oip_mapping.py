@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 from broker._proto.inference.v2 import grpc_predict_v2_pb2 as pb
 from broker.errors import BackendError, FailedPrecondition, InvalidArgument
-from broker.registry.model import OipMapping, TensorInput
+from broker.registry.model import ModelVersion, OipMapping, TensorInput
 from broker.runtimes import oip_wire
 from broker.runtimes.json_pointer import (
     PointerError,
@@ -92,6 +92,23 @@ class _Plan:
 def validate_mapping(mapping: OipMapping) -> None:
     """Raise ``FailedPrecondition`` if the mapping can never work; for registration time."""
     _compile(mapping)
+
+
+def check_registered_mapping(model: ModelVersion) -> None:
+    """The registry's extra check of a model (``RegistryStore(check=...)``): InvalidArgument if
+    its tensor mapping can never compile.
+
+    What the registry's own validation cannot see (outputs placed on top of each other,
+    ``paths`` that do not fill the shape): compiled as a call would compile it, so a vendor
+    learns at registration that it can never work, not every buyer at call time. It lives here,
+    with the compiler, and is handed to the store by the server: the registry sits below the
+    runtimes and never imports them.
+    """
+    if model.oip_mapping.inputs:
+        try:
+            validate_mapping(model.oip_mapping)
+        except FailedPrecondition as exc:
+            raise InvalidArgument(f"model.oip_mapping: {exc.message}") from None
 
 
 def build_request(

@@ -79,6 +79,7 @@ from broker.retention.scheduler import ExpiryJob
 from broker.retention.setup import Retention, open_retention
 from broker.runtimes.base import Runtime as RuntimeClient
 from broker.runtimes.oip import OpenInferenceRuntime
+from broker.runtimes.oip_mapping import check_registered_mapping
 from broker.runtimes.openai import OpenAIRuntime
 from broker.runtimes.sandbox.cgroups import configured_cgroups
 from broker.runtimes.sandbox.errors import SandboxUnavailable
@@ -256,7 +257,7 @@ def build_server(
     engine = create_engine_for(config.database_url, echo=config.database.echo)
     if config.database.auto_migrate:
         migrate(engine)
-    store = RegistryStore(engine)
+    store = RegistryStore(engine, check=check_registered_mapping)
     resolver = CachedResolver(
         store,
         ttl_seconds=config.registry.resolve_cache_seconds,

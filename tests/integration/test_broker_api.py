@@ -295,3 +295,14 @@ def test_graceful_stop_drains_calls_in_flight(
     answer = outcome["answer"]
     assert isinstance(answer, InvokeAnswer)
     assert answer.answer == {"echo": "drain"}
+
+
+def test_a_tensor_mapping_that_can_never_compile_is_refused_at_registration(
+    broker: BrokerHarness, backend: FakeBackend
+) -> None:
+    model = echo_model(backend.target)
+    model.oip_mapping.outputs.add(name="again", path=model.oip_mapping.outputs[0].path)
+    with broker.client("acme-models", "vendor") as vendor, pytest.raises(grpc.RpcError) as exc:
+        vendor.register_model(model)
+    assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "model.oip_mapping" in exc.value.details()  # type: ignore[attr-defined]

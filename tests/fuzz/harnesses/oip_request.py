@@ -29,7 +29,11 @@ with instrumented():
         TensorOutput,
     )
     from broker.registry.validation import validate_model
-    from broker.runtimes.oip_mapping import encode_request, validate_mapping
+    from broker.runtimes.oip_mapping import (
+        check_registered_mapping,
+        encode_request,
+        validate_mapping,
+    )
     from broker.runtimes.oip_tensors import DATATYPES
 
 #: ``InvalidArgument``: the registry refuses the mapping, or the payload does not fit it.
@@ -106,7 +110,8 @@ def fuzz_one(data: bytes) -> None:
         oip_mapping=mapping,
     )
     try:
-        validate_model(model)  # what RegistryStore.register checks
+        validate_model(model)  # what RegistryStore.register checks,
+        check_registered_mapping(model)  # with the check the server hands it
     except EXPECTED:
         return
     validate_mapping(mapping)  # accepted by the registry: must not fail at call time

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from broker.registry.store import RegistryStore
+from broker.runtimes.oip_mapping import check_registered_mapping
 from broker.storage.db import create_engine_for, migrate
 from tests.unit.registry.builders import NOW
 
@@ -24,4 +25,4 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 @pytest.fixture
 def store(engine: sa.Engine) -> RegistryStore:
     """A store whose clock is fixed, so times can be asserted exactly."""
-    return RegistryStore(engine, clock=lambda: NOW)
+    return RegistryStore(engine, clock=lambda: NOW, check=check_registered_mapping)
