@@ -118,10 +118,10 @@ class Manifest:
                     "'numpy>=1.26' (no options, URLs or paths)"
                 )
         files = _strings(data, "files")
-        for i, name in enumerate(files):
+        for i, listed in enumerate(files):
             # Checked at ``add`` as ``<package>/<name>``: a name that leaves the package would
             # probe the host's files (found with the package_manifest fuzz harness).
-            safe_relative(name, MAX_PATH_CHARS, f"manifest files[{i}]")
+            safe_relative(listed, MAX_PATH_CHARS, f"manifest files[{i}]")
         return cls(
             name=name,
             version=version,

@@ -15,10 +15,8 @@ replicas report SERVING again and calls succeed without anyone restarting them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -42,6 +40,7 @@ from tests.conftest import skip_or_fail
 from tests.integration.fake_openai import FakeOpenAI, start_fake_openai
 from tests.integration.harness import FakeBackend, echo_model
 from tests.integration.private_postgres import PrivatePostgres
+from tests.integration.test_audit_crash_broker import cli_at
 
 MODEL = "acme-models/echo@1.0.0"
 CHAT_MODEL = "chat-vendor/fake-chat@1.0.0"
@@ -104,15 +103,7 @@ def _token(cluster: Cluster, tenant: str, role: str) -> str:
 
 
 def _cli(cluster: Cluster, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BROKER_TARGET": cluster.settings.front, "BROKER_TOKEN": token}
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return cli_at(cluster.settings.front, token, *args)
 
 
 def _chat_model(base_url: str) -> models_pb2.Model:

@@ -33,3 +33,4 @@ def test_listed_files_may_not_leave_the_package(name: bytes, message: str) -> No
 def test_listed_files_inside_the_package_are_accepted() -> None:
     manifest = Manifest.from_bytes(BASE % b'"model.py", "./data/x.csv", "data/sub/y"')
     assert manifest.files == ("model.py", "./data/x.csv", "data/sub/y")
+    assert manifest.name == "m"  # the check of `files` once overwrote the package's name
