@@ -38,9 +38,22 @@ class Sample:
     sandbox_workers: float
 
 
-def start_node(data_dir: Path, database_url: str, **env: str) -> ServeProcess:
+def start_node(
+    data_dir: Path,
+    database_url: str,
+    *,
+    log_name: str = "broker.log",
+    command_prefix: tuple[str, ...] = (),
+    **env: str,
+) -> ServeProcess:
     """``broker serve`` with its metrics page on a free port (the battery reads it)."""
-    return ServeProcess(data_dir, database_url, {"BROKER__METRICS__LISTEN": "127.0.0.1:0", **env})
+    return ServeProcess(
+        data_dir,
+        database_url,
+        {"BROKER__METRICS__LISTEN": "127.0.0.1:0", **env},
+        log_name=log_name,
+        command_prefix=command_prefix,
+    )
 
 
 def metric_values(node: ServeProcess) -> dict[str, float]:
