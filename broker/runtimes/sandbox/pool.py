@@ -188,11 +188,16 @@ class WorkerPools:
         cancelled = threading.Event()
         over_cpu = threading.Event()
         lease = threading.Lock()
+        # Set (under ``lease``) once the worker is given back or retired. grpcio runs an RPC's
+        # callbacks at every termination, after the answer was sent, when the worker may be
+        # idle or already serving the next call: a canceller that outlives its call must not
+        # kill it (the soak found workers SIGKILLed mid-call of another buyer's call).
+        returned = threading.Event()
         if on_cancel is not None:
 
             def cancel() -> None:
                 with lease:
-                    if slot.worker.alive and not slot.retired:
+                    if not returned.is_set() and slot.worker.alive and not slot.retired:
                         cancelled.set()
                         slot.worker.kill()
 
@@ -216,10 +221,12 @@ class WorkerPools:
                     raise SandboxLimitExceeded("memory")
         except SandboxModelError:
             with lease:
+                returned.set()
                 self._release(slot)
             raise
         except BaseException as exc:
             with lease:
+                returned.set()
                 self._retire(slot, "limit cpu" if over_cpu.is_set() else _reason(exc))
             if cancelled.is_set():
                 raise Cancelled("the caller cancelled the call; its worker was stopped") from exc
@@ -229,6 +236,7 @@ class WorkerPools:
         finally:
             self._watchdog.unwatch(watch)
         with lease:
+            returned.set()
             self._release(slot)
 
     def sweep(self) -> int:
