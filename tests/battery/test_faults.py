@@ -427,3 +427,79 @@ def _stream_code(node: ServeProcess, model: str) -> grpc.StatusCode:
             code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
             return code
     return grpc.StatusCode.OK
+
+
+# -- the sandbox's cgroup removed under a worker ----------------------------------------------
+
+ECHO_PACKAGE = Path(__file__).resolve().parents[1] / "sandbox" / "echo_pkg"
+SANDBOX_MODEL = "acme-models/sandboxed-echo@1.0.0"
+
+
+def _worker_groups(node: ServeProcess) -> list[Path]:
+    """The per-worker cgroup directories (any hierarchy) holding a process of ``node``."""
+    import psutil  # noqa: PLC0415
+
+    ours = {str(p.pid) for p in psutil.Process(node.process.pid).children(recursive=True)}
+    found = []
+    for group in Path("/sys/fs/cgroup").glob("**/model-broker/worker-*"):
+        with suppress(OSError):
+            if ours & set((group / "cgroup.procs").read_text().split()):
+                found.append(group)
+    return found
+
+
+def _remove_under_worker(group: Path) -> None:
+    """What an agent tidying cgroups does: move the processes out, then remove the group."""
+    parent = group.parent.parent  # the broker's own cgroup (v1) or its leaf's parent (v2)
+    target = parent / "broker" if (parent / "broker" / "cgroup.procs").exists() else parent
+    for pid in (group / "cgroup.procs").read_text().split():
+        with suppress(OSError):
+            (target / "cgroup.procs").write_text(pid)
+    group.rmdir()
+
+
+def test_a_cgroup_removed_under_a_sandbox_worker_stops_it_and_service_resumes(
+    tmp_path: Path,
+) -> None:
+    from broker.packages.store import PackageStore  # noqa: PLC0415
+    from broker.runtimes.sandbox.probe import sandbox_support  # noqa: PLC0415
+
+    missing = sandbox_support()
+    if missing:
+        skip_or_fail("sandbox unavailable: " + "; ".join(missing))
+    database_url = f"sqlite:///{tmp_path / 'broker.db'}"
+    node = start_node(tmp_path / "var", database_url, BROKER__SERVER__WORKERS="1")
+    calls = Calls(node)
+    payload = b'{"name": "Ada"}'
+    try:
+        in_use = next(e for e in node.events() if e.get("event") == "sandbox_cgroups")
+        if not in_use.get("in_use"):
+            skip_or_fail("this host gives the broker no cgroups for its sandbox workers")
+        digest = PackageStore(tmp_path / "var").add(ECHO_PACKAGE).digest
+        with node.client("acme-models", "vendor") as vendor:
+            vendor.register_model(
+                models_pb2.Model(
+                    name="sandboxed-echo",
+                    version="1.0.0",
+                    runtime=models_pb2.RUNTIME_SANDBOX,
+                    package_digest=digest,
+                    fields=[models_pb2.FieldSpec(path="/name", type="string")],
+                )
+            )
+        assert calls.invoke(SANDBOX_MODEL, payload, timeout=60) is grpc.StatusCode.OK
+        groups = _worker_groups(node)  # the idle worker's, one per hierarchy in use
+        assert groups
+        for group in groups:
+            _remove_under_worker(group)
+        assert calls.invoke(SANDBOX_MODEL, payload, timeout=60) is grpc.StatusCode.UNAVAILABLE
+        assert "lost its cgroup" in calls.failed[-1][1]
+        wait_until(
+            lambda: calls.invoke(SANDBOX_MODEL, payload, timeout=60) is grpc.StatusCode.OK,
+            "a fresh worker in a new cgroup answers",
+        )
+        assert _worker_groups(node)  # the new worker is confined
+    finally:
+        node.terminate()
+    retired = [e for e in node.events() if e.get("event") == "sandbox_worker_retired"]
+    assert any(e.get("reason") == "SandboxUnconfined" for e in retired), retired
+    assert_answered_calls_audited(database_url, calls)

@@ -34,6 +34,7 @@ from broker.runtimes.sandbox.errors import (
     SandboxError,
     SandboxLimitExceeded,
     SandboxModelError,
+    SandboxUnconfined,
     SandboxViolation,
 )
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
@@ -211,14 +212,11 @@ class WorkerPools:
         watch = self._watchdog.watch(slot.worker.pid, budget, cpu_spent)
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
+            _require_confined(slot.worker)  # its cgroup may have gone while it sat idle
             try:
                 yield slot.worker, remaining
             finally:
-                # cgroup v1 OOM-kills one process, not the group: a worker that lost a child to
-                # its memory limit is retired, and the call reports that limit, whatever it says.
-                if slot.worker.oom_killed():
-                    slot.worker.kill()
-                    raise SandboxLimitExceeded("memory")
+                _require_limits_held(slot.worker)
         except SandboxModelError:
             with lease:
                 returned.set()
@@ -426,6 +424,26 @@ class WorkerPools:
             text = output.decode("utf-8", errors="replace")
             # Debug only: vendor code may print payload values (see the module docstring).
             _log.debug("sandbox_worker_output", output=text, bytes=len(output), **tags)
+
+
+def _require_confined(worker: Worker) -> None:
+    """SandboxUnconfined if the worker's cgroup was removed or emptied under it."""
+    if not worker.confined():
+        raise SandboxUnconfined
+
+
+def _require_limits_held(worker: Worker) -> None:
+    """After a call: raise if the worker's limits did not hold, so the pool retires it and the
+    call reports that, whatever the worker answered.
+
+    cgroup v1 OOM-kills one process, not the group: a worker that lost a child to its memory
+    limit is killed here and the call reports that limit. A worker whose cgroup vanished during
+    the call (see :meth:`WorkerGroup.intact`) ran unbounded: its answer is withheld.
+    """
+    if worker.oom_killed():
+        worker.kill()
+        raise SandboxLimitExceeded("memory")
+    _require_confined(worker)
 
 
 def _reason(exc: BaseException) -> str:
