@@ -288,21 +288,37 @@ def _serve_env(data_dir: Path, database_url: str) -> dict[str, str]:
 # -- vendors that misbehave -------------------------------------------------------------------
 
 
-@pytest.fixture
-def vendor_node(tmp_path: Path, backend: FakeBackend) -> Iterator[tuple[ServeProcess, str]]:
-    database_url = f"sqlite:///{tmp_path / 'broker.db'}"
-    node = start_node(tmp_path / "var", database_url)
+@dataclass
+class Vendors:
+    """One node for the vendor faults (each test counts only the intents it caused)."""
+
+    node: ServeProcess
+    database_url: str
+    backend: FakeBackend
+
+    def intents(self) -> set[str]:
+        return {r.call_id for r in audit_rows(self.database_url) if r.kind == "call.intent"}
+
+
+@pytest.fixture(scope="module")
+def vendors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vendors]:
+    root = tmp_path_factory.mktemp("vendors")
+    database_url = f"sqlite:///{root / 'broker.db'}"
+    backend = start_fake_backend()
+    node = start_node(root / "var", database_url)
     try:
         register_echo(node, backend)
-        yield node, database_url
+        yield Vendors(node, database_url, backend)
     finally:
         node.terminate()
+        backend.server.stop(0)
 
 
 def test_a_slow_vendor_meets_the_callers_deadline_and_the_call_is_audited(
-    vendor_node: tuple[ServeProcess, str], backend: FakeBackend
+    vendors: Vendors,
 ) -> None:
-    node, database_url = vendor_node
+    node, database_url, backend = vendors.node, vendors.database_url, vendors.backend
+    before = vendors.intents()
     calls = Calls(node)
     backend.log.delay_seconds = 30
     try:
@@ -313,7 +329,7 @@ def test_a_slow_vendor_meets_the_callers_deadline_and_the_call_is_audited(
         backend.log.delay_seconds = 0
     assert calls.invoke() is grpc.StatusCode.OK
     rows = audit_rows(database_url)
-    slow = {r.call_id for r in rows if r.kind == "call.intent"} - set(calls.answered)
+    slow = vendors.intents() - before - set(calls.answered)
     assert len(slow) == 3
     outcomes = {r.call_id: r.status for r in rows if r.kind == "call.outcome"}
     assert {outcomes[c] for c in slow} <= {"DEADLINE_EXCEEDED", "CANCELLED"}
@@ -361,9 +377,10 @@ CHAT = orjson.dumps({"messages": [{"role": "user", "content": "hello"}]})
 
 
 def test_a_vendor_that_resets_the_connection_is_unavailable_and_audited(
-    vendor_node: tuple[ServeProcess, str], backend: FakeBackend
+    vendors: Vendors,
 ) -> None:
-    node, database_url = vendor_node
+    node, database_url = vendors.node, vendors.database_url
+    before = vendors.intents()
     resetting = ResettingServer()
     try:
         with node.client("acme-models", "vendor") as vendor:
@@ -381,16 +398,15 @@ def test_a_vendor_that_resets_the_connection_is_unavailable_and_audited(
         assert "model" in message or "backend" in message or "vendor" in message, message
     rows = audit_rows(database_url)
     outcomes = {r.call_id: r.status for r in rows if r.kind == "call.outcome"}
-    failed = {r.call_id for r in rows if r.kind == "call.intent"} - set(calls.answered)
+    failed = vendors.intents() - before - set(calls.answered)
     assert len(failed) == 2
     assert {outcomes[c] for c in failed} == {"UNAVAILABLE"}
     assert_answered_calls_audited(database_url, calls)
 
 
-def test_a_vendor_that_sends_100_mb_is_cut_off_and_audited(
-    vendor_node: tuple[ServeProcess, str],
-) -> None:
-    node, database_url = vendor_node
+def test_a_vendor_that_sends_100_mb_is_cut_off_and_audited(vendors: Vendors) -> None:
+    node, database_url = vendors.node, vendors.database_url
+    before = vendors.intents()
     fake = start_fake_openai()
     fake.script, fake.huge_bytes = "huge", 100 * MIB
     try:
@@ -409,8 +425,7 @@ def test_a_vendor_that_sends_100_mb_is_cut_off_and_audited(
     finally:
         fake.stop()
     assert_answered_calls_audited(database_url, calls)
-    rows = audit_rows(database_url)
-    assert sum(1 for r in rows if r.kind == "call.intent") == 3
+    assert len(vendors.intents() - before) == 3
 
 
 def _stream_code(node: ServeProcess, model: str) -> grpc.StatusCode:

@@ -1,6 +1,6 @@
 """The short form of ``make soak`` that every test run (and CI) makes (issue 16, item 4).
 
-``SOAK_SECONDS`` (60 by default here) of the soak's mixed load on a real broker process; the
+``SOAK_SECONDS`` (45 by default here) of the soak's mixed load on a real broker process; the
 same bounds as the long run (``tests.battery.soak.BOUNDS``) on the slope of each resource curve
 over the second half, no failed call, and every answered call's intent and outcome in the log.
 In CI the sandboxed model must be part of the load.
@@ -20,7 +20,7 @@ from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "45"))
 
 
 def test_a_short_soak_keeps_every_resource_curve_flat(tmp_path: Path) -> None:
