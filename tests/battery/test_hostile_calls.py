@@ -93,6 +93,16 @@ class Node:
     def processes(self) -> int:
         return usage(self.process).processes
 
+    def serves(self) -> bool:
+        """Whether an Invoke is answered now (RESOURCE_EXHAUSTED: not yet)."""
+        try:
+            self.invoke_ok()
+        except grpc.RpcError as exc:
+            if _code(exc) is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return False
+        return True
+
     def invoke_ok(self) -> None:
         with self.channel() as channel:
             reply = broker_pb2_grpc.BrokerStub(channel).Invoke(
@@ -275,7 +285,9 @@ def _open_and_abandon(node: Node, count: int) -> dict[str, object]:
     assert {s for c in connections for s in c.statuses} <= {"8"}
     for connection in connections:
         connection.abandon()
-    node.invoke_ok()
+    # Until the server has noticed the vanished connections, their streams still hold its
+    # concurrent-call slots (and other callers get RESOURCE_EXHAUSTED): see SECURITY.md.
+    wait_until(node.serves, "the broker answers again once the streams' connections are gone")
     return figures
 
 
