@@ -19,6 +19,7 @@ from broker.auth.tokens import TokenVerifier
 from broker.config import Config, ConfigError, ConsoleConfig
 from broker.console.app import Console, build_app
 from broker.console.backend import Backend
+from broker.console.oidc import OidcSignIn
 from broker.console.sessions import SessionStore
 
 
@@ -46,6 +47,7 @@ class ConsoleServer:
     sock: socket.socket
     url: str
     backend: Backend
+    oidc: OidcSignIn | None = None
     thread: threading.Thread | None = None
 
     def serve(self) -> None:
@@ -63,6 +65,8 @@ class ConsoleServer:
         if self.thread is not None:
             self.thread.join(timeout=10)
         self.backend.close()
+        if self.oidc is not None:
+            self.oidc.close()
 
 
 def build_console_server(
@@ -79,24 +83,37 @@ def build_console_server(
         )
     target = broker_target or config.console.broker_target or config.server.listen
     verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
+    oidc = OidcSignIn(config.console.oidc, verifier) if config.console.oidc else None
     backend = Backend.connect(target)
     console = Console(
         verifier,
         SessionStore(config.console.session_minutes * 60),
         backend,
         secure_cookies=tls,
+        oidc=oidc,
+        public_url=config.console.public_url,
     )
     return bind_console(console, host, port, tls=config.console if tls else None)
 
 
 def bind_console(
-    console: Console, host: str, port: int, *, tls: ConsoleConfig | None = None
+    console: Console,
+    host: str,
+    port: int,
+    *,
+    tls: ConsoleConfig | None = None,
+    sock: socket.socket | None = None,
 ) -> ConsoleServer:
-    """Bind a socket for ``console`` (port 0 picks a free one); ``tls`` names its files."""
+    """Bind a socket for ``console`` (port 0 picks a free one); ``tls`` names its files.
+
+    ``sock``: an already bound socket to serve on instead (a test that must know the console's
+    URL before the console exists, e.g. to register it as an OIDC redirect URI).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    if sock is None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
     bound = sock.getsockname()[1]
@@ -109,4 +126,4 @@ def bind_console(
     )
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"{'https' if tls else 'http'}://{shown}:{bound}/"
-    return ConsoleServer(uvicorn.Server(uv_config), sock, url, console.backend)
+    return ConsoleServer(uvicorn.Server(uv_config), sock, url, console.backend, console.oidc)

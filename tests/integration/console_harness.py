@@ -8,6 +8,7 @@ entries of two tenants, per-field decisions, and retained records to hold.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ import sqlalchemy as sa
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc
 from broker.auth.tokens import TokenVerifier
+from broker.config import OidcSignInConfig
 from broker.console.app import Console
 from broker.console.backend import Backend
+from broker.console.oidc import OidcSignIn
 from broker.console.serve import ConsoleServer, bind_console
 from broker.console.sessions import SessionStore
 from broker.retention.rootkey import generate_root_key_file
@@ -42,17 +45,32 @@ class World:
     servers: list[ConsoleServer] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
 
-    def console(self, *, clock: Callable[[], float] = time.time, ttl: float = 1800) -> Console:
-        """A console over this broker (its sessions on ``clock``)."""
+    def console(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl: float = 1800,
+        oidc: list[OidcSignInConfig] | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> Console:
+        """A console over this broker (its sessions on ``clock``; ``oidc``: sign-in issuers)."""
         verifier = TokenVerifier(self.broker.config.auth, data_dir=self.broker.config.key_dir)
         sessions = SessionStore(ttl, clock=clock)
+        sign_in = OidcSignIn(oidc, verifier, environ=environ or {}) if oidc else None
         return Console(
-            verifier, sessions, Backend.connect(self.broker.target), secure_cookies=False
+            verifier,
+            sessions,
+            Backend.connect(self.broker.target),
+            secure_cookies=False,
+            oidc=sign_in,
         )
 
-    def serve(self, **kwargs: Any) -> ConsoleServer:
-        """A new console, served by uvicorn on a free loopback port (stopped at teardown)."""
-        server = bind_console(self.console(**kwargs), "127.0.0.1", 0)
+    def serve(self, *, sock: socket.socket | None = None, **kwargs: Any) -> ConsoleServer:
+        """A new console, served by uvicorn on a free loopback port (stopped at teardown).
+
+        ``sock``: a socket already bound, when the test must know the URL beforehand.
+        """
+        server = bind_console(self.console(**kwargs), "127.0.0.1", 0, sock=sock)
         server.start()
         self.servers.append(server)
         return server
@@ -91,8 +109,11 @@ class World:
         raise AssertionError(f"no checkpointed {kind} entry for call {call_id}")
 
 
-def start_world(tmp_path: Path, backend: FakeBackend) -> World:
-    """Start the broker (SQLite, retention on) and make the calls of the module doc."""
+def start_world(tmp_path: Path, backend: FakeBackend, **env: str) -> World:
+    """Start the broker (SQLite, retention on) and make the calls of the module doc.
+
+    ``env``: more ``BROKER__...`` settings (e.g. ``auth.issuers`` for an OIDC provider).
+    """
     root_key = tmp_path / "secrets" / "root.key"
     root_key.parent.mkdir()
     generate_root_key_file(root_key)
@@ -100,6 +121,7 @@ def start_world(tmp_path: Path, backend: FakeBackend) -> World:
         tmp_path / "var",
         f"sqlite:///{tmp_path / 'var' / 'broker.db'}",
         BROKER__RETENTION__ROOT_KEY_FILE=str(root_key),
+        **env,
     )
     model = fields_echo_model(
         backend.target,
