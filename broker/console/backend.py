@@ -78,11 +78,17 @@ class Backend:
         return (("authorization", f"Bearer {token}"),)
 
     def query(
-        self, token: str, flt: audit_pb2.AuditFilter, *, page_size: int, page_token: str = ""
+        self,
+        token: str,
+        flt: audit_pb2.AuditFilter,
+        *,
+        page_size: int,
+        page_token: str = "",
+        order: audit_pb2.QueryOrder.ValueType = audit_pb2.QUERY_ORDER_OLDEST_FIRST,
     ) -> tuple[list[audit_pb2.AuditEntry], str]:
-        """One page of entries and the next page's token ("" at the end)."""
+        """One page of entries in ``order`` and the next page's token ("" at the end)."""
         request = audit_pb2.QueryEntriesRequest(
-            filter=flt, page_size=page_size, page_token=page_token
+            filter=flt, page_size=page_size, page_token=page_token, order=order
         )
         try:
             entries = list(

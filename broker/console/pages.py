@@ -89,8 +89,10 @@ def entries(request: Request) -> Response:
         search.to_filter(),
         page_size=search.page_size,
         page_token=search.page_token,
+        order=search.server_order(),
     )
-    sort_entries(found, search.sort, search.descending)
+    if not search.sorted_by_server:
+        sort_entries(found, search.sort, search.descending)
     return console.render(
         request,
         "entries.html",

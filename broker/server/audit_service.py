@@ -35,7 +35,7 @@ from broker.audit.export import (
 )
 from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
-from broker.audit.query import AuditFilter, StoredEntry, query_page
+from broker.audit.query import AuditFilter, Order, StoredEntry, query_page
 from broker.audit.store import AuditStore
 from broker.auth.principal import Principal, Role, require_role
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -77,6 +77,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             page_size=request.page_size,
             cursor=request.page_token,
             start_index=request.start_index,
+            order=_order(request.order),
         )
         for n, row in enumerate(rows):
             yield _entry_message(row, token if n == len(rows) - 1 else "")
@@ -187,6 +188,26 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             ) from exc
         if buffer:
             yield audit_pb2.ExportChunk(data=bytes(buffer))
+
+
+_ORDERS: Final[dict[int, Order]] = {
+    audit_pb2.QUERY_ORDER_UNSPECIFIED: Order.OLDEST_FIRST,
+    audit_pb2.QUERY_ORDER_OLDEST_FIRST: Order.OLDEST_FIRST,
+    audit_pb2.QUERY_ORDER_NEWEST_FIRST: Order.NEWEST_FIRST,
+    audit_pb2.QUERY_ORDER_TIME_ASCENDING: Order.TIME_ASCENDING,
+    audit_pb2.QUERY_ORDER_TIME_DESCENDING: Order.TIME_DESCENDING,
+}
+
+
+def _order(value: int) -> Order:
+    """The query order a request names; InvalidArgument for a value this broker does not know."""
+    order = _ORDERS.get(value)
+    if order is None:
+        raise InvalidArgument(
+            f"order {value} is unknown: use QUERY_ORDER_OLDEST_FIRST, _NEWEST_FIRST, "
+            "_TIME_ASCENDING or _TIME_DESCENDING"
+        )
+    return order
 
 
 def _entry_message(row: StoredEntry, next_page_token: str) -> audit_pb2.AuditEntry:

@@ -295,3 +295,70 @@ def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: Wo
             assert canary not in answer.text, f"the canary is in {path}"
             assert canary not in str(answer.headers), f"the canary is in {path}'s headers"
     assert len(seen) == 24
+
+
+def _leaves(page: httpx.Response) -> list[int]:
+    return [int(n) for n in re.findall(r'class="entry-link" href="/entries/(\d+)"', page.text)]
+
+
+def test_sorting_newest_first_runs_across_pages(world: World) -> None:
+    for n in range(10):  # two entries each: more than one page of 25
+        invoke(world.broker, "acme", b'{"customer": {"email": "s@example.com"}, "note": "%d"}' % n)
+    client = sign_in(world.client(), world.broker.token("ops", "admin"))
+    everything = _leaves(client.get("/entries?size=250"))
+    assert len(everything) > 25 and everything == sorted(everything)
+    # The sort link of the # column, from the first page, asks the broker to order.
+    first = client.get("/entries?size=25")
+    link = re.search(r'href="\?([^"]*sort=-leaf[^"]*)"', first.text)
+    assert link is not None
+    newest: list[int] = []
+    page = client.get(f"/entries?{link.group(1).replace('&amp;', '&')}")
+    while True:
+        assert "Sorted across every page" in page.text
+        newest.extend(_leaves(page))
+        following = re.search(r'id="next-page" href="\?([^"]+)"', page.text)
+        if following is None:
+            break
+        page = client.get(f"/entries?{following.group(1).replace('&amp;', '&')}")
+    assert newest == sorted(everything, reverse=True)
+    # Time order, oldest first, across pages too (ties broken by leaf index).
+    by_time = _leaves(client.get("/entries?size=250&sort=time"))
+    assert sorted(by_time) == everything
+    # A page token made in one order is refused in another (the page says what to do).
+    token = re.search(r'id="next-page" href="\?[^"]*page=([^"&]+)', first.text)
+    assert token is not None
+    refused = client.get(f"/entries?size=25&sort=-leaf&page={token.group(1)}")
+    assert refused.status_code == 400
+    assert "other filters or order" in refused.text
+
+
+def test_an_unknown_query_order_is_invalid_argument(world: World) -> None:
+    import grpc  # noqa: PLC0415
+
+    from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc  # noqa: PLC0415
+
+    token = world.broker.token("ops", "admin")
+    with world.broker.channel() as channel:
+        stub = audit_pb2_grpc.AuditStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        newest = list(
+            stub.QueryEntries(
+                audit_pb2.QueryEntriesRequest(
+                    page_size=3, order=audit_pb2.QUERY_ORDER_NEWEST_FIRST
+                ),
+                metadata=md,
+                timeout=10,
+            )
+        )
+        leaves = [e.leaf_index for e in newest]
+        assert leaves == sorted(leaves, reverse=True) and len(leaves) == 3
+        with pytest.raises(grpc.RpcError) as caught:
+            list(
+                stub.QueryEntries(
+                    audit_pb2.QueryEntriesRequest(order=99),  # type: ignore[arg-type]
+                    metadata=md,
+                    timeout=10,
+                )
+            )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "order 99 is unknown" in caught.value.details()  # type: ignore[attr-defined]

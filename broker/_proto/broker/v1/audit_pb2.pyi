@@ -7,6 +7,7 @@ import builtins
 import collections.abc
 import google.protobuf.descriptor
 import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
 import sys
 import typing
@@ -17,6 +18,38 @@ else:
     import typing_extensions
 
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+
+class _QueryOrder:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _QueryOrderEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_QueryOrder.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    QUERY_ORDER_UNSPECIFIED: _QueryOrder.ValueType  # 0
+    """The log's own order, leaf index ascending (oldest first)."""
+    QUERY_ORDER_OLDEST_FIRST: _QueryOrder.ValueType  # 1
+    """Leaf index ascending, as UNSPECIFIED."""
+    QUERY_ORDER_NEWEST_FIRST: _QueryOrder.ValueType  # 2
+    """Leaf index descending: the newest entries first."""
+    QUERY_ORDER_TIME_ASCENDING: _QueryOrder.ValueType  # 3
+    """Entry time ascending, ties by leaf index."""
+    QUERY_ORDER_TIME_DESCENDING: _QueryOrder.ValueType  # 4
+    """Entry time descending, ties by leaf index descending."""
+
+class QueryOrder(_QueryOrder, metaclass=_QueryOrderEnumTypeWrapper):
+    """QueryOrder is the order QueryEntries returns entries in."""
+
+QUERY_ORDER_UNSPECIFIED: QueryOrder.ValueType  # 0
+"""The log's own order, leaf index ascending (oldest first)."""
+QUERY_ORDER_OLDEST_FIRST: QueryOrder.ValueType  # 1
+"""Leaf index ascending, as UNSPECIFIED."""
+QUERY_ORDER_NEWEST_FIRST: QueryOrder.ValueType  # 2
+"""Leaf index descending: the newest entries first."""
+QUERY_ORDER_TIME_ASCENDING: QueryOrder.ValueType  # 3
+"""Entry time ascending, ties by leaf index."""
+QUERY_ORDER_TIME_DESCENDING: QueryOrder.ValueType  # 4
+"""Entry time descending, ties by leaf index descending."""
+Global___QueryOrder: typing_extensions.TypeAlias = QueryOrder
 
 @typing.final
 class AuditFilter(google.protobuf.message.Message):
@@ -90,6 +123,7 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     START_INDEX_FIELD_NUMBER: builtins.int
+    ORDER_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Entries per page; 0 means 100, values above 1000 are capped at 1000."""
     page_token: builtins.str
@@ -97,6 +131,11 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     start_index: builtins.int
     """First leaf index to return (inclusive) when page_token is empty; 0 = from the start.
     A follower (`broker audit tail --follow`) asks again from one past the last index it saw.
+    Only with the oldest-first order.
+    """
+    order: Global___QueryOrder.ValueType
+    """The order of the entries across all pages (the database sorts); a page_token is bound to
+    the order it was made with.
     """
     @property
     def filter(self) -> Global___AuditFilter:
@@ -109,9 +148,10 @@ class QueryEntriesRequest(google.protobuf.message.Message):
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         start_index: builtins.int = ...,
+        order: Global___QueryOrder.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
 
 Global___QueryEntriesRequest: typing_extensions.TypeAlias = QueryEntriesRequest
 
