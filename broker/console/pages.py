@@ -128,8 +128,9 @@ def entry(request: Request) -> Response:
         {
             "entry": item,
             "body": body,
-            "fields": body.get("fields") or [],
+            "fields": views.decision_rows(body.get("fields") or []),
             "label_counts": views.label_counts(body.get("fields") or []),
+            "entity_counts": views.entity_counts(body.get("fields") or []),
             "details": body.get("details") or {},
             "entry_hash": item.entry_hash.hex(),
             "states": states,

@@ -98,12 +98,83 @@ def record_states(
     return states
 
 
+@dataclass(frozen=True, slots=True)
+class EntityCount:
+    """The entities of one label inside a field: the action and how many (None: not recorded,
+    as in entries written before counts were)."""
+
+    label: str
+    action: str
+    count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One field of the decisions table: path, labels, action, and its entities' counts."""
+
+    path: str
+    labels: list[str]
+    action: str
+    entities: list[EntityCount]
+
+
+def _is_entity_row(item: Mapping[str, Any]) -> bool:
+    return str(item.get("action", "")).startswith("entity.")
+
+
+def decision_rows(fields: Iterable[Mapping[str, Any]]) -> list[DecisionRow]:
+    """An entry's ``fields`` as one row per field, each with the entity rows of its path."""
+    rows: dict[str, DecisionRow] = {}
+    for item in fields:
+        path = str(item.get("path", ""))
+        row = rows.get(path)
+        if _is_entity_row(item):
+            if row is None:
+                row = rows[path] = DecisionRow(path, [], "", [])
+            count = item.get("count")
+            row.entities.append(
+                EntityCount(
+                    ", ".join(str(label) for label in item.get("labels") or []),
+                    str(item["action"]).removeprefix("entity."),
+                    count if isinstance(count, int) and not isinstance(count, bool) else None,
+                )
+            )
+        elif row is None or row.action:
+            rows[path] = DecisionRow(
+                path, [str(label) for label in item.get("labels") or []], str(item["action"]), []
+            )
+        else:  # an entity row came first: this is its field's own row
+            rows[path] = DecisionRow(
+                path,
+                [str(label) for label in item.get("labels") or []],
+                str(item.get("action", "")),
+                row.entities,
+            )
+    return list(rows.values())
+
+
 def label_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
     """(label, action, number of fields) over an entry's per-field decisions."""
     counts: Counter[tuple[str, str]] = Counter()
     for item in fields:
+        if _is_entity_row(item):
+            continue
         for label in item.get("labels") or ["(none)"]:
             counts[(str(label), str(item.get("action", "")))] += 1
+    return sorted((label, action, n) for (label, action), n in counts.items())
+
+
+def entity_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int | None]]:
+    """(label, action, number of entities) summed over an entry's fields; None if the entry
+    names entities of that label and action without their count (an older entry)."""
+    counts: dict[tuple[str, str], int | None] = {}
+    for row in decision_rows(fields):
+        for entity in row.entities:
+            key = (entity.label, entity.action)
+            before = counts.get(key, 0)
+            counts[key] = (
+                None if before is None or entity.count is None else before + entity.count
+            )
     return sorted((label, action, n) for (label, action), n in counts.items())
 
 

@@ -362,3 +362,35 @@ def test_an_unknown_query_order_is_invalid_argument(world: World) -> None:
             )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "order 99 is unknown" in caught.value.details()  # type: ignore[attr-defined]
+
+
+def test_the_decisions_table_counts_the_entities_inside_each_field(world: World) -> None:
+    note = "write to first@example.com, second@example.org or third@example.net"
+    payload = orjson.dumps({"customer": {"email": "e@example.com"}, "note": note})
+    call_id = invoke(world.broker, "acme", payload).call_id
+    client = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    leaf = world.leaf_of(call_id, "call.intent")
+    page = client.get(f"/entries/{leaf}")
+    assert page.status_code == 200
+    # The entry itself records the count, as a number next to the label and action.
+    entry = client.get(f"/entries/{leaf}/proof.json").json()
+    rows = orjson.loads(base64.b64decode(entry["entry"]))["fields"]
+    note_entities = [r for r in rows if r["path"] == "/note" and r["action"].startswith("entity.")]
+    assert [(r["labels"], r["count"]) for r in note_entities] == [(["pii.email"], 3)]
+    decisions = re.search(r'<table class="grid" id="decisions">.*?</table>', page.text, re.S)
+    assert decisions is not None
+    note_row = re.search(r'<td class="mono">/note</td>.*?</tr>', decisions.group(0), re.S)
+    assert note_row is not None
+    assert "pii.email × 3" in note_row.group(0)
+    total = sum(
+        r["count"]
+        for r in rows
+        if r["action"].startswith("entity.") and r["labels"] == ["pii.email"]
+    )
+    assert total >= 3
+    assert re.search(
+        rf'id="entity-counts".*?pii\.email</td><td>\w+</td><td>{total}<', page.text, re.S
+    )
+    for value in ("first@", "second@", "third@", "e@example.com"):
+        assert value not in page.text
+        assert value.encode() not in base64.b64decode(entry["entry"])

@@ -119,3 +119,26 @@ def test_chart_data() -> None:
         {"name": "due", "values": [1]},
     ]
     assert data["calls_by_tenant_model"] == {"labels": ["acme · v/m@1"], "values": [2]}
+
+
+def test_decision_rows_group_each_fields_entities_with_their_counts() -> None:
+    fields = [
+        {"path": "/a", "labels": ["pii.email"], "action": "redact"},
+        {"path": "/a", "labels": ["pii.email"], "action": "entity.redact", "count": 1},
+        {"path": "/n", "labels": ["pii.phone"], "action": "entity.mask", "count": 2},
+        {"path": "/n", "labels": ["free_text"], "action": "allow"},
+        {"path": "/n", "labels": ["pii.email"], "action": "entity.redact", "count": 3},
+        {"path": "/old", "labels": ["pii.email"], "action": "entity.redact"},  # before counts
+    ]
+    rows = {row.path: row for row in views.decision_rows(fields)}
+    assert (rows["/a"].action, rows["/a"].entities) == (
+        "redact",
+        [views.EntityCount("pii.email", "redact", 1)],
+    )
+    assert rows["/n"].action == "allow" and rows["/n"].labels == ["free_text"]
+    assert [(e.label, e.count) for e in rows["/n"].entities] == [("pii.phone", 2), ("pii.email", 3)]
+    assert rows["/old"].entities == [views.EntityCount("pii.email", "redact", None)]
+    assert views.entity_counts(fields[:5]) == [("pii.email", "redact", 4), ("pii.phone", "mask", 2)]
+    assert ("pii.email", "redact", None) in views.entity_counts(fields)
+    # Entity rows are not fields: the fields-per-label table counts only field rows.
+    assert views.label_counts(fields) == [("free_text", "allow", 1), ("pii.email", "redact", 1)]
