@@ -37,9 +37,7 @@ def field_actions(decisions: Iterable[FieldDecision]) -> list[FieldAction]:
     for decision in decisions:
         rows.append(FieldAction(decision.path, decision.labels, decision.action))
         rows.extend(
-            FieldAction(
-                decision.path, (entity.label,), f"entity.{entity.action}", entity.count
-            )
+            FieldAction(decision.path, (entity.label,), f"entity.{entity.action}", entity.count)
             for entity in decision.entities
         )
     return rows

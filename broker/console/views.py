@@ -172,9 +172,7 @@ def entity_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, i
         for entity in row.entities:
             key = (entity.label, entity.action)
             before = counts.get(key, 0)
-            counts[key] = (
-                None if before is None or entity.count is None else before + entity.count
-            )
+            counts[key] = None if before is None or entity.count is None else before + entity.count
     return sorted((label, action, n) for (label, action), n in counts.items())
 
 
