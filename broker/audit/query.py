@@ -147,6 +147,11 @@ def _where(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
     return clauses
 
 
+def filter_clauses(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clauses of ``flt`` over ``audit_entries`` (for aggregates over the same rows)."""
+    return _where(flt)
+
+
 def _revision_needle(revision: str) -> bytes:
     """The exact bytes ``"policy_revision":"<rev>"`` has in a canonical entry.
 

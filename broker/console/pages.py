@@ -38,7 +38,6 @@ class Console(Protocol):
     ) -> Response: ...
 
 
-CHART_LIMIT: Final = 20_000
 KINDS: Final = (
     "call.intent",
     "call.outcome",
@@ -174,18 +173,8 @@ def chart_data(request: Request) -> Response:
     search = _search(console, request)
     if isinstance(search, Response):
         return search
-    found, capped = console.backend.query_all(session.token, search.to_filter(), limit=CHART_LIMIT)
-    try:
-        tenant = search.values.get("tenant", "")
-        if session.principal.has_role(Role.ADMIN) and not tenant:
-            tenant = "*"
-        records = console.backend.list_records(session.token, tenant=tenant)
-    except BackendError:
-        records = []
-    data = views.chart_data(found, records)
-    data["entries"] = len(found)
-    data["capped"] = capped
-    return JSONResponse(data)
+    counts = console.backend.aggregate(session.token, search.to_filter())
+    return JSONResponse(views.chart_data(counts))
 
 
 def export(request: Request) -> Response:

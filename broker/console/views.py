@@ -22,10 +22,6 @@ def utc(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _day(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d")
-
-
 def body_of(entry: audit_pb2.AuditEntry) -> dict[str, Any]:
     """The entry's JSON object (the bytes the tree commits to); {} if they are not an object."""
     try:
@@ -176,45 +172,41 @@ def entity_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, i
     return sorted((label, action, n) for (label, action), n in counts.items())
 
 
-def chart_data(
-    entries: Iterable[audit_pb2.AuditEntry],
-    records: Iterable[retention_pb2.RetainedRecord],
-) -> dict[str, Any]:
-    """The data of the chart page: one series set per chart (see the chart page's text)."""
+def chart_data(counts: audit_pb2.AggregateResponse) -> dict[str, Any]:
+    """The data of the chart page, from the broker's counts (``Audit/Aggregate``)."""
     calls: dict[str, Counter[str]] = defaultdict(Counter)
+    for group in counts.calls_by_day_outcome:
+        day, status = group.keys
+        calls[day][status or "?"] += group.count
     actions: dict[str, Counter[str]] = defaultdict(Counter)
-    denials: Counter[str] = Counter()
-    done: Counter[str] = Counter()
-    per_tenant_model: Counter[str] = Counter()
-    for entry in entries:
-        body = body_of(entry)
-        if entry.kind == "call.outcome":
-            calls[_day(entry.time_us)][entry.status or "?"] += 1
-            per_tenant_model[f"{entry.tenant} · {entry.model}"] += 1
-            if entry.status != "OK":
-                denials[str(body.get("error_class") or entry.status or "?")] += 1
-        elif entry.kind == "call.intent":
-            for item in body.get("fields") or []:
-                for label in item.get("labels") or ["(none)"]:
-                    actions[str(label)][str(item.get("action", ""))] += 1
-        elif entry.kind == "admin.retention.deleted":
-            done_time = str(body.get("details", {}).get("done_time", ""))[:10]
-            done[done_time or _day(entry.time_us)] += 1
-    due: Counter[str] = Counter(
-        r.due_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d") for r in records
-    )
+    for group in counts.fields_by_label_action:
+        label, action = group.keys
+        actions[label][action] += group.count
+    deletions: dict[str, Counter[str]] = defaultdict(Counter)
+    for group in counts.deletions_due_by_day:
+        deletions[group.keys[0]]["due"] += group.count
+    for group in counts.deletions_done_by_day:
+        deletions[group.keys[0]]["done"] += group.count
+    for row in deletions.values():  # both series on every day, so the bars line up
+        row["due"] += 0
+        row["done"] += 0
     return {
         "calls_by_outcome": _stacked(calls),
         "actions_by_label": _stacked(actions),
-        "denials_by_reason": {"labels": list(denials), "values": list(denials.values())},
-        "deletions": _stacked(
-            {d: Counter({"due": due[d], "done": done[d]}) for d in {*due, *done}}
+        "denials_by_reason": _simple((g.keys[0], g.count) for g in counts.failures_by_reason),
+        "deletions": _stacked(deletions),
+        "calls_by_tenant_model": _simple(
+            (f"{g.keys[0]} \N{MIDDLE DOT} {g.keys[1]}", g.count)
+            for g in counts.calls_by_tenant_model
         ),
-        "calls_by_tenant_model": {
-            "labels": list(per_tenant_model),
-            "values": list(per_tenant_model.values()),
-        },
+        "entries": counts.entries,
     }
+
+
+def _simple(groups: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """Labels and values, in the broker's order (largest first)."""
+    pairs = list(groups)
+    return {"labels": [k for k, _ in pairs], "values": [n for _, n in pairs]}
 
 
 def _stacked(table: Mapping[str, Counter[str]]) -> dict[str, Any]:

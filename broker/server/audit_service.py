@@ -25,6 +25,7 @@ import orjson
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
+from broker.audit.aggregate import Group, aggregate, day_of
 from broker.audit.export import (
     build_export,
     build_receipts,
@@ -39,6 +40,7 @@ from broker.audit.query import AuditFilter, Order, StoredEntry, query_page
 from broker.audit.store import AuditStore
 from broker.auth.principal import Principal, Role, require_role
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from broker.retention.counts import due_by_day
 from broker.server.context import current_principal
 
 _READERS: Final = (Role.COMPLIANCE, Role.AUDITOR, Role.ADMIN)
@@ -188,6 +190,29 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             ) from exc
         if buffer:
             yield audit_pb2.ExportChunk(data=bytes(buffer))
+
+    def Aggregate(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.AggregateRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.AggregateResponse:
+        """The console's chart counts for a filter, grouped by the database, tenant-scoped."""
+        flt = _filter(request.filter, _reader())
+        counts = aggregate(self._engine, flt)
+        due = due_by_day(self._engine, tenant=flt.tenant)
+
+        def groups(found: list[Group]) -> list[audit_pb2.AggregateGroup]:
+            return [audit_pb2.AggregateGroup(keys=g.keys, count=g.count) for g in found]
+
+        return audit_pb2.AggregateResponse(
+            entries=counts.entries,
+            calls_by_day_outcome=groups(counts.calls_by_day_outcome),
+            calls_by_tenant_model=groups(counts.calls_by_tenant_model),
+            failures_by_reason=groups(counts.failures_by_reason),
+            fields_by_label_action=groups(counts.fields_by_label_action),
+            deletions_done_by_day=groups(counts.deletions_done_by_day),
+            deletions_due_by_day=[
+                audit_pb2.AggregateGroup(keys=[day_of(d)], count=n) for d, n in due
+            ],
+        )
 
 
 _ORDERS: Final[dict[int, Order]] = {

@@ -21,7 +21,7 @@ import pytest
 from broker.audit.checkpoint import open_checkpoint
 from broker.audit.merkle import leaf_hash, verify_inclusion
 from broker.audit.note import Verifier
-from tests.integration.console_harness import World, invoke, start_world
+from tests.integration.console_harness import MODEL, World, invoke, start_world
 from tests.integration.harness import FakeBackend
 
 
@@ -394,3 +394,31 @@ def test_the_decisions_table_counts_the_entities_inside_each_field(world: World)
     for value in ("first@", "second@", "third@", "e@example.com"):
         assert value not in page.text
         assert value.encode() not in base64.b64decode(entry["entry"])
+
+
+def test_chart_counts_are_tenant_scoped_by_the_broker(world: World) -> None:
+    import grpc  # noqa: PLC0415
+
+    from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc  # noqa: PLC0415
+
+    client = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    data = client.get("/charts/data.json").json()
+    assert data["calls_by_tenant_model"]["labels"] == ["acme \N{MIDDLE DOT} " + MODEL]
+    assert data["calls_by_tenant_model"]["values"] == [2]
+    assert data["denials_by_reason"] == {"labels": [], "values": []}  # globex's denial
+    due = next(s for s in data["deletions"]["series"] if s["name"] == "due")
+    assert sum(due["values"]) == len(world.retained)  # every retained record is acme's
+    with world.broker.channel() as channel:
+        stub = audit_pb2_grpc.AuditStub(channel)
+        for token, code in (
+            (world.broker.token("acme", "compliance"), grpc.StatusCode.PERMISSION_DENIED),
+            (world.broker.token("bank", "buyer"), grpc.StatusCode.PERMISSION_DENIED),
+            ("not-a-token", grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Aggregate(
+                    audit_pb2.AggregateRequest(filter=audit_pb2.AuditFilter(tenant="bank")),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=10,
+                )
+            assert caught.value.code() is code  # type: ignore[attr-defined]

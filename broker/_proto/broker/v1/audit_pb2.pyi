@@ -460,3 +460,104 @@ class ExportChunk(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["data", b"data", "manifest_json", b"manifest_json"]) -> None: ...
 
 Global___ExportChunk: typing_extensions.TypeAlias = ExportChunk
+
+@typing.final
+class AggregateRequest(google.protobuf.message.Message):
+    """AggregateRequest names the entries to count."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: builtins.int
+    @property
+    def filter(self) -> Global___AuditFilter:
+        """What to count; each group below adds the entry kind it is about."""
+
+    def __init__(
+        self,
+        *,
+        filter: Global___AuditFilter | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
+
+Global___AggregateRequest: typing_extensions.TypeAlias = AggregateRequest
+
+@typing.final
+class AggregateGroup(google.protobuf.message.Message):
+    """AggregateGroup is one group of a count: its keys, in the order the field's comment names them."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    count: builtins.int
+    """How many entries (or fields, or records) are in the group."""
+    @property
+    def keys(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The group's keys (names only: days, statuses, tenants, models, labels, actions, reasons)."""
+
+    def __init__(
+        self,
+        *,
+        keys: collections.abc.Iterable[builtins.str] | None = ...,
+        count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count", "keys", b"keys"]) -> None: ...
+
+Global___AggregateGroup: typing_extensions.TypeAlias = AggregateGroup
+
+@typing.final
+class AggregateResponse(google.protobuf.message.Message):
+    """AggregateResponse holds every chart's groups, largest first, at most 500 per chart."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    CALLS_BY_DAY_OUTCOME_FIELD_NUMBER: builtins.int
+    CALLS_BY_TENANT_MODEL_FIELD_NUMBER: builtins.int
+    FAILURES_BY_REASON_FIELD_NUMBER: builtins.int
+    FIELDS_BY_LABEL_ACTION_FIELD_NUMBER: builtins.int
+    DELETIONS_DONE_BY_DAY_FIELD_NUMBER: builtins.int
+    DELETIONS_DUE_BY_DAY_FIELD_NUMBER: builtins.int
+    entries: builtins.int
+    """Entries that match the filter."""
+    @property
+    def calls_by_day_outcome(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries; keys: UTC day (YYYY-MM-DD), status."""
+
+    @property
+    def calls_by_tenant_model(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries; keys: tenant, model."""
+
+    @property
+    def failures_by_reason(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries that are not OK; keys: error class (else the status)."""
+
+    @property
+    def fields_by_label_action(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """Fields of call.intent entries (entity rows as `entity.<action>`); keys: label, action."""
+
+    @property
+    def deletions_done_by_day(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """admin.retention.deleted entries; keys: UTC day of the entry."""
+
+    @property
+    def deletions_due_by_day(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """Retained records not yet deleted, of the filter's tenant scope (the other filters do not
+        apply: records are not entries); keys: UTC day they are due.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: builtins.int = ...,
+        calls_by_day_outcome: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        calls_by_tenant_model: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        failures_by_reason: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        fields_by_label_action: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        deletions_done_by_day: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        deletions_due_by_day: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["calls_by_day_outcome", b"calls_by_day_outcome", "calls_by_tenant_model", b"calls_by_tenant_model", "deletions_done_by_day", b"deletions_done_by_day", "deletions_due_by_day", b"deletions_due_by_day", "entries", b"entries", "failures_by_reason", b"failures_by_reason", "fields_by_label_action", b"fields_by_label_action"]) -> None: ...
+
+Global___AggregateResponse: typing_extensions.TypeAlias = AggregateResponse
