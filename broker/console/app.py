@@ -5,8 +5,9 @@ Security, in the order a request meets it:
 1. every answer carries a strict CSP (``default-src 'self'``, no inline script or style, no
    framing), ``nosniff``, ``no-referrer`` and ``no-store`` (pages hold audit data);
 2. a session is a random id in an ``HttpOnly; SameSite=Strict`` cookie (``Secure`` when served
-   over TLS) that names a server-side :class:`~broker.console.sessions.Session`; the bearer
-   token stays on the server and is never rendered into a page;
+   over TLS) that names a server-side :class:`~broker.console.sessions.Session` (in the
+   database, sealed under a key derived from the id: :mod:`broker.console.stored_sessions`);
+   the bearer token stays on the server and is never rendered into a page;
 3. sign-in verifies the token with the broker's own issuers (:class:`TokenVerifier`), whether
    pasted (the development issuer) or obtained by an issuer's OIDC authorization-code flow
    (:mod:`broker.console.oidc`: PKCE, state, nonce), and admits only the ``compliance`` and
@@ -34,7 +35,7 @@ from broker.auth.tokens import TokenVerifier
 from broker.console import pages
 from broker.console.backend import Backend, BackendError
 from broker.console.oidc import OidcSignIn, SignInRefused
-from broker.console.sessions import Session, SessionStore
+from broker.console.sessions import Session, Sessions
 from broker.errors import Unauthenticated
 from broker.logging import get_logger
 
@@ -108,7 +109,7 @@ class Console:
     def __init__(
         self,
         verifier: TokenVerifier,
-        sessions: SessionStore,
+        sessions: Sessions,
         backend: Backend,
         *,
         secure_cookies: bool,

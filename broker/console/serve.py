@@ -13,6 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 import uvicorn
 
 from broker.auth.tokens import TokenVerifier
@@ -20,7 +21,8 @@ from broker.config import Config, ConfigError, ConsoleConfig
 from broker.console.app import Console, build_app
 from broker.console.backend import Backend
 from broker.console.oidc import OidcSignIn
-from broker.console.sessions import SessionStore
+from broker.console.stored_sessions import StoredSessionStore
+from broker.storage.db import create_engine_for, migrate
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -48,6 +50,7 @@ class ConsoleServer:
     url: str
     backend: Backend
     oidc: OidcSignIn | None = None
+    engine: sa.Engine | None = None
     thread: threading.Thread | None = None
 
     def serve(self) -> None:
@@ -67,6 +70,8 @@ class ConsoleServer:
         self.backend.close()
         if self.oidc is not None:
             self.oidc.close()
+        if self.engine is not None:
+            self.engine.dispose()
 
 
 def build_console_server(
@@ -84,16 +89,23 @@ def build_console_server(
     target = broker_target or config.console.broker_target or config.server.listen
     verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
     oidc = OidcSignIn(config.console.oidc, verifier) if config.console.oidc else None
+    # Sessions live in the broker's database (console_sessions), so they survive a restart
+    # and every console process of a deployment shares them.
+    engine = create_engine_for(config.database_url)
+    if config.database.auto_migrate:
+        migrate(engine)
     backend = Backend.connect(target)
     console = Console(
         verifier,
-        SessionStore(config.console.session_minutes * 60),
+        StoredSessionStore(engine, verifier, config.console.session_minutes * 60),
         backend,
         secure_cookies=tls,
         oidc=oidc,
         public_url=config.console.public_url,
     )
-    return bind_console(console, host, port, tls=config.console if tls else None)
+    server = bind_console(console, host, port, tls=config.console if tls else None)
+    server.engine = engine
+    return server
 
 
 def bind_console(

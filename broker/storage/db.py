@@ -44,6 +44,7 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.enforce.vault",
     "broker.registry.secrets",
     "broker.policy.activations",
+    "broker.console.stored_sessions",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
