@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -70,8 +70,20 @@ class PendingLogin:
     started_at: float
 
 
+class PendingStore(Protocol):
+    """Where started sign-ins wait for the issuer's answer (memory, or the database)."""
+
+    def put(self, pending: PendingLogin) -> str: ...
+
+    def take(self, login_id: str | None) -> PendingLogin | None: ...
+
+
 class PendingLogins:
-    """Started sign-ins by a random id: bounded, expiring, and each can be taken only once."""
+    """Started sign-ins in memory by a random id: bounded, expiring, each taken only once.
+
+    For one console process (and tests); ``broker console`` keeps them in the database
+    (:mod:`broker.console.stored_logins`), so any of its processes can finish a sign-in.
+    """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -228,10 +240,11 @@ class OidcSignIn:
         *,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        pending: PendingStore | None = None,
     ) -> None:
         self._http = httpx.Client(follow_redirects=False)
         self.providers = [OidcProvider(c, verifier, self._http, environ) for c in configs]
-        self.pending = PendingLogins(clock=clock)
+        self.pending: PendingStore = pending or PendingLogins(clock=clock)
         self._verifier = verifier
         self._clock = clock
 

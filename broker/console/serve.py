@@ -21,6 +21,7 @@ from broker.config import Config, ConfigError, ConsoleConfig
 from broker.console.app import Console, build_app
 from broker.console.backend import Backend
 from broker.console.oidc import OidcSignIn
+from broker.console.stored_logins import StoredPendingLogins
 from broker.console.stored_sessions import StoredSessionStore
 from broker.storage.db import create_engine_for, migrate
 
@@ -88,12 +89,16 @@ def build_console_server(
         )
     target = broker_target or config.console.broker_target or config.server.listen
     verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
-    oidc = OidcSignIn(config.console.oidc, verifier) if config.console.oidc else None
-    # Sessions live in the broker's database (console_sessions), so they survive a restart
-    # and every console process of a deployment shares them.
+    # Sessions and started OIDC sign-ins live in the broker's database (console_sessions,
+    # console_oidc_logins), so they survive a restart and every console process shares them.
     engine = create_engine_for(config.database_url)
     if config.database.auto_migrate:
         migrate(engine)
+    oidc = (
+        OidcSignIn(config.console.oidc, verifier, pending=StoredPendingLogins(engine))
+        if config.console.oidc
+        else None
+    )
     backend = Backend.connect(target)
     console = Console(
         verifier,

@@ -25,9 +25,11 @@ from broker.auth.tokens import TokenVerifier
 from broker.config import OidcSignInConfig
 from broker.console.app import Console
 from broker.console.backend import Backend
-from broker.console.oidc import OidcSignIn
+from broker.console.oidc import OidcSignIn, PendingStore
 from broker.console.serve import ConsoleServer, bind_console
-from broker.console.sessions import SessionStore
+from broker.console.sessions import Sessions, SessionStore
+from broker.console.stored_logins import StoredPendingLogins
+from broker.console.stored_sessions import StoredSessionStore
 from broker.retention.rootkey import generate_root_key_file
 from tests.integration.harness import BrokerHarness, FakeBackend, fields_echo_model, start_broker
 
@@ -44,6 +46,7 @@ class World:
     retained: list[str]
     servers: list[ConsoleServer] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
+    engines: list[sa.Engine] = field(default_factory=list)
 
     def console(
         self,
@@ -52,11 +55,24 @@ class World:
         ttl: float = 1800,
         oidc: list[OidcSignInConfig] | None = None,
         environ: dict[str, str] | None = None,
+        stored: bool = False,
     ) -> Console:
-        """A console over this broker (its sessions on ``clock``; ``oidc``: sign-in issuers)."""
+        """A console over this broker (its sessions on ``clock``; ``oidc``: sign-in issuers).
+
+        ``stored``: sessions and started sign-ins in the broker's database, as ``broker
+        console`` keeps them (else in this console's memory).
+        """
         verifier = TokenVerifier(self.broker.config.auth, data_dir=self.broker.config.key_dir)
-        sessions = SessionStore(ttl, clock=clock)
-        sign_in = OidcSignIn(oidc, verifier, environ=environ or {}) if oidc else None
+        sessions: Sessions = SessionStore(ttl, clock=clock)
+        pending: PendingStore | None = None
+        if stored:
+            engine = sa.create_engine(self.broker.config.database_url)
+            self.engines.append(engine)
+            sessions = StoredSessionStore(engine, verifier, ttl, clock=clock)
+            pending = StoredPendingLogins(engine, clock=clock)
+        sign_in = (
+            OidcSignIn(oidc, verifier, environ=environ or {}, pending=pending) if oidc else None
+        )
         return Console(
             verifier,
             sessions,
@@ -88,6 +104,8 @@ class World:
             client.close()
         for server in self.servers:
             server.stop()
+        for engine in self.engines:
+            engine.dispose()
         self.broker.stop()
 
     def leaf_of(self, call_id: str, kind: str) -> int:

@@ -305,6 +305,56 @@ def _rogue_access_token(setup: Setup) -> str:
     return token
 
 
+def test_a_sign_in_started_on_one_console_finishes_on_another(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    # Two console processes share the database, behind one public address (as behind a
+    # load balancer): the issuer's answer may reach the one that did not start the sign-in.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    public = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    provider = start_provider(
+        tmp_path / "oidc", redirect_uris=[f"{public}/login/callback"], accounts=ACCOUNTS
+    )
+    world = start_world(
+        tmp_path, backend, BROKER__AUTH__ISSUERS=json.dumps([provider.issuer_config()])
+    )
+    try:
+        oidc = [
+            OidcSignInConfig(
+                issuer=provider.issuer,
+                client_id=CLIENT_ID,
+                client_secret_env=SECRET_ENV,
+                scopes=["openid", "audit"],
+            )
+        ]
+        kwargs: dict[str, Any] = {
+            "oidc": oidc,
+            "environ": {SECRET_ENV: CLIENT_SECRET},
+            "stored": True,
+        }
+        first = world.serve(sock=sock, **kwargs)
+        other = world.serve(**kwargs).url.rstrip("/")
+        with _client() as client:
+            started = client.get(f"{public}/login/oidc/0")
+            login_cookie = started.cookies["console_oidc"]
+            callback = _through_provider(client, started.headers["location"], "carl", public)
+            landed = client.get(other + callback.removeprefix(public))
+            assert landed.status_code == 200
+            assert "carl @ acme" in landed.text
+            # The session works on both, and the answer cannot be used a second time.
+            assert client.get(f"{other}/entries").status_code == 200
+            assert client.get(f"{public}/entries").status_code == 200
+            client.cookies.delete("console_session")
+            client.cookies.set("console_oidc", login_cookie)  # even with the login's cookie
+            assert (
+                client.get(first.url.rstrip("/") + callback.removeprefix(public)).status_code == 401
+            )
+    finally:
+        world.stop()
+        provider.stop()
+
+
 def test_an_officer_signs_in_with_the_issuer_in_a_real_browser(setup: Setup) -> None:
     if not CHROMIUM.exists():
         skip_or_fail(f"no Chromium at {CHROMIUM}: run `make system-deps` (Debian's chromium)")

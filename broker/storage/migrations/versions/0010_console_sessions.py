@@ -1,4 +1,4 @@
-"""Console sessions: the compliance console's signed-in officers, shared by its processes.
+"""Console sessions and started OIDC sign-ins, shared by the compliance console's processes.
 
 Revision ID: 0010_console_sessions
 Revises: 0008_policy_activations
@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create ``console_sessions`` (the id's hash, the sealed token, the times)."""
+    """Create ``console_sessions`` and ``console_oidc_logins`` (ids' hashes, sealed contents)."""
     op.create_table(
         "console_sessions",
         sa.Column("id_hash", sa.LargeBinary(), nullable=False),
@@ -29,9 +29,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id_hash"),
     )
     op.create_index("ix_console_sessions_expires_at", "console_sessions", ["expires_at"])
+    op.create_table(
+        "console_oidc_logins",
+        sa.Column("id_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("started_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id_hash"),
+    )
+    op.create_index("ix_console_oidc_logins_started_at", "console_oidc_logins", ["started_at"])
 
 
 def downgrade() -> None:
-    """Drop ``console_sessions``."""
+    """Drop ``console_oidc_logins`` and ``console_sessions``."""
+    op.drop_index("ix_console_oidc_logins_started_at", table_name="console_oidc_logins")
+    op.drop_table("console_oidc_logins")
     op.drop_index("ix_console_sessions_expires_at", table_name="console_sessions")
     op.drop_table("console_sessions")
