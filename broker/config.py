@@ -303,6 +303,11 @@ class ConsoleConfig(_Section):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     oidc: list[OidcSignInConfig] = Field(default_factory=list)
+    log_vkey: str | None = Field(
+        default=None,
+        description="the audit log's verifier key (name+id+key) that Verify checks checkpoints "
+        "against; unset: the key the broker serves (which an officer must then compare)",
+    )
     public_url: str | None = Field(
         default=None,
         description="the URL browsers reach the console at (OIDC redirect); default: the bound URL",

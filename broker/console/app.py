@@ -115,6 +115,7 @@ class Console:
         secure_cookies: bool,
         oidc: OidcSignIn | None = None,
         public_url: str | None = None,
+        pinned_vkey: str | None = None,
     ) -> None:
         self.verifier = verifier
         self.sessions = sessions
@@ -122,6 +123,9 @@ class Console:
         self.secure_cookies = secure_cookies
         self.oidc = oidc
         self.public_url = public_url.rstrip("/") if public_url else None
+        #: The log's verifier key from the console's own config: Verify checks against it,
+        #: never against the key the broker serves (None: the served key, flagged as such).
+        self.pinned_vkey = pinned_vkey
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True
 

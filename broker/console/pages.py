@@ -28,6 +28,7 @@ class Console(Protocol):
     which mounts these pages, sits above this module and not in a circle with it."""
 
     backend: Backend
+    pinned_vkey: str | None
 
     def session(self, request: Request, *, admin: bool = False) -> Session: ...
 
@@ -140,9 +141,16 @@ def entry(request: Request) -> Response:
 
 
 def proof(request: Request) -> Response:
+    """The proof for the in-browser verifier, with the key to check it against.
+
+    With ``console.log_vkey`` set, that pinned key is the one given, whatever the broker serves
+    (``broker_vkey_matches`` says whether the broker's agrees), so a broker, or anyone between
+    it and the console, that signs with a key of its own fails verification.
+    """
     console = _console(request)
     session = console.session(request)
     found = console.backend.proof(session.token, _leaf(request))
+    pinned = console.pinned_vkey
     return JSONResponse(
         {
             "leaf_index": found.leaf_index,
@@ -150,7 +158,9 @@ def proof(request: Request) -> Response:
             "hashes": [base64.b64encode(h).decode("ascii") for h in found.hashes],
             "checkpoint": found.checkpoint,
             "tree_size": found.tree_size,
-            "vkey": found.vkey,
+            "vkey": pinned or found.vkey,
+            "vkey_source": "pinned" if pinned else "broker",
+            "broker_vkey_matches": pinned is None or pinned == found.vkey,
         }
     )
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import uvicorn
 
+from broker.audit.merkle import VerificationError
+from broker.audit.note import Verifier
 from broker.auth.tokens import TokenVerifier
 from broker.config import Config, ConfigError, ConsoleConfig
 from broker.console.app import Console, build_app
@@ -75,6 +77,17 @@ class ConsoleServer:
             self.engine.dispose()
 
 
+def _pinned_vkey(vkey: str | None) -> str | None:
+    """The configured log key, checked to be a well-formed verifier key (else ConfigError)."""
+    if vkey is None:
+        return None
+    try:
+        Verifier.from_vkey(vkey)
+    except VerificationError as exc:
+        raise ConfigError(f"console.log_vkey is not a verifier key: {exc}") from exc
+    return vkey
+
+
 def build_console_server(
     config: Config, *, listen: str | None = None, broker_target: str | None = None
 ) -> ConsoleServer:
@@ -107,6 +120,7 @@ def build_console_server(
         secure_cookies=tls,
         oidc=oidc,
         public_url=config.console.public_url,
+        pinned_vkey=_pinned_vkey(config.console.log_vkey),
     )
     server = bind_console(console, host, port, tls=config.console if tls else None)
     server.engine = engine

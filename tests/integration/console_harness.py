@@ -56,6 +56,7 @@ class World:
         oidc: list[OidcSignInConfig] | None = None,
         environ: dict[str, str] | None = None,
         stored: bool = False,
+        pinned_vkey: str | None = None,
     ) -> Console:
         """A console over this broker (its sessions on ``clock``; ``oidc``: sign-in issuers).
 
@@ -79,6 +80,7 @@ class World:
             Backend.connect(self.broker.target),
             secure_cookies=False,
             oidc=sign_in,
+            pinned_vkey=pinned_vkey,
         )
 
     def serve(self, *, sock: socket.socket | None = None, **kwargs: Any) -> ConsoleServer:

@@ -422,3 +422,26 @@ def test_chart_counts_are_tenant_scoped_by_the_broker(world: World) -> None:
                     timeout=10,
                 )
             assert caught.value.code() is code  # type: ignore[attr-defined]
+
+
+def test_a_pinned_log_key_is_what_verify_checks_against(world: World) -> None:
+    from broker.audit.merkle import VerificationError  # noqa: PLC0415
+    from broker.audit.note import Signer  # noqa: PLC0415
+
+    token = world.broker.token("acme", "compliance")
+    leaf = world.leaf_of(world.acme_calls[1], "call.outcome")
+    served = sign_in(world.client(), token).get(f"/entries/{leaf}/proof.json").json()
+    assert (served["vkey_source"], served["broker_vkey_matches"]) == ("broker", True)
+    # Pinned to the log's real key: the proof verifies against the pinned key.
+    pinned = sign_in(world.client(pinned_vkey=served["vkey"]), token)
+    proof = pinned.get(f"/entries/{leaf}/proof.json").json()
+    assert (proof["vkey_source"], proof["broker_vkey_matches"]) == ("pinned", True)
+    _, signers = open_checkpoint(proof["checkpoint"], [Verifier.from_vkey(proof["vkey"])])
+    assert signers
+    # Pinned to another key (the broker's is not the published one): verification fails.
+    other = Signer.generate(world.broker.config.audit.origin).verifier().to_vkey()
+    wary = sign_in(world.client(pinned_vkey=other), token)
+    proof = wary.get(f"/entries/{leaf}/proof.json").json()
+    assert proof["vkey"] == other and proof["broker_vkey_matches"] is False
+    with pytest.raises(VerificationError):
+        open_checkpoint(proof["checkpoint"], [Verifier.from_vkey(proof["vkey"])])
