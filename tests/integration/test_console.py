@@ -278,6 +278,8 @@ def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: Wo
         for path in (
             "/",
             f"/entries?size=100{tenant}",
+            f"/entries?size=100&sort=-leaf{tenant}",
+            f"/entries?size=100&sort=-time{tenant}",
             f"/entries?call_id={reply.call_id}{tenant}",
             f"/entries/{intent_leaf}",
             f"/entries/{outcome_leaf}",
@@ -294,7 +296,7 @@ def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: Wo
             seen.append(path)
             assert canary not in answer.text, f"the canary is in {path}"
             assert canary not in str(answer.headers), f"the canary is in {path}'s headers"
-    assert len(seen) == 24
+    assert len(seen) == 28
 
 
 def _leaves(page: httpx.Response) -> list[int]:

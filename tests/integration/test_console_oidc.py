@@ -150,8 +150,11 @@ def test_an_officer_signs_in_with_the_issuer_and_sees_only_their_tenant(setup: S
         assert asked["state"] != asked["nonce"]
         assert asked["resource"] == [AUDIENCE]
         callback = _through_provider(client, authorize, "carl", setup.url)
-        assert "code" in parse_qs(urlsplit(callback).query)
-        landed = client.get(callback)
+        code = parse_qs(urlsplit(callback).query)["code"][0]
+        with capture_logs() as logs:
+            landed = client.get(callback)
+        assert any(e["event"] == "console_signed_in" for e in logs)
+        assert code not in repr(logs)  # neither the code nor anything of the tokens is logged
         assert landed.status_code == 200
         assert "carl @ acme" in landed.text
         assert "console_session" in landed.cookies
