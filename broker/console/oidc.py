@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -35,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -110,6 +111,21 @@ class PendingLogins:
         return pending
 
 
+def _https_or_loopback(url: str) -> bool:
+    """True for an https URL, or an http one on a loopback host (OIDC Discovery wants https)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -148,6 +164,11 @@ class OidcProvider:
             raise ConfigError(
                 f"console.oidc issuer {config.issuer!r} is not one of auth.issuers: the broker "
                 "would refuse the tokens it issues"
+            )
+        if not _https_or_loopback(config.issuer):
+            raise ConfigError(
+                f"console.oidc issuer {config.issuer!r} must be an https URL (http only on a "
+                "loopback address, for development)"
             )
         self.config = config
         self.name = config.name or config.issuer
