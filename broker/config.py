@@ -255,6 +255,32 @@ class MetricsConfig(_Section):
     )
 
 
+class OidcSignInConfig(_Section):
+    """``[[console.oidc]]``: sign officers in with this issuer's OIDC authorization-code flow.
+
+    ``issuer`` must be one of ``auth.issuers``: the access token the flow yields is verified by
+    the broker's own rules, and the ID token with that issuer's configured keys (no key is ever
+    fetched from the network). The console asks for an access token for ``resource`` (RFC 8707;
+    default: that issuer's ``audience``), so the token is one the broker's gRPC API accepts.
+    """
+
+    issuer: str
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid"])
+    resource: str | None = None
+    name: str = Field(default="", description="the sign-in button's text; default: the issuer")
+
+    @model_validator(mode="after")
+    def _checked(self) -> OidcSignInConfig:
+        if "openid" not in self.scopes:
+            raise ValueError("console.oidc scopes must include 'openid'")
+        if self.client_secret_file is not None and self.client_secret_env is not None:
+            raise ValueError("console.oidc: set client_secret_file or client_secret_env, not both")
+        return self
+
+
 class ConsoleConfig(_Section):
     """``[console]``: the compliance console, a read-mostly web view of the audit trail.
 
@@ -276,6 +302,16 @@ class ConsoleConfig(_Section):
     )
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    oidc: list[OidcSignInConfig] = Field(default_factory=list)
+    log_vkey: str | None = Field(
+        default=None,
+        description="the audit log's verifier key (name+id+key) that Verify checks checkpoints "
+        "against; unset: the key the broker serves (which an officer must then compare)",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="the URL browsers reach the console at (OIDC redirect); default: the bound URL",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ConsoleConfig:

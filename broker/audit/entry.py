@@ -178,15 +178,28 @@ def _reference_json(value: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class FieldAction:
-    """What the policy did to one field: its path, its labels and the action taken."""
+    """What the policy did to one field: its path, its labels and the action taken.
+
+    A row for the entities of one label found inside a field (action ``entity.<action>``)
+    also records ``count``, how many there were: a number, never the values. Rows without a
+    count keep the exact bytes entries had before counts were recorded.
+    """
 
     path: str
     labels: tuple[str, ...]
     action: str
+    count: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The field's object inside an entry (labels sorted, so the order carries no meaning)."""
-        return {"path": self.path, "labels": sorted(self.labels), "action": self.action}
+        body: dict[str, Any] = {
+            "path": self.path,
+            "labels": sorted(self.labels),
+            "action": self.action,
+        }
+        if self.count is not None:
+            body["count"] = _nonneg(self.count, "count")
+        return body
 
 
 @dataclass(frozen=True, slots=True)

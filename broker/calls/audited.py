@@ -29,12 +29,15 @@ from broker.registry.model import ModelVersion
 
 
 def field_actions(decisions: Iterable[FieldDecision]) -> list[FieldAction]:
-    """Decisions as audit field actions; entity actions become ``entity.<action>`` rows."""
+    """Decisions as audit field actions; entity actions become ``entity.<action>`` rows.
+
+    An entity row carries how many entities of its label the field held (never their values).
+    """
     rows: list[FieldAction] = []
     for decision in decisions:
         rows.append(FieldAction(decision.path, decision.labels, decision.action))
         rows.extend(
-            FieldAction(decision.path, (entity.label,), f"entity.{entity.action}")
+            FieldAction(decision.path, (entity.label,), f"entity.{entity.action}", entity.count)
             for entity in decision.entities
         )
     return rows

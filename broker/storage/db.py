@@ -44,6 +44,8 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.enforce.vault",
     "broker.registry.secrets",
     "broker.policy.activations",
+    "broker.console.stored_sessions",
+    "broker.console.stored_logins",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
