@@ -44,6 +44,7 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.enforce.vault",
     "broker.registry.secrets",
     "broker.policy.activations",
+    "broker.metering.tables",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
