@@ -36,7 +36,6 @@ every thousandth page's commit, fsyncs included, while that batch's callers wait
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from _thread import allocate_lock
@@ -437,7 +436,7 @@ class AuditLog:
             receipts = self.store.append_in_turn(
                 [p.entry for p in batch],
                 [
-                    c if c.leaf_column is None else dataclasses.replace(c, entry_position=i)
+                    c if c.leaf_column is None else Companion(c.table, c.rows, c.leaf_column, i)
                     for i, p in enumerate(batch)
                     for c in p.companions
                 ],

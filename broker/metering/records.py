@@ -20,9 +20,9 @@ holds a payload value: counts, sizes, names and amounts only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from broker.audit.store import Companion
@@ -81,7 +81,7 @@ def count_scalars(value: Any) -> int:
 
 def month_of(time_us: int) -> str:
     """The UTC calendar month (``YYYY-MM``) a time in microseconds since the epoch falls in."""
-    return datetime.fromtimestamp(time_us / 1_000_000, UTC).strftime("%Y-%m")
+    return time.strftime("%Y-%m", time.gmtime(time_us // 1_000_000))
 
 
 def usage_companion(

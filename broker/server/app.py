@@ -58,6 +58,7 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault, vault_tokens
 from broker.logging import get_logger
+from broker.metering.limits import Quotas, rules_from
 from broker.observability import metrics, tracing
 from broker.observability.metrics import MetricsPage
 from broker.packages.environment import Environments
@@ -288,6 +289,7 @@ def build_server(
         restorer=Restorer(vault, keys),
     )
     limiter = TenantConcurrencyLimiter(config.limits.tenant_concurrency)
+    quotas = Quotas(engine, rules_from(config.metering.quotas))
     invoker = Invoker(
         resolver,
         runtimes,
@@ -297,6 +299,7 @@ def build_server(
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
+        quotas=quotas,
     )
     streamer = Streamer(
         resolver,
@@ -308,6 +311,7 @@ def build_server(
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
+        quotas=quotas,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),

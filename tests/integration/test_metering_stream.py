@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -119,3 +120,33 @@ def test_a_stream_refused_before_the_vendor_is_free(broker: BrokerHarness) -> No
     finally:
         engine.dispose()
     assert [tuple(r) for r in rows] == [(0, 0, "NOT_FOUND")]
+
+
+def test_a_stream_over_the_rate_limit_is_refused_and_audited(
+    tmp_path: Path, fake: FakeOpenAI, database_url: str
+) -> None:
+    quotas = '[{"tenant": "bank", "calls_per_second": 0.001, "burst": 1}]'
+    harness = start_broker(tmp_path / "q", database_url, BROKER__METERING__QUOTAS=quotas)
+    try:
+        harness.client("chat-vendor", "vendor").register_model(chat_model(fake.base_url))
+        _, error = stream(harness, chat("one"))
+        assert error is None
+        sent = len(fake.requests)
+        messages, refused = stream(harness, chat("two"))
+        assert refused is not None and not messages
+        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (refused.details() or "").startswith("tenant bank: 0.001 calls/s limit on all")
+        assert len(fake.requests) == sent  # the vendor never saw the refused call
+        engine = sa.create_engine(database_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT status, calls, cost_micros FROM usage_records ORDER BY leaf_index"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        assert [tuple(r) for r in rows] == [("OK", 1, 0), ("RESOURCE_EXHAUSTED", 0, 0)]
+    finally:
+        harness.stop()
