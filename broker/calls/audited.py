@@ -38,6 +38,7 @@ from broker.metering.records import (
 )
 from broker.registry.model import ModelVersion
 from broker.registry.pricing import Pricing, Units
+from broker.runtimes.base import call_cpu_us
 
 
 def field_actions(decisions: Iterable[FieldDecision]) -> list[FieldAction]:
@@ -65,6 +66,9 @@ class CallRecord:
     intent: Receipt | None = None
     bytes_in: int = 0  # JSON bytes sent to the model (set with the intent)
     elements: int = 0  # scalar values sent to the model (set with the intent)
+
+    def __post_init__(self) -> None:
+        call_cpu_us.set(0)  # the sandbox adds this call's CPU time (broker.runtimes.base)
 
     def record_intent(
         self,
@@ -203,6 +207,7 @@ class CallRecord:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             tensor_elements=self.elements,
+            cpu_us=call_cpu_us.get(),
         )
         return meter(pricing, units, bytes_in=self.bytes_in, bytes_out=len(answer or b""))
 

@@ -9,7 +9,8 @@ The call path (:class:`broker.calls.audited.CallRecord`) measures, and this modu
   chunk delivered, the broker's own count of what was delivered; prompt tokens are then 0.
 - ``tensor_elements``: the scalar values of the payload sent to the model (for an Open
   Inference Protocol model, its input tensors' elements).
-- ``cpu_us``: sandbox CPU time (0 until the sandbox reports it per call; see the README).
+- ``cpu_us``: CPU time the call used in its sandbox worker (``broker.runtimes.base.call_cpu_us``;
+  0 for remote models), at the kernel's clock-tick precision.
 - ``bytes_in`` / ``bytes_out``: the JSON bytes sent to the model and delivered to the buyer.
 
 The same values go into the outcome entry (``metering``) and the ``usage_records`` row, in one
