@@ -295,3 +295,27 @@ def test_the_cli_prints_a_csv_invoice_whose_total_is_its_lines(broker: BrokerHar
     )
     assert other.returncode == 1
     assert other.stderr.startswith("broker: PERMISSION_DENIED: usage of tenant bank")
+
+
+def test_pages_follow_each_other_and_carry_the_months_totals(broker: BrokerHarness) -> None:
+    month = _make_calls(broker)
+    bank = broker.client("bank", "buyer")
+    everything, totals = bank.usage_report(month)
+    seen: list[usage_pb2.UsageRecord] = []
+    token = ""
+    pages = 0
+    while True:
+        page = bank._call(
+            bank.usage.Report,
+            usage_pb2.UsageReportRequest(month=month, page_size=2, page_token=token),
+            10,
+        )
+        pages += 1
+        assert list(page.totals) == totals  # every page: the whole month's totals
+        seen.extend(page.records)
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert [r.call_id for r in seen] == [r.call_id for r in everything]
+    assert [r.leaf_index for r in seen] == sorted(r.leaf_index for r in seen)
