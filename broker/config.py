@@ -83,6 +83,39 @@ class LimitsConfig(_Section):
     tenant_concurrency: int = Field(default=64, ge=1)
 
 
+class QuotaConfig(_Section):
+    """One quota rule of ``[[metering.quotas]]``: a buyer tenant, optionally one model.
+
+    ``model`` is ``vendor/name`` (every version of it); empty means all of the tenant's calls.
+    Each limit is optional: ``calls_per_second`` with ``burst`` (a token bucket kept in the
+    database, so it holds across worker processes and replicas), ``monthly_spend_micros`` of
+    ``currency`` (micros: millionths of one currency unit) and ``monthly_tokens`` (input and
+    output), both per calendar month in UTC.
+    """
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    model: str = Field(default="", pattern=r"^([A-Za-z0-9._-]{1,128}/[a-z0-9][a-z0-9._-]{0,62})?$")
+    calls_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    monthly_spend_micros: int | None = Field(default=None, ge=0)
+    currency: str = Field(default="", pattern=r"^([A-Z]{3})?$")
+    monthly_tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> QuotaConfig:
+        if self.monthly_spend_micros is not None and not self.currency:
+            raise ValueError("monthly_spend_micros needs the currency it is in, like USD")
+        if self.burst is not None and self.calls_per_second is None:
+            raise ValueError("burst applies only with calls_per_second")
+        return self
+
+
+class MeteringConfig(_Section):
+    """Quotas and rate limits per buyer tenant and per (tenant, model); none by default."""
+
+    quotas: tuple[QuotaConfig, ...] = ()
+
+
 class IssuerConfig(_Section):
     """One trusted token issuer.
 
@@ -371,6 +404,7 @@ class Config(_Section):
     tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    metering: MeteringConfig = MeteringConfig()
 
     @field_validator("data_dir")
     @classmethod

@@ -285,8 +285,13 @@ def call_outcome(
     usage: Mapping[str, int] | None = None,
     stream: Mapping[str, int | bool] | None = None,
     retained_record_ids: Sequence[str] = (),
+    metering: Mapping[str, int | str] | None = None,
 ) -> Entry:
     """The entry written before the answer (or the error) reaches the caller.
+
+    ``metering`` (the units the call is billed for, its currency and cost in micros; see
+    ``broker.metering``) makes each invoice line provable: the usage record of the call holds
+    exactly these values, and this entry's inclusion proof covers them.
 
     ``usage`` (token counts a model reported), ``stream`` (for a streamed answer: chunks
     delivered and whether the answer was partial) and ``retained_record_ids`` (the records the
@@ -301,6 +306,8 @@ def call_outcome(
         extra["stream"] = dict(stream)
     if retained_record_ids:
         extra["retained_record_ids"] = list(retained_record_ids)
+    if metering is not None:
+        extra["metering"] = dict(metering)
     return _make(
         {
             **extra,

@@ -46,6 +46,7 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.policy.activations",
     "broker.console.stored_sessions",
     "broker.console.stored_logins",
+    "broker.metering.tables",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000

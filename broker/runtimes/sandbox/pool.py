@@ -29,6 +29,7 @@ from broker.observability import metrics
 from broker.packages.environment import Environment, Environments
 from broker.packages.errors import EnvironmentTampered
 from broker.packages.store import PackageStore, StoredPackage
+from broker.runtimes.base import call_cpu_us
 from broker.runtimes.sandbox import cpu
 from broker.runtimes.sandbox.errors import (
     SandboxError,
@@ -204,6 +205,7 @@ class WorkerPools:
 
         budget = slot.pool.package.manifest.resources.cpu_seconds_per_call
         watch = self._watchdog.watch(slot.worker.pid, budget, cpu_spent)
+        used = cpu.CallCpu(slot.worker.pid)
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
             try:
@@ -228,6 +230,7 @@ class WorkerPools:
             raise
         finally:
             self._watchdog.unwatch(watch)
+            call_cpu_us.set(call_cpu_us.get() + used.used_us())
         with lease:
             self._release(slot)
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_console_sessions"
-down_revision: str | Sequence[str] | None = "0008_policy_activations"
+down_revision: str | Sequence[str] | None = "0009_metering"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
