@@ -10,12 +10,14 @@ MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 LLM_VENV := .venv-llm
 LLM_STAMP := $(LLM_VENV)/.installed-stamp
+OIDC_DIR := tests/oidc
+OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
 FUZZ_SECONDS ?= 60
 FUZZ ?= all
 SOAK_SECONDS ?= 600
 
-.PHONY: help run test lint fuzz soak proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down
+.PHONY: help run test lint fuzz soak proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down oidc-provider
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,7 +69,19 @@ cluster: $(STAMP) $(MLSERVER_STAMP) ## Start 3 replicas on PostgreSQL behind HAP
 cluster-down: ## Stop every process make cluster started
 	$(BIN)/broker cluster down
 
-test: $(STAMP) $(MLSERVER_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
+# The console's sign-in tests run against a real OpenID Provider (panva's oidc-provider, npm),
+# installed exactly as package-lock.json pins it. Without node the step says so and the tests
+# skip with that reason (outside CI; in CI they fail).
+$(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(OIDC_DIR) --no-audit --no-fund --ignore-scripts && touch $@; \
+	else \
+		echo "npm not found: the console's OIDC sign-in tests will skip (install nodejs and npm)"; \
+	fi
+
+oidc-provider: $(OIDC_STAMP) ## Install the test OIDC provider (tests/oidc, npm ci) the console's sign-in tests use
+
+test: $(STAMP) $(MLSERVER_STAMP) $(OIDC_STAMP) ## Run every test (PostgreSQL and MLServer tests skip with a reason when absent, never in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 fuzz: $(STAMP) ## Fuzz every parser of outside input, FUZZ_SECONDS (60) each; FUZZ=name runs one
@@ -93,4 +107,4 @@ bench: $(STAMP) ## Measure the broker against a direct call and a bare gRPC prox
 	$(BIN)/python -m bench
 
 clean: ## Remove virtual environments and local data
-	rm -rf $(VENV) $(MLSERVER_VENV) $(LLM_VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(LLM_VENV) $(OIDC_DIR)/node_modules var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

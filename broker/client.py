@@ -29,6 +29,8 @@ from broker._proto.broker.v1 import (
     models_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 from broker.closing import ClosedOnExit
 
@@ -84,6 +86,7 @@ class BrokerClient(ClosedOnExit):
         self._initial_backoff = initial_backoff
         self.broker = broker_pb2_grpc.BrokerStub(channel)
         self.registry = registry_pb2_grpc.RegistryStub(channel)
+        self.usage = usage_pb2_grpc.UsageStub(channel)
 
     def close(self) -> None:
         """Close the channel."""
@@ -167,6 +170,26 @@ class BrokerClient(ClosedOnExit):
             lambda token: registry_pb2.ListVendorModelsRequest(vendor=vendor, page_token=token),
             timeout,
         )
+
+    def usage_report(
+        self, month: str, *, tenant: str = "", vendor: str = "", timeout: float = 30.0
+    ) -> tuple[list[usage_pb2.UsageRecord], list[usage_pb2.UsageTotal]]:
+        """Every usage record of ``month`` ("YYYY-MM", UTC) and its totals per currency.
+
+        A buyer's invoice (``tenant``: its own, the default) or a vendor's statement
+        (``vendor``: its own name); see ``broker.v1.Usage``.
+        """
+        records: list[usage_pb2.UsageRecord] = []
+        token = ""
+        while True:
+            request = usage_pb2.UsageReportRequest(
+                month=month, tenant=tenant, vendor=vendor, page_token=token
+            )
+            page: usage_pb2.UsageReportResponse = self._call(self.usage.Report, request, timeout)
+            records.extend(page.records)
+            token = page.next_page_token
+            if not token:
+                return records, list(page.totals)
 
     def _pages(
         self, method: Callable[..., Any], request_for: Callable[[str], Any], timeout: float

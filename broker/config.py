@@ -83,6 +83,39 @@ class LimitsConfig(_Section):
     tenant_concurrency: int = Field(default=64, ge=1)
 
 
+class QuotaConfig(_Section):
+    """One quota rule of ``[[metering.quotas]]``: a buyer tenant, optionally one model.
+
+    ``model`` is ``vendor/name`` (every version of it); empty means all of the tenant's calls.
+    Each limit is optional: ``calls_per_second`` with ``burst`` (a token bucket kept in the
+    database, so it holds across worker processes and replicas), ``monthly_spend_micros`` of
+    ``currency`` (micros: millionths of one currency unit) and ``monthly_tokens`` (input and
+    output), both per calendar month in UTC.
+    """
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    model: str = Field(default="", pattern=r"^([A-Za-z0-9._-]{1,128}/[a-z0-9][a-z0-9._-]{0,62})?$")
+    calls_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    monthly_spend_micros: int | None = Field(default=None, ge=0)
+    currency: str = Field(default="", pattern=r"^([A-Z]{3})?$")
+    monthly_tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> QuotaConfig:
+        if self.monthly_spend_micros is not None and not self.currency:
+            raise ValueError("monthly_spend_micros needs the currency it is in, like USD")
+        if self.burst is not None and self.calls_per_second is None:
+            raise ValueError("burst applies only with calls_per_second")
+        return self
+
+
+class MeteringConfig(_Section):
+    """Quotas and rate limits per buyer tenant and per (tenant, model); none by default."""
+
+    quotas: tuple[QuotaConfig, ...] = ()
+
+
 class IssuerConfig(_Section):
     """One trusted token issuer.
 
@@ -255,6 +288,32 @@ class MetricsConfig(_Section):
     )
 
 
+class OidcSignInConfig(_Section):
+    """``[[console.oidc]]``: sign officers in with this issuer's OIDC authorization-code flow.
+
+    ``issuer`` must be one of ``auth.issuers``: the access token the flow yields is verified by
+    the broker's own rules, and the ID token with that issuer's configured keys (no key is ever
+    fetched from the network). The console asks for an access token for ``resource`` (RFC 8707;
+    default: that issuer's ``audience``), so the token is one the broker's gRPC API accepts.
+    """
+
+    issuer: str
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid"])
+    resource: str | None = None
+    name: str = Field(default="", description="the sign-in button's text; default: the issuer")
+
+    @model_validator(mode="after")
+    def _checked(self) -> OidcSignInConfig:
+        if "openid" not in self.scopes:
+            raise ValueError("console.oidc scopes must include 'openid'")
+        if self.client_secret_file is not None and self.client_secret_env is not None:
+            raise ValueError("console.oidc: set client_secret_file or client_secret_env, not both")
+        return self
+
+
 class ConsoleConfig(_Section):
     """``[console]``: the compliance console, a read-mostly web view of the audit trail.
 
@@ -276,6 +335,16 @@ class ConsoleConfig(_Section):
     )
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    oidc: list[OidcSignInConfig] = Field(default_factory=list)
+    log_vkey: str | None = Field(
+        default=None,
+        description="the audit log's verifier key (name+id+key) that Verify checks checkpoints "
+        "against; unset: the key the broker serves (which an officer must then compare)",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="the URL browsers reach the console at (OIDC redirect); default: the bound URL",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ConsoleConfig:
@@ -335,6 +404,7 @@ class Config(_Section):
     tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    metering: MeteringConfig = MeteringConfig()
 
     @field_validator("data_dir")
     @classmethod

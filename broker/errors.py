@@ -13,6 +13,8 @@ the model reference, and nothing the caller sent as data.
     ├── AlreadyExists          ALREADY_EXISTS       duplicate registration
     ├── FailedPrecondition     FAILED_PRECONDITION  retired model, forbidden status change
     ├── ResourceExhausted      RESOURCE_EXHAUSTED   per-tenant concurrency, sandbox limits and uids
+    │   └── QuotaExceeded                           a rate limit or monthly budget (QuotaFailure,
+    │                                               RetryInfo details)
     ├── DeadlineExceeded       DEADLINE_EXCEEDED    the caller's deadline ran out downstream
     ├── Cancelled              CANCELLED            the caller went away; downstream work stopped
     ├── Unavailable            UNAVAILABLE          backend or store down; safe to retry
@@ -99,6 +101,21 @@ class ResourceExhausted(BrokerError):
     """A quota or concurrency limit was hit; retry later."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A tenant's rate limit or monthly budget is used up; the caller may retry later.
+
+    ``subject`` names what is limited (``tenant:acme`` or ``tenant:acme/model:vendor/name``)
+    and ``retry_after`` says in how many seconds a retry can succeed: the gRPC boundary sends
+    them as ``google.rpc.QuotaFailure`` and ``google.rpc.RetryInfo`` details, so a client can
+    back off by machine, while the message says the same for people.
+    """
+
+    def __init__(self, message: str, *, subject: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.retry_after = max(retry_after, 0.0)
 
 
 class DeadlineExceeded(BrokerError):

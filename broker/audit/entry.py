@@ -178,15 +178,28 @@ def _reference_json(value: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class FieldAction:
-    """What the policy did to one field: its path, its labels and the action taken."""
+    """What the policy did to one field: its path, its labels and the action taken.
+
+    A row for the entities of one label found inside a field (action ``entity.<action>``)
+    also records ``count``, how many there were: a number, never the values. Rows without a
+    count keep the exact bytes entries had before counts were recorded.
+    """
 
     path: str
     labels: tuple[str, ...]
     action: str
+    count: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The field's object inside an entry (labels sorted, so the order carries no meaning)."""
-        return {"path": self.path, "labels": sorted(self.labels), "action": self.action}
+        body: dict[str, Any] = {
+            "path": self.path,
+            "labels": sorted(self.labels),
+            "action": self.action,
+        }
+        if self.count is not None:
+            body["count"] = _nonneg(self.count, "count")
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +285,13 @@ def call_outcome(
     usage: Mapping[str, int] | None = None,
     stream: Mapping[str, int | bool] | None = None,
     retained_record_ids: Sequence[str] = (),
+    metering: Mapping[str, int | str] | None = None,
 ) -> Entry:
     """The entry written before the answer (or the error) reaches the caller.
+
+    ``metering`` (the units the call is billed for, its currency and cost in micros; see
+    ``broker.metering``) makes each invoice line provable: the usage record of the call holds
+    exactly these values, and this entry's inclusion proof covers them.
 
     ``usage`` (token counts a model reported), ``stream`` (for a streamed answer: chunks
     delivered and whether the answer was partial) and ``retained_record_ids`` (the records the
@@ -288,6 +306,8 @@ def call_outcome(
         extra["stream"] = dict(stream)
     if retained_record_ids:
         extra["retained_record_ids"] = list(retained_record_ids)
+    if metering is not None:
+        extra["metering"] = dict(metering)
     return _make(
         {
             **extra,

@@ -2,9 +2,10 @@
 
 Queries read the copies of entry fields stored beside each entry (``broker.audit.tables``), but
 what they return is the entry's own bytes and leaf index, so anything shown to a compliance
-officer can be proven against a checkpoint. Paging is by leaf index (keyset), so entries
-appended while someone pages neither repeat nor shift. A cursor is bound to its filter: reusing
-it with other filters is refused instead of silently skipping entries.
+officer can be proven against a checkpoint. Paging is keyset paging in the query's
+:class:`Order` (leaf index, or entry time with the leaf index breaking ties), so entries
+appended while someone pages neither repeat nor shift. A cursor is bound to its filter and
+order: reusing it with others is refused instead of silently skipping entries.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import hashlib
 import json
 import re
@@ -29,6 +31,38 @@ from broker.errors import InvalidArgument
 _REVISION: Final = re.compile(r"[A-Za-z0-9:.-]{1,128}")
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
+
+
+class Order(enum.Enum):
+    """The order a query returns entries in, done by the database across all pages.
+
+    The log's own order (leaf index) is what the tree commits to; an entry's time is stamped
+    when the call happens and sequencing follows shortly after, so the two orders differ only
+    for entries a few moments apart, which the time orders settle by time.
+    """
+
+    OLDEST_FIRST = "leaf"
+    NEWEST_FIRST = "-leaf"
+    TIME_ASCENDING = "time"
+    TIME_DESCENDING = "-time"
+
+    @property
+    def descending(self) -> bool:
+        """True for the newest-first orders."""
+        return self.value.startswith("-")
+
+    @property
+    def by_time(self) -> bool:
+        """True if the order is by entry time (ties by leaf index)."""
+        return self.value.endswith("time")
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a page ended: its last leaf and (for the time orders) that entry's time."""
+
+    leaf: int
+    time_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +147,11 @@ def _where(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
     return clauses
 
 
+def filter_clauses(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clauses of ``flt`` over ``audit_entries`` (for aggregates over the same rows)."""
+    return _where(flt)
+
+
 def _revision_needle(revision: str) -> bytes:
     """The exact bytes ``"policy_revision":"<rev>"`` has in a canonical entry.
 
@@ -140,31 +179,43 @@ def _position_pg(element: _BytePosition, compiler: SQLCompiler, **kw: Any) -> st
     return f"position({compiler.process(needle, **kw)} in {compiler.process(haystack, **kw)})"
 
 
-def _binding(flt: AuditFilter) -> str:
-    text = json.dumps(flt.as_dict(), sort_keys=True, separators=(",", ":"))
+def _binding(flt: AuditFilter, order: Order) -> str:
+    bound: dict[str, Any] = flt.as_dict()
+    if order is not Order.OLDEST_FIRST:  # the default order keeps the cursors made before it
+        bound["order"] = order.value
+    text = json.dumps(bound, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_cursor(flt: AuditFilter, after: int) -> str:
-    """An opaque cursor: continue after leaf ``after`` with the same filter."""
-    raw = json.dumps({"after": after, "f": _binding(flt)}, separators=(",", ":")).encode()
+def encode_cursor(
+    flt: AuditFilter, after: int, order: Order = Order.OLDEST_FIRST, time_us: int = 0
+) -> str:
+    """An opaque cursor: continue after leaf ``after`` (at ``time_us``) in the same query."""
+    data: dict[str, Any] = {"after": after, "f": _binding(flt, order)}
+    if order.by_time:
+        data["t"] = time_us
+    raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 
-def decode_cursor(flt: AuditFilter, cursor: str) -> int:
+def decode_cursor(flt: AuditFilter, cursor: str, order: Order = Order.OLDEST_FIRST) -> int:
     """The leaf index a cursor continues after (-1 for ""); InvalidArgument if it is not ours."""
-    if not cursor:
-        return -1
+    return _decode(flt, cursor, order).leaf if cursor else -1
+
+
+def _decode(flt: AuditFilter, cursor: str, order: Order) -> _Position:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
         after, binding = data["after"], data["f"]
+        time_us = data.get("t", 0) if order.by_time else 0
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeEncodeError) as exc:
         raise InvalidArgument("page cursor is malformed") from exc
-    if not isinstance(after, int) or isinstance(after, bool) or after < -1:
-        raise InvalidArgument("page cursor is malformed")
-    if binding != _binding(flt):
-        raise InvalidArgument("page cursor belongs to a query with other filters")
-    return after
+    for value in (after, time_us):
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+            raise InvalidArgument("page cursor is malformed")
+    if binding != _binding(flt, order):
+        raise InvalidArgument("page cursor belongs to a query with other filters or order")
+    return _Position(after, time_us)
 
 
 def query_page(
@@ -174,22 +225,32 @@ def query_page(
     page_size: int = 0,
     cursor: str = "",
     start_index: int = 0,
+    order: Order = Order.OLDEST_FIRST,
 ) -> tuple[list[StoredEntry], str]:
-    """One page in leaf order and the cursor of the next ("" when there is none).
+    """One page in ``order`` and the cursor of the next ("" when there is none).
 
-    Without a cursor the page starts at leaf ``start_index``: a follower that has seen every
-    leaf below it asks from there, statelessly, across reconnects and broker restarts.
+    Without a cursor the page starts at leaf ``start_index`` (oldest-first order only): a
+    follower that has seen every leaf below it asks from there, statelessly, across reconnects
+    and broker restarts.
     """
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative")
     if start_index < 0:
         raise InvalidArgument("start_index must not be negative")
+    if start_index and order is not Order.OLDEST_FIRST:
+        raise InvalidArgument("start_index goes only with the oldest-first order")
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    after = decode_cursor(flt, cursor) if cursor else start_index - 1
-    rows = _select(engine, flt, after, size + 1)
+    after: _Position | None
+    if cursor:
+        after = _decode(flt, cursor, order)
+    elif order is Order.OLDEST_FIRST:
+        after = _Position(start_index - 1)
+    else:
+        after = None
+    rows = _select(engine, flt, after, size + 1, order)
     if len(rows) > size:
         rows = rows[:size]
-        return rows, encode_cursor(flt, rows[-1].leaf_index)
+        return rows, encode_cursor(flt, rows[-1].leaf_index, order, rows[-1].time_us)
     return rows, ""
 
 
@@ -197,15 +258,45 @@ def iter_entries(engine: sa.Engine, flt: AuditFilter, *, batch: int = 500) -> It
     """Every matching entry in leaf order, read in batches (for exports and streams)."""
     after = -1
     while True:
-        rows = _select(engine, flt, after, batch)
+        rows = _select(engine, flt, _Position(after), batch, Order.OLDEST_FIRST)
         yield from rows
         if len(rows) < batch:
             return
         after = rows[-1].leaf_index
 
 
-def _select(engine: sa.Engine, flt: AuditFilter, after: int, limit: int) -> list[StoredEntry]:
+def _keyset(
+    after: _Position | None, order: Order
+) -> tuple[list[sa.ColumnElement[bool]], list[Any]]:
+    """The WHERE clause past ``after`` and the ORDER BY, for ``order``."""
     c = audit_entries.c
+    leaf = c.leaf_index.desc() if order.descending else c.leaf_index.asc()
+    if not order.by_time:
+        if after is None:
+            return [], [leaf]
+        past = c.leaf_index < after.leaf if order.descending else c.leaf_index > after.leaf
+        return [past], [leaf]
+    time = c.time_us.desc() if order.descending else c.time_us.asc()
+    if after is None:
+        return [], [time, leaf]
+    if order.descending:
+        past = sa.or_(
+            c.time_us < after.time_us,
+            sa.and_(c.time_us == after.time_us, c.leaf_index < after.leaf),
+        )
+    else:
+        past = sa.or_(
+            c.time_us > after.time_us,
+            sa.and_(c.time_us == after.time_us, c.leaf_index > after.leaf),
+        )
+    return [past], [time, leaf]
+
+
+def _select(
+    engine: sa.Engine, flt: AuditFilter, after: _Position | None, limit: int, order: Order
+) -> list[StoredEntry]:
+    c = audit_entries.c
+    past, order_by = _keyset(after, order)
     query = (
         sa.select(
             c.leaf_index,
@@ -220,8 +311,8 @@ def _select(engine: sa.Engine, flt: AuditFilter, after: int, limit: int) -> list
             c.vendor,
             c.status,
         )
-        .where(c.leaf_index > after, *_where(flt))
-        .order_by(c.leaf_index)
+        .where(*past, *_where(flt))
+        .order_by(*order_by)
         .limit(limit)
     )
     with engine.connect() as conn:

@@ -98,6 +98,12 @@ class Companion:
 
     table: sa.Table
     rows: Sequence[tuple[object, ...]]
+    #: A column of ``rows`` to fill with the leaf index of the entry the companion rides with
+    #: (a usage record names its outcome's leaf, which only exists inside the transaction).
+    leaf_column: int | None = None
+    #: That entry's position in the batch given to :meth:`AuditStore.append` (set by the
+    #: writer for companions of queued entries; a direct caller of ``append`` sets it).
+    entry_position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +296,7 @@ class AuditStore:
             with driver.pipeline() if postgres else contextlib.nullcontext():
                 cursor.executemany(_insert_sql(audit_entries, paramstyle), rows)
                 cursor.executemany(_insert_sql(audit_nodes, paramstyle), nodes)
-                for table, companion_rows in _group(companions):
+                for table, companion_rows in _group(companions, size):
                     cursor.executemany(_insert_sql(table, paramstyle), companion_rows)
                 driver.commit()
         except BaseException:
@@ -495,12 +501,24 @@ def _insert_sql(table: sa.Table, paramstyle: str) -> str:
     return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
 
 
-def _group(companions: Sequence[Companion]) -> list[tuple[sa.Table, list[tuple[object, ...]]]]:
-    """Companion rows gathered per table (in first-seen order), one executemany each."""
+def _group(
+    companions: Sequence[Companion], size: int
+) -> list[tuple[sa.Table, list[tuple[object, ...]]]]:
+    """Companion rows gathered per table (in first-seen order), one executemany each.
+
+    ``size`` is the tree size before the batch: a companion's ``leaf_column`` gets
+    ``size + entry_position``, its entry's leaf index.
+    """
     by_table: dict[sa.Table, list[tuple[object, ...]]] = {}
     for companion in companions:
-        if companion.rows:
-            by_table.setdefault(companion.table, []).extend(companion.rows)
+        if not companion.rows:
+            continue
+        rows = companion.rows
+        column = companion.leaf_column
+        if column is not None:
+            leaf = size + companion.entry_position
+            rows = [(*row[:column], leaf, *row[column + 1 :]) for row in rows]
+        by_table.setdefault(companion.table, []).extend(rows)
     return list(by_table.items())
 
 

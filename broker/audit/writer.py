@@ -364,16 +364,20 @@ class AuditLog:
         usage: Mapping[str, int] | None = None,
         stream: Mapping[str, int | bool] | None = None,
         retained_record_ids: Sequence[str] = (),
+        metering: Mapping[str, int | str] | None = None,
+        companions_at: Callable[[int], Sequence[Companion]] | None = None,
     ) -> Receipt:
         """Record, before the answer leaves, how the call ended (``response``: answer bytes).
 
-        ``usage``, ``stream`` and ``retained_record_ids`` are value-free extras (see
-        ``entries.call_outcome``).
+        ``usage``, ``stream``, ``retained_record_ids`` and ``metering`` are value-free extras
+        (see ``entries.call_outcome``). ``companions_at(time_us)`` gives rows to commit with
+        the entry, from the entry's own time (a usage record is dated as its entry is).
         """
         digest = "" if response is None else self._keys.digest(tenant, response)
+        time_us = self._now_us()
         return self.append(
             entries.call_outcome(
-                time_us=self._now_us(),
+                time_us=time_us,
                 call_id=call_id,
                 tenant=tenant,
                 subject=subject,
@@ -387,7 +391,9 @@ class AuditLog:
                 usage=usage,
                 stream=stream,
                 retained_record_ids=retained_record_ids,
-            )
+                metering=metering,
+            ),
+            () if companions_at is None else companions_at(time_us),
         )
 
     def record_call_preview(
@@ -442,7 +448,12 @@ class AuditLog:
         """Write ``batch`` in one transaction (turn held) and record each receipt or error."""
         try:
             receipts = self.store.append_in_turn(
-                [p.entry for p in batch], [c for p in batch for c in p.companions]
+                [p.entry for p in batch],
+                [
+                    c if c.leaf_column is None else Companion(c.table, c.rows, c.leaf_column, i)
+                    for i, p in enumerate(batch)
+                    for c in p.companions
+                ],
             )
         except Exception as exc:  # any failure fails the batch closed
             log.exception("audit_append_failed", error=type(exc).__name__, entries=len(batch))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -97,6 +98,14 @@ class TokenVerifier:
             raise ConfigError(f"issuer {issuer.issuer!r} is configured more than once")
         self._issuers[issuer.issuer] = issuer
 
+    def trusts(self, issuer: str) -> bool:
+        """True if tokens of ``issuer`` are accepted (a configured issuer or the dev issuer)."""
+        return issuer in self._issuers
+
+    def audience_of(self, issuer: str) -> str:
+        """The ``aud`` this verifier requires of ``issuer``'s access tokens (KeyError if none)."""
+        return self._issuers[issuer].audience
+
     def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], *, now: float | None = None
     ) -> Principal:
@@ -141,7 +150,51 @@ class TokenVerifier:
         self._cache.put(digest, principal, not_before)
         return principal
 
+    def verify_id_token(
+        self, token: str, *, client_id: str, nonce: str, now: float | None = None
+    ) -> dict[str, Any]:
+        """The claims of an OpenID Connect ID token (Core 1.0 section 3.1.3.7), or Unauthenticated.
+
+        The same header, issuer, algorithm and key rules as an access token, against the same
+        configured keys, but with ``aud`` the console's ``client_id``; ``nonce`` must equal the
+        one the console sent (constant-time), and ``azp``, if present, must be the client. The
+        issuer's required ``typ`` is for access tokens and is not applied. Not cached: an ID
+        token is read once, at sign-in.
+        """
+        if len(token) > self._config.max_token_bytes or not token.isascii():
+            raise Unauthenticated("ID token is too large or not ASCII")
+        at = self._clock() if now is None else now
+        claims = self._verified_claims(
+            token, at, audience=client_id, required=(*REQUIRED_CLAIMS, "iat", "nonce")
+        )
+        presented = claims.get("nonce")
+        if not isinstance(presented, str) or not hmac.compare_digest(
+            presented.encode(), nonce.encode()
+        ):
+            raise Unauthenticated(f"ID token nonce does not match (issuer {claims['iss']!r})")
+        azp = claims.get("azp")
+        audience = claims.get("aud")
+        if azp is not None and azp != client_id:
+            raise Unauthenticated("ID token azp is not this client")
+        if isinstance(audience, list) and len(audience) > 1 and azp is None:
+            raise Unauthenticated("ID token has several audiences and no azp")
+        return claims
+
     def _verify_uncached(self, token: str, now: float) -> tuple[Principal, float | None]:
+        claims = self._verified_claims(token, now)
+        issuer = self._issuers[claims["iss"]]
+        expires_at, not_before = _check_times(claims, now, self._leeway)
+        return self._principal(claims, issuer, expires_at), not_before
+
+    def _verified_claims(
+        self,
+        token: str,
+        now: float,
+        *,
+        audience: str | None = None,
+        required: tuple[str, ...] = REQUIRED_CLAIMS,
+    ) -> dict[str, Any]:
+        """Checks 2 to 5 and the time claims; ``audience`` set means an ID token for it."""
         header, unverified = _unverified_parts(token)
         alg = header.get("alg")
         if not isinstance(alg, str):
@@ -159,7 +212,11 @@ class TokenVerifier:
             raise Unauthenticated(f"unknown issuer {_quote(iss)}")
         if alg not in issuer.algorithms:
             raise Unauthenticated(f"alg {_quote(alg)} is not allowed for issuer {iss!r}")
-        if issuer.typ is not None and not _typ_matches(header.get("typ"), issuer.typ):
+        if (
+            audience is None
+            and issuer.typ is not None
+            and not _typ_matches(header.get("typ"), issuer.typ)
+        ):
             raise Unauthenticated(f"typ header is not {issuer.typ!r} as issuer {iss!r} requires")
         kid = header.get("kid")
         key = issuer.key_for(kid)
@@ -173,15 +230,15 @@ class TokenVerifier:
                 f"of issuer {iss!r}"
             )
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=[alg],
-                audience=issuer.audience,
+                audience=issuer.audience if audience is None else audience,
                 issuer=issuer.issuer,
                 leeway=self._leeway,
                 options={
-                    "require": list(REQUIRED_CLAIMS),
+                    "require": list(required),
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
@@ -189,8 +246,8 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"{_describe(exc)} (issuer {iss!r}, alg {alg})") from None
-        expires_at, not_before = _check_times(claims, now, self._leeway)
-        return self._principal(claims, issuer, expires_at), not_before
+        _check_times(claims, now, self._leeway)
+        return claims
 
     def _principal(self, claims: dict[str, Any], issuer: TrustedIssuer, exp: float) -> Principal:
         subject = claims["sub"]

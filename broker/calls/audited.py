@@ -8,6 +8,10 @@
 If either cannot be written the call fails with UNAVAILABLE (the log's own error): before the
 intent nothing has been sent; after the answer, the buyer does not get an unaudited answer.
 Every call the buyer is told about (answered, denied, failed) therefore has an outcome entry.
+
+With the outcome goes the call's usage record (:mod:`broker.metering.records`), in the same
+transaction: billed units, cost, and the outcome's leaf index. So every call has exactly one
+usage record, written exactly when its outcome is, and no record exists without its entry.
 """
 
 from __future__ import annotations
@@ -25,16 +29,28 @@ from broker.auth.principal import Principal
 from broker.calls.payload import JsonObject
 from broker.enforce.enforcer import FieldDecision
 from broker.errors import BrokerError
+from broker.metering.records import (
+    Metered,
+    count_scalars,
+    meter,
+    tokens_of,
+    usage_companion,
+)
 from broker.registry.model import ModelVersion
+from broker.registry.pricing import Pricing, Units
+from broker.runtimes.base import call_cpu_us
 
 
 def field_actions(decisions: Iterable[FieldDecision]) -> list[FieldAction]:
-    """Decisions as audit field actions; entity actions become ``entity.<action>`` rows."""
+    """Decisions as audit field actions; entity actions become ``entity.<action>`` rows.
+
+    An entity row carries how many entities of its label the field held (never their values).
+    """
     rows: list[FieldAction] = []
     for decision in decisions:
         rows.append(FieldAction(decision.path, decision.labels, decision.action))
         rows.extend(
-            FieldAction(decision.path, (entity.label,), f"entity.{entity.action}")
+            FieldAction(decision.path, (entity.label,), f"entity.{entity.action}", entity.count)
             for entity in decision.entities
         )
     return rows
@@ -51,6 +67,11 @@ class CallRecord:
     started: float = field(default_factory=time.perf_counter)
     model: ModelVersion | None = None
     intent: Receipt | None = None
+    bytes_in: int = 0  # JSON bytes sent to the model (set with the intent)
+    elements: int = 0  # scalar values sent to the model (set with the intent)
+
+    def __post_init__(self) -> None:
+        call_cpu_us.set(0)  # the sandbox adds this call's CPU time (broker.runtimes.base)
 
     def record_intent(
         self,
@@ -65,6 +86,8 @@ class CallRecord:
         ``companions`` (the call's token-vault rows) are committed with the intent.
         """
         model = self._model()
+        request = orjson.dumps(sent)
+        self.bytes_in, self.elements = len(request), count_scalars(sent)
         self.intent = self.log.record_call_intent(
             call_id=self.call_id,
             tenant=self.principal.tenant,
@@ -73,7 +96,7 @@ class CallRecord:
             vendor=model.vendor,
             policy_revision=revision,
             fields=field_actions(decisions),
-            request=orjson.dumps(sent),
+            request=request,
             companions=companions,
         )
 
@@ -128,6 +151,26 @@ class CallRecord:
         retained: Sequence[str] = (),
     ) -> Receipt:
         model = self.model
+        delivered = self.intent is not None and (
+            status == "OK" if stream is None else bool(stream["delta_chunks"])
+        )
+        metered = self._metered(model, delivered, answer, usage, stream)
+        principal = self.principal
+
+        def usage_row(time_us: int) -> tuple[Companion, ...]:
+            return (
+                usage_companion(
+                    metered,
+                    time_us=time_us,
+                    call_id=self.call_id,
+                    tenant=principal.tenant,
+                    subject=principal.subject,
+                    vendor=model.vendor if model else "",
+                    model=model.ref if model else self.requested_model[:200],
+                    status=status,
+                ),
+            )
+
         return self.log.record_call_outcome(
             call_id=self.call_id,
             tenant=self.principal.tenant,
@@ -142,7 +185,34 @@ class CallRecord:
             usage=usage,
             stream=stream,
             retained_record_ids=retained,
+            metering=metered.as_audit(),
+            companions_at=usage_row,
         )
+
+    def _metered(
+        self,
+        model: ModelVersion | None,
+        delivered: bool,
+        answer: bytes | None,
+        usage: Mapping[str, int] | None,
+        stream: Mapping[str, int | bool] | None,
+    ) -> Metered:
+        """What the call is billed for: nothing unless the buyer got (part of) an answer."""
+        pricing = model.pricing if model is not None else Pricing()
+        if not delivered:
+            return meter(pricing, Units(), bytes_in=self.bytes_in, bytes_out=0)
+        chunks = int(stream["delta_chunks"]) if stream is not None else 0
+        input_tokens, output_tokens = tokens_of(
+            usage, delivered_chunks=chunks, streamed=stream is not None
+        )
+        units = Units(
+            calls=1,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            tensor_elements=self.elements,
+            cpu_us=call_cpu_us.get(),
+        )
+        return meter(pricing, units, bytes_in=self.bytes_in, bytes_out=len(answer or b""))
 
     def _model(self) -> ModelVersion:
         if self.model is None:

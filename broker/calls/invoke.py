@@ -34,6 +34,7 @@ from broker.enforce.enforcer import CallScope, Enforcer, FieldDecision
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault
 from broker.errors import BrokerError, DeadlineExceeded, FailedPrecondition
+from broker.metering.limits import Quotas
 from broker.observability.metrics import count_actions
 from broker.observability.stages import stage
 from broker.policy import Plan
@@ -116,8 +117,10 @@ class Invoker:
         default_timeout: float,
         default_purpose: str = "default",
         retention: RetentionStore | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._retention = retention
+        self._quotas = quotas  # rate limits and budgets (broker.metering.limits); None: none
         self._audit = audit
         self._resolver = resolver
         self._runtimes = dict(runtimes)
@@ -204,6 +207,7 @@ class Invoker:
         with stage("resolve"):
             model = record.model = self._resolve(request.model_ref)
             runtime = self._runtime_for(model)
+        self._admit(principal.tenant, model)
         parts = self._enforcement
         purpose = self._purpose(request)
         with self._limiter.slot(principal.tenant):
@@ -296,6 +300,12 @@ class Invoker:
         model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
         structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
         return model
+
+    def _admit(self, tenant: str, model: ModelVersion) -> None:
+        """The tenant's rate limits and budgets (QuotaExceeded), if it has any."""
+        if self._quotas:  # falsy without rules: a call with no quota pays no query
+            with stage("quota"):
+                self._quotas.admit(tenant, model)
 
     def _runtime_for(self, model: ModelVersion) -> RuntimeClient:
         runtime = self._runtimes.get(model.runtime)

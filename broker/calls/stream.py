@@ -75,6 +75,7 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import ciphertexts_in
 from broker.errors import BrokerError, Cancelled, DeadlineExceeded, FailedPrecondition
 from broker.logging import get_logger
+from broker.metering.limits import Quotas
 from broker.observability.metrics import count_actions
 from broker.observability.stages import stage
 from broker.policy import Plan
@@ -250,9 +251,11 @@ class Streamer:
         default_purpose: str = "default",
         detectors: DetectorSet | None = None,
         retention: RetentionStore | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """``retention``: where kept calls go; None means this broker keeps nothing."""
         self._retention = retention
+        self._quotas = quotas  # rate limits and budgets (broker.metering.limits); None: none
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
@@ -305,8 +308,8 @@ class Streamer:
         with stage("resolve"):
             model = record.model = self._resolve(request.model_ref)
             runtime = self._runtime_for(model)
-        parts = self._enforcement
-        purpose = request.purpose or self._default_purpose
+        self._admit(principal.tenant, model)
+        parts, purpose = self._enforcement, request.purpose or self._default_purpose
         with self._limiter.slot(principal.tenant):
             with stage("classify"):
                 chat = open_tool_arguments(request.payload)
@@ -451,6 +454,12 @@ class Streamer:
         model = self._resolver.resolve(ModelRef.parse(model_ref, field="model"), callable_only=True)
         structlog.contextvars.bind_contextvars(model=model.ref, vendor=model.vendor)
         return model
+
+    def _admit(self, tenant: str, model: ModelVersion) -> None:
+        """The tenant's rate limits and budgets (QuotaExceeded), if it has any."""
+        if self._quotas:  # falsy without rules: a call with no quota pays no query
+            with stage("quota"):
+                self._quotas.admit(tenant, model)
 
     def _runtime_for(self, model: ModelVersion) -> StreamingRuntime:
         runtime = self._runtimes.get(model.runtime)

@@ -35,7 +35,18 @@ from broker.audit.verify import verify_export, verify_receipt
 from broker.cli.audit_tail import add_tail_arguments, run_tail
 from broker.cli.common import add_client_arguments, channel_from_args, token_from_args
 
-_FILTERS = ("tenant", "subject", "model", "vendor", "status", "action", "label", "call_id", "kind")
+_FILTERS = (
+    "tenant",
+    "subject",
+    "model",
+    "vendor",
+    "status",
+    "action",
+    "label",
+    "call_id",
+    "kind",
+    "policy_revision",
+)
 
 
 def register(sub: Any) -> None:

@@ -37,5 +37,5 @@ def run_console(args: argparse.Namespace) -> int:
     try:
         server.serve()
     finally:
-        server.backend.close()
+        server.stop()
     return 0

@@ -10,6 +10,7 @@
     broker packages add|prepare|list        store and prepare sandbox model packages (on the node)
     broker retention get|list|hold|release|erase|rotate|...   retained records and their keys
     broker audit query|export|tail|prove|verify|verify-receipt   the tamper-evident audit log
+    broker usage report --month YYYY-MM [--tenant T | --vendor V] [--format csv]   invoices
     broker console [--listen HOST:PORT]     the compliance console, a web view of the audit log
     broker cluster up|down|status           a demo cluster: replicas behind HAProxy
 
@@ -35,6 +36,7 @@ from broker.cli import (
     retention,
     serve,
     tokens,
+    usage,
 )
 from broker.cluster import cli as cluster
 from broker.config import ConfigError
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     retention.register(sub)
     audit.register(sub)
+    usage.register(sub)
     console.register(sub)
     cluster.register(sub)
     return parser

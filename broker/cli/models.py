@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from broker._proto.broker.v1 import models_pb2
 from broker.cli.common import add_client_arguments, client_from_args
+from broker.registry.convert import pricing_from_proto
 
 
 def register(sub: Any) -> None:
@@ -61,7 +62,8 @@ def run_list(args: argparse.Namespace) -> int:
                 _print_json(model)
             else:
                 labels = ", ".join(model.labels) or "-"
-                print(f"{model.ref}\t{model.description}\tlabels: {labels}")
+                price = pricing_from_proto(model.pricing).describe()
+                print(f"{model.ref}\t{model.description}\tlabels: {labels}\tprice: {price}")
     return 0
 
 

@@ -5,11 +5,14 @@ Security, in the order a request meets it:
 1. every answer carries a strict CSP (``default-src 'self'``, no inline script or style, no
    framing), ``nosniff``, ``no-referrer`` and ``no-store`` (pages hold audit data);
 2. a session is a random id in an ``HttpOnly; SameSite=Strict`` cookie (``Secure`` when served
-   over TLS) that names a server-side :class:`~broker.console.sessions.Session`; the bearer
-   token stays on the server and is never rendered into a page;
-3. sign-in verifies the pasted token with the broker's own issuers (:class:`TokenVerifier`)
-   and admits only the ``compliance`` and ``admin`` roles; every route checks the role again,
-   and the broker checks it a third time on each gRPC call made with that token;
+   over TLS) that names a server-side :class:`~broker.console.sessions.Session` (in the
+   database, sealed under a key derived from the id: :mod:`broker.console.stored_sessions`);
+   the bearer token stays on the server and is never rendered into a page;
+3. sign-in verifies the token with the broker's own issuers (:class:`TokenVerifier`), whether
+   pasted (the development issuer) or obtained by an issuer's OIDC authorization-code flow
+   (:mod:`broker.console.oidc`: PKCE, state, nonce), and admits only the ``compliance`` and
+   ``admin`` roles; every route checks the role again, and the broker checks it a third time
+   on each gRPC call made with that token;
 4. every POST (sign-in included, through a double-submit cookie) must carry its CSRF token.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +34,8 @@ from broker.auth.principal import Role
 from broker.auth.tokens import TokenVerifier
 from broker.console import pages
 from broker.console.backend import Backend, BackendError
-from broker.console.sessions import Session, SessionStore
+from broker.console.oidc import OidcSignIn, SignInRefused
+from broker.console.sessions import Session, Sessions
 from broker.errors import Unauthenticated
 from broker.logging import get_logger
 
@@ -39,6 +43,10 @@ _log = get_logger(__name__)
 HERE: Final = Path(__file__).resolve().parent
 SESSION_COOKIE: Final = "console_session"
 LOGIN_COOKIE: Final = "console_login"
+#: The pending OIDC sign-in's id. SameSite=Lax, not Strict: the issuer's redirect back is a
+#: cross-site top-level GET, on which a Strict cookie would not be sent.
+OIDC_COOKIE: Final = "console_oidc"
+CALLBACK_PATH: Final = "/login/callback"
 CONSOLE_ROLES: Final = (Role.COMPLIANCE, Role.ADMIN)
 CSP: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -66,6 +74,10 @@ class SignInRequired(Exception):
 
 class Forbidden(Exception):
     """A signed-in officer without the role a page or action needs."""
+
+
+class SignInRefusedPage(Exception):
+    """A sign-in that did not succeed: the sign-in page again, with this text, as 401."""
 
 
 class SecurityHeaders:
@@ -97,15 +109,23 @@ class Console:
     def __init__(
         self,
         verifier: TokenVerifier,
-        sessions: SessionStore,
+        sessions: Sessions,
         backend: Backend,
         *,
         secure_cookies: bool,
+        oidc: OidcSignIn | None = None,
+        public_url: str | None = None,
+        pinned_vkey: str | None = None,
     ) -> None:
         self.verifier = verifier
         self.sessions = sessions
         self.backend = backend
         self.secure_cookies = secure_cookies
+        self.oidc = oidc
+        self.public_url = public_url.rstrip("/") if public_url else None
+        #: The log's verifier key from the console's own config: Verify checks against it,
+        #: never against the key the broker serves (None: the served key, flagged as such).
+        self.pinned_vkey = pinned_vkey
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True
 
@@ -139,7 +159,15 @@ class Console:
             request, name, {**base, **context}, status_code=status
         )
 
-    def cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
+    def cookie(
+        self,
+        response: Response,
+        name: str,
+        value: str,
+        max_age: int,
+        *,
+        samesite: Literal["strict", "lax"] = "strict",
+    ) -> None:
         """Set a console cookie: HttpOnly, SameSite=Strict, Secure when served over TLS."""
         response.set_cookie(
             name,
@@ -147,16 +175,25 @@ class Console:
             max_age=max_age,
             path="/",
             httponly=True,
-            samesite="strict",
+            samesite=samesite,
             secure=self.secure_cookies,
         )
+
+    def login_context(self, error: str = "") -> dict[str, Any]:
+        """What the sign-in page shows: the paste form's nonce, the OIDC buttons, an error."""
+        providers = self.oidc.providers if self.oidc else []
+        return {
+            "login_csrf": secrets.token_urlsafe(32),
+            "providers": [(i, p.name) for i, p in enumerate(providers)],
+            "error": error,
+        }
 
 
 def _login_page(console: Console) -> Callable[[Request], Response]:
     def login_page(request: Request) -> Response:
-        nonce = secrets.token_urlsafe(32)
-        response = console.render(request, "login.html", {"login_csrf": nonce})
-        console.cookie(response, LOGIN_COOKIE, nonce, 600)
+        context = console.login_context()
+        response = console.render(request, "login.html", context)
+        console.cookie(response, LOGIN_COOKIE, context["login_csrf"], 600)
         return response
 
     return login_page
@@ -178,7 +215,7 @@ def _login(console: Console) -> Callable[[Request], Awaitable[Response]]:
         try:
             principal = console.verifier.verify(token)
         except Unauthenticated as exc:
-            _log.info("console_sign_in_refused", reason=exc.message)
+            _log.info("console_sign_in_refused", reason=exc.log_reason or exc.message)
             return _refused(console, request, "The token was not accepted.")
         if not principal.has_role(*CONSOLE_ROLES):
             _log.info("console_sign_in_refused", reason="role", subject=principal.subject)
@@ -193,16 +230,63 @@ def _login(console: Console) -> Callable[[Request], Awaitable[Response]]:
     return login
 
 
+def _oidc_begin(console: Console) -> Callable[[Request], Response]:
+    """Start an issuer's authorization-code flow: remember it, send the browser there."""
+
+    def oidc_begin(request: Request) -> Response:
+        provider = request.path_params["provider"]
+        if console.oidc is None or not isinstance(provider, int):
+            raise SignInRefusedPage("this console has no such sign-in provider")
+        base = console.public_url or str(request.base_url).rstrip("/")
+        try:
+            login_id, url = console.oidc.begin(provider, base + CALLBACK_PATH)
+        except SignInRefused as exc:
+            _log.warning("console_oidc_unavailable", reason=exc.reason)
+            raise SignInRefusedPage("the issuer cannot be reached; try again later") from exc
+        response = RedirectResponse(url, status_code=303)
+        console.cookie(response, OIDC_COOKIE, login_id, 600, samesite="lax")
+        return response
+
+    return oidc_begin
+
+
+def _oidc_callback(console: Console) -> Callable[[Request], Response]:
+    """The issuer's answer: check it, swap the code, verify both tokens, open a session."""
+
+    def oidc_callback(request: Request) -> Response:
+        if console.oidc is None:
+            raise SignInRefusedPage("this console has no OIDC sign-in")
+        params = {k: v for k, v in request.query_params.items() if len(v) <= 4096}
+        try:
+            token, principal = console.oidc.finish(request.cookies.get(OIDC_COOKIE), params)
+        except SignInRefused as exc:
+            _log.info("console_sign_in_refused", reason=exc.reason, flow="oidc")
+            raise SignInRefusedPage("Sign-in with the issuer failed; start again.") from exc
+        if not principal.has_role(*CONSOLE_ROLES):
+            _log.info("console_sign_in_refused", reason="role", subject=principal.subject)
+            raise SignInRefusedPage("The console is for the compliance and admin roles.")
+        session = console.sessions.create(token, principal)
+        _log.info(
+            "console_signed_in", tenant=principal.tenant, subject=principal.subject, flow="oidc"
+        )
+        # A page, not a redirect: the browser arrived here from the issuer's site, and a
+        # same-site navigation from this page is what sends the SameSite=Strict session cookie.
+        response = console.render(request, "signed_in.html", {"signed_in": principal})
+        console.cookie(response, SESSION_COOKIE, session.session_id, _max_age(session, console))
+        response.delete_cookie(OIDC_COOKIE, path="/")
+        return response
+
+    return oidc_callback
+
+
 def _max_age(session: Session, console: Console) -> int:
     return max(1, int(session.expires_at - console.sessions.clock()))
 
 
 def _refused(console: Console, request: Request, message: str) -> Response:
-    nonce = secrets.token_urlsafe(32)
-    response = console.render(
-        request, "login.html", {"login_csrf": nonce, "error": message}, status=401
-    )
-    console.cookie(response, LOGIN_COOKIE, nonce, 600)
+    context = console.login_context(message)
+    response = console.render(request, "login.html", context, status=401)
+    console.cookie(response, LOGIN_COOKIE, context["login_csrf"], 600)
     return response
 
 
@@ -239,8 +323,15 @@ def build_app(console: Console) -> Starlette:
             request, "error.html", {"status": exc.status, "message": message}, exc.status
         )
 
+    async def sign_in_refused(request: Request, exc: Exception) -> Response:
+        response = _refused(console, request, str(exc))
+        response.delete_cookie(OIDC_COOKIE, path="/")
+        return response
+
     routes = [
         Route("/login", _login_page(console), methods=["GET"]),
+        Route("/login/oidc/{provider:int}", _oidc_begin(console), methods=["GET"]),
+        Route(CALLBACK_PATH, _oidc_callback(console), methods=["GET"]),
         Route("/login", _login(console), methods=["POST"]),
         Route("/logout", _logout(console), methods=["POST"]),
         *pages.routes(),
@@ -251,6 +342,7 @@ def build_app(console: Console) -> Starlette:
         exception_handlers={
             SignInRequired: sign_in_required,
             Forbidden: forbidden,
+            SignInRefusedPage: sign_in_refused,
             BackendError: backend_error,
         },
     )

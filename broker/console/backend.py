@@ -78,11 +78,17 @@ class Backend:
         return (("authorization", f"Bearer {token}"),)
 
     def query(
-        self, token: str, flt: audit_pb2.AuditFilter, *, page_size: int, page_token: str = ""
+        self,
+        token: str,
+        flt: audit_pb2.AuditFilter,
+        *,
+        page_size: int,
+        page_token: str = "",
+        order: audit_pb2.QueryOrder.ValueType = audit_pb2.QUERY_ORDER_OLDEST_FIRST,
     ) -> tuple[list[audit_pb2.AuditEntry], str]:
-        """One page of entries and the next page's token ("" at the end)."""
+        """One page of entries in ``order`` and the next page's token ("" at the end)."""
         request = audit_pb2.QueryEntriesRequest(
-            filter=flt, page_size=page_size, page_token=page_token
+            filter=flt, page_size=page_size, page_token=page_token, order=order
         )
         try:
             entries = list(
@@ -92,20 +98,17 @@ class Backend:
             raise _error(exc) from exc
         return entries, entries[-1].next_page_token if entries else ""
 
-    def query_all(
-        self, token: str, flt: audit_pb2.AuditFilter, *, limit: int
-    ) -> tuple[list[audit_pb2.AuditEntry], bool]:
-        """Up to ``limit`` matching entries in leaf order, and whether more were left out."""
-        found: list[audit_pb2.AuditEntry] = []
-        page_token = ""
-        while len(found) < limit:
-            page, page_token = self.query(
-                token, flt, page_size=min(1000, limit - len(found)), page_token=page_token
+    def aggregate(self, token: str, flt: audit_pb2.AuditFilter) -> audit_pb2.AggregateResponse:
+        """The chart counts of a search, grouped by the broker's database."""
+        try:
+            response: audit_pb2.AggregateResponse = self._audit.Aggregate(
+                audit_pb2.AggregateRequest(filter=flt),
+                metadata=self._md(token),
+                timeout=_TIMEOUT,
             )
-            found.extend(page)
-            if not page_token:
-                return found, False
-        return found, True
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return response
 
     def get_entry(self, token: str, leaf_index: int) -> audit_pb2.AuditEntry:
         """One entry; the broker records the view in the log before answering."""

@@ -28,6 +28,7 @@ class Console(Protocol):
     which mounts these pages, sits above this module and not in a circle with it."""
 
     backend: Backend
+    pinned_vkey: str | None
 
     def session(self, request: Request, *, admin: bool = False) -> Session: ...
 
@@ -38,7 +39,6 @@ class Console(Protocol):
     ) -> Response: ...
 
 
-CHART_LIMIT: Final = 20_000
 KINDS: Final = (
     "call.intent",
     "call.outcome",
@@ -89,8 +89,10 @@ def entries(request: Request) -> Response:
         search.to_filter(),
         page_size=search.page_size,
         page_token=search.page_token,
+        order=search.server_order(),
     )
-    sort_entries(found, search.sort, search.descending)
+    if not search.sorted_by_server:
+        sort_entries(found, search.sort, search.descending)
     return console.render(
         request,
         "entries.html",
@@ -126,8 +128,9 @@ def entry(request: Request) -> Response:
         {
             "entry": item,
             "body": body,
-            "fields": body.get("fields") or [],
+            "fields": views.decision_rows(body.get("fields") or []),
             "label_counts": views.label_counts(body.get("fields") or []),
+            "entity_counts": views.entity_counts(body.get("fields") or []),
             "details": body.get("details") or {},
             "entry_hash": item.entry_hash.hex(),
             "states": states,
@@ -138,9 +141,16 @@ def entry(request: Request) -> Response:
 
 
 def proof(request: Request) -> Response:
+    """The proof for the in-browser verifier, with the key to check it against.
+
+    With ``console.log_vkey`` set, that pinned key is the one given, whatever the broker serves
+    (``broker_vkey_matches`` says whether the broker's agrees), so a broker, or anyone between
+    it and the console, that signs with a key of its own fails verification.
+    """
     console = _console(request)
     session = console.session(request)
     found = console.backend.proof(session.token, _leaf(request))
+    pinned = console.pinned_vkey
     return JSONResponse(
         {
             "leaf_index": found.leaf_index,
@@ -148,7 +158,9 @@ def proof(request: Request) -> Response:
             "hashes": [base64.b64encode(h).decode("ascii") for h in found.hashes],
             "checkpoint": found.checkpoint,
             "tree_size": found.tree_size,
-            "vkey": found.vkey,
+            "vkey": pinned or found.vkey,
+            "vkey_source": "pinned" if pinned else "broker",
+            "broker_vkey_matches": pinned is None or pinned == found.vkey,
         }
     )
 
@@ -171,18 +183,8 @@ def chart_data(request: Request) -> Response:
     search = _search(console, request)
     if isinstance(search, Response):
         return search
-    found, capped = console.backend.query_all(session.token, search.to_filter(), limit=CHART_LIMIT)
-    try:
-        tenant = search.values.get("tenant", "")
-        if session.principal.has_role(Role.ADMIN) and not tenant:
-            tenant = "*"
-        records = console.backend.list_records(session.token, tenant=tenant)
-    except BackendError:
-        records = []
-    data = views.chart_data(found, records)
-    data["entries"] = len(found)
-    data["capped"] = capped
-    return JSONResponse(data)
+    counts = console.backend.aggregate(session.token, search.to_filter())
+    return JSONResponse(views.chart_data(counts))
 
 
 def export(request: Request) -> Response:

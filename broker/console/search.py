@@ -29,6 +29,14 @@ TEXT_FILTERS: Final = {
     "call_id": "call_id",
 }
 SORT_KEYS: Final = ("leaf", "time", "tenant", "subject", "model", "kind", "status")
+#: Sorts the broker does across every page (``QueryEntriesRequest.order``); the other columns
+#: are sorted within the page shown.
+SERVER_ORDERS: Final = {
+    ("leaf", False): audit_pb2.QUERY_ORDER_OLDEST_FIRST,
+    ("leaf", True): audit_pb2.QUERY_ORDER_NEWEST_FIRST,
+    ("time", False): audit_pb2.QUERY_ORDER_TIME_ASCENDING,
+    ("time", True): audit_pb2.QUERY_ORDER_TIME_DESCENDING,
+}
 PAGE_SIZES: Final = (25, 50, 100, 250)
 _MAX_TEXT: Final = 320
 
@@ -93,6 +101,15 @@ class Search:
             flt.time_to_us = _parse_time(self.values["to"], end=True)
         return flt
 
+    def server_order(self) -> audit_pb2.QueryOrder.ValueType:
+        """The order the broker pages in: this sort if it is one the broker does, else the log's."""
+        return SERVER_ORDERS.get((self.sort, self.descending), audit_pb2.QUERY_ORDER_OLDEST_FIRST)
+
+    @property
+    def sorted_by_server(self) -> bool:
+        """True if the broker sorts across pages; False if only the page shown is sorted."""
+        return (self.sort, self.descending) in SERVER_ORDERS
+
     def query_string(self, **changes: str) -> str:
         """This search as a query string, with some parameters changed ("" removes one)."""
         params: dict[str, str] = dict(self.values)
@@ -104,12 +121,15 @@ class Search:
         return urlencode({k: v for k, v in params.items() if v})
 
     def sort_link(self, key: str) -> str:
-        """Query string that sorts by ``key`` (toggling the direction if already sorted by it)."""
+        """Query string that sorts by ``key`` (toggling the direction if already sorted by it).
+
+        It starts again from the first page: a page token is bound to the order it was made in.
+        """
         descending = key == self.sort and not self.descending
-        return self.query_string(sort=("-" if descending else "") + key)
+        return self.query_string(sort=("-" if descending else "") + key, page="")
 
 
 def sort_entries(entries: list[audit_pb2.AuditEntry], key: str, descending: bool) -> None:
-    """Sort one page in place by a column (``leaf`` is the log's own order)."""
+    """Sort one page in place by a column (for the columns the broker does not sort by)."""
     attr = {"leaf": "leaf_index", "time": "time_us"}.get(key, key)
     entries.sort(key=lambda e: (getattr(e, attr), e.leaf_index), reverse=descending)

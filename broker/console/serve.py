@@ -13,13 +13,19 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 import uvicorn
 
+from broker.audit.merkle import VerificationError
+from broker.audit.note import Verifier
 from broker.auth.tokens import TokenVerifier
 from broker.config import Config, ConfigError, ConsoleConfig
 from broker.console.app import Console, build_app
 from broker.console.backend import Backend
-from broker.console.sessions import SessionStore
+from broker.console.oidc import OidcSignIn
+from broker.console.stored_logins import StoredPendingLogins
+from broker.console.stored_sessions import StoredSessionStore
+from broker.storage.db import create_engine_for, migrate
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -46,6 +52,8 @@ class ConsoleServer:
     sock: socket.socket
     url: str
     backend: Backend
+    oidc: OidcSignIn | None = None
+    engine: sa.Engine | None = None
     thread: threading.Thread | None = None
 
     def serve(self) -> None:
@@ -63,6 +71,21 @@ class ConsoleServer:
         if self.thread is not None:
             self.thread.join(timeout=10)
         self.backend.close()
+        if self.oidc is not None:
+            self.oidc.close()
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def _pinned_vkey(vkey: str | None) -> str | None:
+    """The configured log key, checked to be a well-formed verifier key (else ConfigError)."""
+    if vkey is None:
+        return None
+    try:
+        Verifier.from_vkey(vkey)
+    except VerificationError as exc:
+        raise ConfigError(f"console.log_vkey is not a verifier key: {exc}") from exc
+    return vkey
 
 
 def build_console_server(
@@ -79,24 +102,49 @@ def build_console_server(
         )
     target = broker_target or config.console.broker_target or config.server.listen
     verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
+    # Sessions and started OIDC sign-ins live in the broker's database (console_sessions,
+    # console_oidc_logins), so they survive a restart and every console process shares them.
+    engine = create_engine_for(config.database_url)
+    if config.database.auto_migrate:
+        migrate(engine)
+    oidc = (
+        OidcSignIn(config.console.oidc, verifier, pending=StoredPendingLogins(engine))
+        if config.console.oidc
+        else None
+    )
     backend = Backend.connect(target)
     console = Console(
         verifier,
-        SessionStore(config.console.session_minutes * 60),
+        StoredSessionStore(engine, verifier, config.console.session_minutes * 60),
         backend,
         secure_cookies=tls,
+        oidc=oidc,
+        public_url=config.console.public_url,
+        pinned_vkey=_pinned_vkey(config.console.log_vkey),
     )
-    return bind_console(console, host, port, tls=config.console if tls else None)
+    server = bind_console(console, host, port, tls=config.console if tls else None)
+    server.engine = engine
+    return server
 
 
 def bind_console(
-    console: Console, host: str, port: int, *, tls: ConsoleConfig | None = None
+    console: Console,
+    host: str,
+    port: int,
+    *,
+    tls: ConsoleConfig | None = None,
+    sock: socket.socket | None = None,
 ) -> ConsoleServer:
-    """Bind a socket for ``console`` (port 0 picks a free one); ``tls`` names its files."""
+    """Bind a socket for ``console`` (port 0 picks a free one); ``tls`` names its files.
+
+    ``sock``: an already bound socket to serve on instead (a test that must know the console's
+    URL before the console exists, e.g. to register it as an OIDC redirect URI).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    if sock is None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
     bound = sock.getsockname()[1]
@@ -109,4 +157,4 @@ def bind_console(
     )
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"{'https' if tls else 'http'}://{shown}:{bound}/"
-    return ConsoleServer(uvicorn.Server(uv_config), sock, url, console.backend)
+    return ConsoleServer(uvicorn.Server(uv_config), sock, url, console.backend, console.oidc)

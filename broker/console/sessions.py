@@ -1,9 +1,12 @@
 """Server-side console sessions: the browser holds only a random id, never the token.
 
-A session lives in this process's memory, so a restart signs everyone out (which is the safe
-direction). It ends ``session_minutes`` after sign-in or when the token expires, whichever is
-first; there is no sliding renewal, since the token it carries cannot be renewed either.
-Each session has its own CSRF token, checked on every POST with a constant-time compare.
+:class:`SessionStore` keeps sessions in this process's memory (a restart signs everyone out);
+``broker console`` uses :class:`~broker.console.stored_sessions.StoredSessionStore`, which keeps
+them in the database so they survive restarts and serve several console processes. Both
+have the :class:`Sessions` surface. A session ends ``session_minutes`` after sign-in or when
+the token expires, whichever is first; there is no sliding renewal, since the token it carries
+cannot be renewed either. Each session has its own CSRF token, checked on every POST with a
+constant-time compare.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from broker.auth.principal import Principal
 
@@ -35,6 +38,18 @@ class Session:
     def csrf_ok(self, presented: str | None) -> bool:
         """True if ``presented`` is this session's CSRF token (constant-time)."""
         return presented is not None and hmac.compare_digest(presented, self.csrf_token)
+
+
+class Sessions(Protocol):
+    """What the console needs of a session store."""
+
+    clock: Callable[[], float]
+
+    def create(self, token: str, principal: Principal) -> Session: ...
+
+    def get(self, session_id: str | None) -> Session | None: ...
+
+    def delete(self, session_id: str | None) -> None: ...
 
 
 class SessionStore:

@@ -22,10 +22,6 @@ def utc(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _day(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d")
-
-
 def body_of(entry: audit_pb2.AuditEntry) -> dict[str, Any]:
     """The entry's JSON object (the bytes the tree commits to); {} if they are not an object."""
     try:
@@ -98,54 +94,119 @@ def record_states(
     return states
 
 
+@dataclass(frozen=True, slots=True)
+class EntityCount:
+    """The entities of one label inside a field: the action and how many (None: not recorded,
+    as in entries written before counts were)."""
+
+    label: str
+    action: str
+    count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One field of the decisions table: path, labels, action, and its entities' counts."""
+
+    path: str
+    labels: list[str]
+    action: str
+    entities: list[EntityCount]
+
+
+def _is_entity_row(item: Mapping[str, Any]) -> bool:
+    return str(item.get("action", "")).startswith("entity.")
+
+
+def decision_rows(fields: Iterable[Mapping[str, Any]]) -> list[DecisionRow]:
+    """An entry's ``fields`` as one row per field, each with the entity rows of its path."""
+    rows: dict[str, DecisionRow] = {}
+    for item in fields:
+        path = str(item.get("path", ""))
+        row = rows.get(path)
+        if _is_entity_row(item):
+            if row is None:
+                row = rows[path] = DecisionRow(path, [], "", [])
+            count = item.get("count")
+            row.entities.append(
+                EntityCount(
+                    ", ".join(str(label) for label in item.get("labels") or []),
+                    str(item["action"]).removeprefix("entity."),
+                    count if isinstance(count, int) and not isinstance(count, bool) else None,
+                )
+            )
+        elif row is None or row.action:
+            rows[path] = DecisionRow(
+                path, [str(label) for label in item.get("labels") or []], str(item["action"]), []
+            )
+        else:  # an entity row came first: this is its field's own row
+            rows[path] = DecisionRow(
+                path,
+                [str(label) for label in item.get("labels") or []],
+                str(item.get("action", "")),
+                row.entities,
+            )
+    return list(rows.values())
+
+
 def label_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
     """(label, action, number of fields) over an entry's per-field decisions."""
     counts: Counter[tuple[str, str]] = Counter()
     for item in fields:
+        if _is_entity_row(item):
+            continue
         for label in item.get("labels") or ["(none)"]:
             counts[(str(label), str(item.get("action", "")))] += 1
     return sorted((label, action, n) for (label, action), n in counts.items())
 
 
-def chart_data(
-    entries: Iterable[audit_pb2.AuditEntry],
-    records: Iterable[retention_pb2.RetainedRecord],
-) -> dict[str, Any]:
-    """The data of the chart page: one series set per chart (see the chart page's text)."""
+def entity_counts(fields: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int | None]]:
+    """(label, action, number of entities) summed over an entry's fields; None if the entry
+    names entities of that label and action without their count (an older entry)."""
+    counts: dict[tuple[str, str], int | None] = {}
+    for row in decision_rows(fields):
+        for entity in row.entities:
+            key = (entity.label, entity.action)
+            before = counts.get(key, 0)
+            counts[key] = None if before is None or entity.count is None else before + entity.count
+    return sorted((label, action, n) for (label, action), n in counts.items())
+
+
+def chart_data(counts: audit_pb2.AggregateResponse) -> dict[str, Any]:
+    """The data of the chart page, from the broker's counts (``Audit/Aggregate``)."""
     calls: dict[str, Counter[str]] = defaultdict(Counter)
+    for group in counts.calls_by_day_outcome:
+        day, status = group.keys
+        calls[day][status or "?"] += group.count
     actions: dict[str, Counter[str]] = defaultdict(Counter)
-    denials: Counter[str] = Counter()
-    done: Counter[str] = Counter()
-    per_tenant_model: Counter[str] = Counter()
-    for entry in entries:
-        body = body_of(entry)
-        if entry.kind == "call.outcome":
-            calls[_day(entry.time_us)][entry.status or "?"] += 1
-            per_tenant_model[f"{entry.tenant} · {entry.model}"] += 1
-            if entry.status != "OK":
-                denials[str(body.get("error_class") or entry.status or "?")] += 1
-        elif entry.kind == "call.intent":
-            for item in body.get("fields") or []:
-                for label in item.get("labels") or ["(none)"]:
-                    actions[str(label)][str(item.get("action", ""))] += 1
-        elif entry.kind == "admin.retention.deleted":
-            done_time = str(body.get("details", {}).get("done_time", ""))[:10]
-            done[done_time or _day(entry.time_us)] += 1
-    due: Counter[str] = Counter(
-        r.due_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d") for r in records
-    )
+    for group in counts.fields_by_label_action:
+        label, action = group.keys
+        actions[label][action] += group.count
+    deletions: dict[str, Counter[str]] = defaultdict(Counter)
+    for group in counts.deletions_due_by_day:
+        deletions[group.keys[0]]["due"] += group.count
+    for group in counts.deletions_done_by_day:
+        deletions[group.keys[0]]["done"] += group.count
+    for row in deletions.values():  # both series on every day, so the bars line up
+        row["due"] += 0
+        row["done"] += 0
     return {
         "calls_by_outcome": _stacked(calls),
         "actions_by_label": _stacked(actions),
-        "denials_by_reason": {"labels": list(denials), "values": list(denials.values())},
-        "deletions": _stacked(
-            {d: Counter({"due": due[d], "done": done[d]}) for d in {*due, *done}}
+        "denials_by_reason": _simple((g.keys[0], g.count) for g in counts.failures_by_reason),
+        "deletions": _stacked(deletions),
+        "calls_by_tenant_model": _simple(
+            (f"{g.keys[0]} \N{MIDDLE DOT} {g.keys[1]}", g.count)
+            for g in counts.calls_by_tenant_model
         ),
-        "calls_by_tenant_model": {
-            "labels": list(per_tenant_model),
-            "values": list(per_tenant_model.values()),
-        },
+        "entries": counts.entries,
     }
+
+
+def _simple(groups: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """Labels and values, in the broker's order (largest first)."""
+    pairs = list(groups)
+    return {"labels": [k for k, _ in pairs], "values": [n for _, n in pairs]}
 
 
 def _stacked(table: Mapping[str, Counter[str]]) -> dict[str, Any]:

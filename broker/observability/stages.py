@@ -23,6 +23,7 @@ from broker.observability.metrics import STAGE_SECONDS
 STAGES: Final = (
     "auth",
     "resolve",
+    "quota",
     "classify",
     "decide",
     "enforce",

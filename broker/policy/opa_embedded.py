@@ -25,6 +25,14 @@ shipped bundle and the 20-field input, two threads deciding 500 times each: one 
 ~11 ms to compile on its first evaluation; memory: ~23 MB for the Go runtime and the first
 engine, ~1.5 MB for each further one.
 
+Lifecycle. Every engine is closed explicitly, by a thread that is calling into OPA anyway, and
+never by the garbage collector: ``opa_bindings.OpaEngine`` sits in a reference cycle (its
+ctypes callback holds a bound method), so left to itself it would be destroyed by whichever
+thread happens to trigger a collection, at whatever point that thread is. When an
+:class:`OpaEmbeddedEngine` is dropped (a policy reload replaced it), a finalizer only moves its
+pooled engines to a module-level queue of retired engines (a queue put is safe anywhere); the
+next decision or build on any thread closes them (:func:`close_retired`).
+
 The Go runtime does not survive ``fork()``: the broker never forks after loading it (its worker
 processes are spawned with ``exec``, the sandbox's zygote is a fresh interpreter).
 """
@@ -37,6 +45,7 @@ import os
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -151,6 +160,32 @@ class Opa:
         self._engine.close()
 
 
+# Engines whose owner is gone: closed by the next thread that calls into OPA (see Lifecycle).
+_RETIRED: queue.SimpleQueue[Opa] = queue.SimpleQueue()
+
+
+def _retire(idle: queue.SimpleQueue[Opa]) -> None:
+    """Move a dropped pool's engines to ``_RETIRED`` (a finalizer: closes nothing itself)."""
+    while True:
+        try:
+            _RETIRED.put(idle.get_nowait())
+        except queue.Empty:
+            return
+
+
+def close_retired() -> int:
+    """Close every retired engine now, on this thread; how many were closed."""
+    closed = 0
+    while not _RETIRED.empty():
+        try:
+            opa = _RETIRED.get_nowait()
+        except queue.Empty:  # another thread took the last one
+            break
+        opa.close()
+        closed += 1
+    return closed
+
+
 @cache
 def bindings_problem() -> str | None:
     """Why the embedded OPA engine cannot run here (``None`` when it can), with how to fix it."""
@@ -186,11 +221,25 @@ def _load_error(exc: OpaCallError, default_file: str | None = None) -> PolicyLoa
 
 
 def build_opa(bundle: Bundle, *, include_tests: bool = False) -> Opa:
-    """An engine holding the bundle's modules and data, compiled; errors are PolicyLoadError."""
+    """An engine holding the bundle's modules and data, compiled; errors are PolicyLoadError.
+
+    The caller owns the engine and must :meth:`Opa.close` it; an engine that fails to build is
+    closed here.
+    """
+    close_retired()
     try:
         opa = Opa()
     except OpaCallError as exc:
         raise PolicyLoadError(f"the embedded OPA engine is unavailable: {exc.message}") from None
+    try:
+        _fill(opa, bundle, include_tests=include_tests)
+    except BaseException:
+        opa.close()
+        raise
+    return opa
+
+
+def _fill(opa: Opa, bundle: Bundle, *, include_tests: bool) -> None:
     for path, text in bundle.policies + (bundle.tests if include_tests else ()):
         try:
             opa.add_policy(path, text)
@@ -204,7 +253,6 @@ def build_opa(bundle: Bundle, *, include_tests: bool = False) -> Opa:
         opa.query("true")  # compiles every module: unsafe variables, conflicts, type errors
     except OpaCallError as exc:
         raise _load_error(exc) from None
-    return opa
 
 
 def _ref_text(path: list[dict[str, Any]]) -> str:
@@ -252,12 +300,20 @@ class OpaEmbeddedEngine:
         self._path = rule[5:]
         first = build_opa(bundle)
         package = rule.rsplit(".", 1)[0]
-        if package not in {package_name(ast) for _, ast in module_asts(first, bundle.policies)}:
+        try:
+            packages = {package_name(ast) for _, ast in module_asts(first, bundle.policies)}
+        except BaseException:
+            first.close()
+            raise
+        if package not in packages:
             first.close()
             raise PolicyLoadError(f"no policy defines package {package[5:]} (for {rule})")
         self._slots = threading.BoundedSemaphore(size)
         self._idle: queue.SimpleQueue[Opa] = queue.SimpleQueue()
         self._idle.put(first)
+        self._closed = False
+        # Runs when this engine is dropped or closed; it holds the pool, not this object.
+        self._finalizer = weakref.finalize(self, _retire, self._idle)
 
     @property
     def revision(self) -> str:
@@ -271,6 +327,9 @@ class OpaEmbeddedEngine:
 
     @contextmanager
     def _lease(self) -> Iterator[Opa]:
+        if self._closed:
+            raise PolicyError("evaluation error: the policy engine was closed")
+        close_retired()
         with self._slots:  # at most max_engines holders, so at most max_engines engines
             try:
                 opa = self._idle.get_nowait()
@@ -279,7 +338,7 @@ class OpaEmbeddedEngine:
             try:
                 yield opa
             finally:
-                self._idle.put(opa)
+                (_RETIRED if self._closed else self._idle).put(opa)
 
     def evaluate(self, policy_input: PolicyInput) -> object:
         """The raw output of the rule (``None`` when undefined); for ``broker policy eval``."""
@@ -307,9 +366,10 @@ class OpaEmbeddedEngine:
         return parse_plan(raw, policy_input, self.revision)
 
     def close(self) -> None:
-        """Release the idle engines now (engines lent out are released when collected)."""
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        """Release the pooled engines now; one lent out is released after its decision.
+
+        Decisions after this are refused (fail closed), not silently re-built.
+        """
+        self._closed = True
+        self._finalizer()
+        close_retired()

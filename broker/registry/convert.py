@@ -23,6 +23,7 @@ from broker.registry.model import (
     TensorInput,
     TensorOutput,
 )
+from broker.registry.pricing import Pricing
 
 _RUNTIME_TO_PROTO: Final[dict[Runtime, models_pb2.Runtime.ValueType]] = {
     Runtime.OPEN_INFERENCE_GRPC: models_pb2.RUNTIME_OPEN_INFERENCE_GRPC,
@@ -163,6 +164,30 @@ def oip_mapping_to_proto(mapping: OipMapping) -> models_pb2.OipMapping:
     )
 
 
+def pricing_from_proto(msg: models_pb2.Pricing) -> Pricing:
+    """The vendor's prices (checked by the registry's validation, not here)."""
+    return Pricing(
+        currency=msg.currency,
+        per_call_micros=msg.per_call_micros,
+        per_input_token_micros=msg.per_input_token_micros,
+        per_output_token_micros=msg.per_output_token_micros,
+        per_tensor_element_micros=msg.per_tensor_element_micros,
+        per_cpu_second_micros=msg.per_cpu_second_micros,
+    )
+
+
+def pricing_to_proto(pricing: Pricing) -> models_pb2.Pricing:
+    """The proto form of a model's prices."""
+    return models_pb2.Pricing(
+        currency=pricing.currency,
+        per_call_micros=pricing.per_call_micros,
+        per_input_token_micros=pricing.per_input_token_micros,
+        per_output_token_micros=pricing.per_output_token_micros,
+        per_tensor_element_micros=pricing.per_tensor_element_micros,
+        per_cpu_second_micros=pricing.per_cpu_second_micros,
+    )
+
+
 def model_from_proto(msg: models_pb2.Model, *, vendor: str | None = None) -> ModelVersion:
     """A model version as a caller sent it.
 
@@ -181,6 +206,7 @@ def model_from_proto(msg: models_pb2.Model, *, vendor: str | None = None) -> Mod
         fields=tuple(field_spec_from_proto(spec) for spec in msg.fields),
         oip_mapping=oip_mapping_from_proto(msg.oip_mapping),
         package_digest=msg.package_digest,
+        pricing=pricing_from_proto(msg.pricing),
     )
 
 
@@ -201,6 +227,8 @@ def model_to_proto(mv: ModelVersion, *, api_key_set: bool = False) -> models_pb2
         ref=mv.ref,
         package_digest=mv.package_digest,
     )
+    if not mv.pricing.is_free:
+        msg.pricing.CopyFrom(pricing_to_proto(mv.pricing))
     if mv.endpoint is not None:
         msg.endpoint.CopyFrom(endpoint_to_proto(mv.endpoint, api_key_set=api_key_set))
     if mv.create_time is not None:
@@ -211,8 +239,9 @@ def model_to_proto(mv: ModelVersion, *, api_key_set: bool = False) -> models_pb2
 
 
 def catalog_model_to_proto(mv: ModelVersion) -> models_pb2.CatalogModel:
-    """What a buyer may see: no endpoint, no mapping, no status (the catalogue is all LISTED)."""
-    return models_pb2.CatalogModel(
+    """What a buyer may see: no endpoint, no mapping, no status (the catalogue is all LISTED);
+    the prices, so the buyer knows what a call costs before making it."""
+    msg = models_pb2.CatalogModel(
         ref=mv.ref,
         vendor=mv.vendor,
         name=mv.name,
@@ -222,6 +251,9 @@ def catalog_model_to_proto(mv: ModelVersion) -> models_pb2.CatalogModel:
         fields=[field_spec_to_proto(spec) for spec in mv.fields],
         labels=list(mv.labels),
     )
+    if not mv.pricing.is_free:
+        msg.pricing.CopyFrom(pricing_to_proto(mv.pricing))
+    return msg
 
 
 def catalog_model_from_proto(msg: models_pb2.CatalogModel) -> ModelVersion:
@@ -234,4 +266,5 @@ def catalog_model_from_proto(msg: models_pb2.CatalogModel) -> ModelVersion:
         status=ModelStatus.LISTED,
         description=msg.description,
         fields=tuple(field_spec_from_proto(spec) for spec in msg.fields),
+        pricing=pricing_from_proto(msg.pricing),
     )

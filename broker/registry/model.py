@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from broker.registry.pricing import Pricing
+
 
 class Runtime(enum.StrEnum):
     """How the broker reaches a model (mirrors ``broker.v1.Runtime``)."""
@@ -99,6 +101,8 @@ class ModelVersion:
     update_time: datetime | None = None
     # Content digest ("sha256:<hex>") of the package a sandbox model runs; "" for remote runtimes.
     package_digest: str = ""
+    # What a call costs the buyer (issue 17); free when the vendor sets no price.
+    pricing: Pricing = field(default_factory=Pricing)
 
     @property
     def ref(self) -> str:

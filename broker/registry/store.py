@@ -49,7 +49,9 @@ from broker.storage.db import for_writes
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
 #: Keys ``update`` accepts in ``changes``; values have the type of the ModelVersion field.
-UPDATABLE: Final = frozenset({"description", "endpoint", "fields", "oip_mapping", "status"})
+UPDATABLE: Final = frozenset(
+    {"description", "endpoint", "fields", "oip_mapping", "pricing", "status"}
+)
 
 _Select = Any  # sqlmodel's typed Select of a tuple; spelled out it only adds noise
 

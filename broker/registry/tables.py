@@ -15,6 +15,7 @@ checks that they match these classes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from broker.registry.model import (
     TensorInput,
     TensorOutput,
 )
+from broker.registry.pricing import Pricing
 
 _STATUSES = ", ".join(f"'{status.value}'" for status in ModelStatus)
 _RUNTIMES = ", ".join(f"'{runtime.value}'" for runtime in Runtime)
@@ -93,6 +95,10 @@ class ModelVersionRow(SQLModel, table=True):
     package_digest: str = Field(
         default="", sa_type=sa.String(71), nullable=False, sa_column_kwargs={"server_default": ""}
     )
+    # The vendor's prices as JSON (revision 0009_metering); "" for a free model.
+    pricing_json: str = Field(
+        default="", sa_type=sa.Text(), nullable=False, sa_column_kwargs={"server_default": ""}
+    )
     create_time: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
     update_time: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)
 
@@ -119,6 +125,7 @@ def _values(mv: ModelVersion) -> dict[str, Any]:
         "fields_json": _dumps([_field_dict(spec) for spec in mv.fields]),
         "oip_mapping_json": _dumps(_mapping_dict(mv.oip_mapping)),
         "package_digest": mv.package_digest,
+        "pricing_json": "" if mv.pricing.is_free else _dumps(dataclasses.asdict(mv.pricing)),
     }
 
 
@@ -161,6 +168,7 @@ def to_domain(row: ModelVersionRow, vendor: str, name: str) -> ModelVersion:
         create_time=as_utc(row.create_time),
         update_time=as_utc(row.update_time),
         package_digest=row.package_digest,
+        pricing=Pricing(**json.loads(row.pricing_json)) if row.pricing_json else Pricing(),
     )
 
 

@@ -20,6 +20,7 @@ from broker.registry.model import (
     OipMapping,
     Runtime,
 )
+from broker.registry.pricing import check_pricing
 from broker.registry.refs import check_name, check_vendor, check_version
 
 FIELD_TYPES: Final = frozenset({"string", "number", "integer", "boolean", "object", "array"})
@@ -92,6 +93,7 @@ def validate_model(mv: ModelVersion) -> None:
         _check_endpoint(mv.endpoint)
     _check_mapping(mv.oip_mapping)
     _check_runtime(mv)
+    check_pricing(mv.pricing)
 
 
 def _check_runtime(mv: ModelVersion) -> None:

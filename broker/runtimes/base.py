@@ -23,9 +23,16 @@ Contract every runtime keeps:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from broker.registry.model import ModelVersion
+
+#: CPU microseconds the broker's sandbox spent on the current call (issue 17: billed per CPU
+#: second). The call path sets it to 0 when a call starts; the sandbox pool adds each worker
+#: lease's CPU time when the lease ends, in the calling thread (streams are iterated there too).
+#: Remote runtimes leave it at 0: their CPU is the vendor's business.
+call_cpu_us: ContextVar[int] = ContextVar("call_cpu_us", default=0)
 
 Canceller = Callable[[], None]
 """Abandons one call in flight; safe to call more than once, and after the call has ended."""

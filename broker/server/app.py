@@ -40,6 +40,8 @@ from broker._proto.broker.v1 import (
     registry_pb2_grpc,
     retention_pb2,
     retention_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 from broker.audit.keys import TenantKeys as AuditDigestKeys
 from broker.audit.keys import load_or_create_log_signer
@@ -56,6 +58,7 @@ from broker.enforce.keys import TenantKeys
 from broker.enforce.restore import Restorer
 from broker.enforce.vault import TokenVault, vault_tokens
 from broker.logging import get_logger
+from broker.metering.limits import Quotas, rules_from
 from broker.observability import metrics, tracing
 from broker.observability.metrics import MetricsPage
 from broker.packages.environment import Environments
@@ -95,6 +98,7 @@ from broker.server.interceptors import BoundaryInterceptor
 from broker.server.policies_service import PoliciesServicer
 from broker.server.registry_service import ChangeKind, RegistryServicer
 from broker.server.retention_service import RetentionServicer
+from broker.server.usage_service import UsageServicer
 from broker.storage.changes import is_postgresql
 from broker.storage.db import create_engine_for, migrate
 
@@ -106,6 +110,7 @@ SERVICE_NAMES = (
     policies_pb2.DESCRIPTOR.services_by_name["Policies"].full_name,
     retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+    usage_pb2.DESCRIPTOR.services_by_name["Usage"].full_name,
 )
 
 
@@ -284,6 +289,7 @@ def build_server(
         restorer=Restorer(vault, keys),
     )
     limiter = TenantConcurrencyLimiter(config.limits.tenant_concurrency)
+    quotas = Quotas(engine, rules_from(config.metering.quotas))
     invoker = Invoker(
         resolver,
         runtimes,
@@ -293,6 +299,7 @@ def build_server(
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
+        quotas=quotas,
     )
     streamer = Streamer(
         resolver,
@@ -304,6 +311,7 @@ def build_server(
         default_timeout=config.backends.default_timeout_seconds,
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
+        quotas=quotas,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
@@ -347,6 +355,7 @@ def build_server(
         AuditServicer(engine, audit.store, audit.verifier, on_view=audit_hooks.entry_views(audit)),
         server,
     )
+    usage_pb2_grpc.add_UsageServicer_to_server(UsageServicer(engine), server)
     policies_pb2_grpc.add_PoliciesServicer_to_server(
         PoliciesServicer(policies, engine=config.policy.engine, rule=config.policy.rule), server
     )

@@ -25,6 +25,7 @@ import orjson
 import sqlalchemy as sa
 
 from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc
+from broker.audit.aggregate import Group, aggregate, day_of
 from broker.audit.export import (
     build_export,
     build_receipts,
@@ -35,10 +36,11 @@ from broker.audit.export import (
 )
 from broker.audit.merkle import VerificationError
 from broker.audit.note import Verifier
-from broker.audit.query import AuditFilter, StoredEntry, query_page
+from broker.audit.query import AuditFilter, Order, StoredEntry, query_page
 from broker.audit.store import AuditStore
 from broker.auth.principal import Principal, Role, require_role
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from broker.retention.counts import due_by_day
 from broker.server.context import current_principal
 
 _READERS: Final = (Role.COMPLIANCE, Role.AUDITOR, Role.ADMIN)
@@ -77,6 +79,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             page_size=request.page_size,
             cursor=request.page_token,
             start_index=request.start_index,
+            order=_order(request.order),
         )
         for n, row in enumerate(rows):
             yield _entry_message(row, token if n == len(rows) - 1 else "")
@@ -187,6 +190,49 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             ) from exc
         if buffer:
             yield audit_pb2.ExportChunk(data=bytes(buffer))
+
+    def Aggregate(  # noqa: N802 - the proto fixes gRPC method names
+        self, request: audit_pb2.AggregateRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.AggregateResponse:
+        """The console's chart counts for a filter, grouped by the database, tenant-scoped."""
+        flt = _filter(request.filter, _reader())
+        counts = aggregate(self._engine, flt)
+        due = due_by_day(self._engine, tenant=flt.tenant)
+
+        def groups(found: list[Group]) -> list[audit_pb2.AggregateGroup]:
+            return [audit_pb2.AggregateGroup(keys=g.keys, count=g.count) for g in found]
+
+        return audit_pb2.AggregateResponse(
+            entries=counts.entries,
+            calls_by_day_outcome=groups(counts.calls_by_day_outcome),
+            calls_by_tenant_model=groups(counts.calls_by_tenant_model),
+            failures_by_reason=groups(counts.failures_by_reason),
+            fields_by_label_action=groups(counts.fields_by_label_action),
+            deletions_done_by_day=groups(counts.deletions_done_by_day),
+            deletions_due_by_day=[
+                audit_pb2.AggregateGroup(keys=[day_of(d)], count=n) for d, n in due
+            ],
+        )
+
+
+_ORDERS: Final[dict[int, Order]] = {
+    audit_pb2.QUERY_ORDER_UNSPECIFIED: Order.OLDEST_FIRST,
+    audit_pb2.QUERY_ORDER_OLDEST_FIRST: Order.OLDEST_FIRST,
+    audit_pb2.QUERY_ORDER_NEWEST_FIRST: Order.NEWEST_FIRST,
+    audit_pb2.QUERY_ORDER_TIME_ASCENDING: Order.TIME_ASCENDING,
+    audit_pb2.QUERY_ORDER_TIME_DESCENDING: Order.TIME_DESCENDING,
+}
+
+
+def _order(value: int) -> Order:
+    """The query order a request names; InvalidArgument for a value this broker does not know."""
+    order = _ORDERS.get(value)
+    if order is None:
+        raise InvalidArgument(
+            f"order {value} is unknown: use QUERY_ORDER_OLDEST_FIRST, _NEWEST_FIRST, "
+            "_TIME_ASCENDING or _TIME_DESCENDING"
+        )
+    return order
 
 
 def _entry_message(row: StoredEntry, next_page_token: str) -> audit_pb2.AuditEntry:

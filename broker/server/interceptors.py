@@ -32,7 +32,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from broker.auth.principal import Principal
-from broker.errors import BrokerError, InvalidArgument, Unauthenticated, Unavailable
+from broker.errors import (
+    BrokerError,
+    InvalidArgument,
+    QuotaExceeded,
+    Unauthenticated,
+    Unavailable,
+)
 from broker.logging import get_logger
 from broker.observability import metrics, tracing
 from broker.observability.stages import stage
@@ -228,6 +234,28 @@ def _to_status(exc: BrokerError) -> grpc.Status:
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail])
+    details = [detail]
+    if isinstance(exc, QuotaExceeded):
+        details.extend(_quota_details(exc))
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
+
+
+def _quota_details(exc: QuotaExceeded) -> list[any_pb2.Any]:
+    """``QuotaFailure`` (what is limited, and the message) and ``RetryInfo`` (when to retry)."""
+    failure = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.message)
+        ]
+    )
+    retry = error_details_pb2.RetryInfo()
+    whole = int(exc.retry_after)
+    retry.retry_delay.seconds = whole
+    retry.retry_delay.nanos = int((exc.retry_after - whole) * 1_000_000_000)
+    packed = []
+    for message in (failure, retry):
+        detail = any_pb2.Any()
+        detail.Pack(message)
+        packed.append(detail)
+    return packed

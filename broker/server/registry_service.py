@@ -33,6 +33,7 @@ from broker.registry.convert import (
     model_from_proto,
     model_to_proto,
     oip_mapping_from_proto,
+    pricing_from_proto,
     status_from_proto,
 )
 from broker.registry.model import ModelStatus, ModelVersion
@@ -209,6 +210,8 @@ def _changes(request: registry_pb2.UpdateModelRequest) -> dict[str, Any]:
             changes[path] = tuple(field_spec_from_proto(spec) for spec in msg.fields)
         elif path == "oip_mapping":
             changes[path] = oip_mapping_from_proto(msg.oip_mapping)
+        elif path == "pricing":
+            changes[path] = pricing_from_proto(msg.pricing)
         else:
             status = status_from_proto(msg.status)
             if status is ModelStatus.RETIRED:

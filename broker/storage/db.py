@@ -44,6 +44,9 @@ TABLE_MODULES: Final[tuple[str, ...]] = (
     "broker.enforce.vault",
     "broker.registry.secrets",
     "broker.policy.activations",
+    "broker.console.stored_sessions",
+    "broker.console.stored_logins",
+    "broker.metering.tables",
 )
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000

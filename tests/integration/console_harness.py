@@ -8,6 +8,7 @@ entries of two tenants, per-field decisions, and retained records to hold.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,10 +22,14 @@ import sqlalchemy as sa
 
 from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc
 from broker.auth.tokens import TokenVerifier
+from broker.config import OidcSignInConfig
 from broker.console.app import Console
 from broker.console.backend import Backend
+from broker.console.oidc import OidcSignIn, PendingStore
 from broker.console.serve import ConsoleServer, bind_console
-from broker.console.sessions import SessionStore
+from broker.console.sessions import Sessions, SessionStore
+from broker.console.stored_logins import StoredPendingLogins
+from broker.console.stored_sessions import StoredSessionStore
 from broker.retention.rootkey import generate_root_key_file
 from tests.integration.harness import BrokerHarness, FakeBackend, fields_echo_model, start_broker
 
@@ -41,18 +46,49 @@ class World:
     retained: list[str]
     servers: list[ConsoleServer] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
+    engines: list[sa.Engine] = field(default_factory=list)
 
-    def console(self, *, clock: Callable[[], float] = time.time, ttl: float = 1800) -> Console:
-        """A console over this broker (its sessions on ``clock``)."""
+    def console(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl: float = 1800,
+        oidc: list[OidcSignInConfig] | None = None,
+        environ: dict[str, str] | None = None,
+        stored: bool = False,
+        pinned_vkey: str | None = None,
+    ) -> Console:
+        """A console over this broker (its sessions on ``clock``; ``oidc``: sign-in issuers).
+
+        ``stored``: sessions and started sign-ins in the broker's database, as ``broker
+        console`` keeps them (else in this console's memory).
+        """
         verifier = TokenVerifier(self.broker.config.auth, data_dir=self.broker.config.key_dir)
-        sessions = SessionStore(ttl, clock=clock)
+        sessions: Sessions = SessionStore(ttl, clock=clock)
+        pending: PendingStore | None = None
+        if stored:
+            engine = sa.create_engine(self.broker.config.database_url)
+            self.engines.append(engine)
+            sessions = StoredSessionStore(engine, verifier, ttl, clock=clock)
+            pending = StoredPendingLogins(engine, clock=clock)
+        sign_in = (
+            OidcSignIn(oidc, verifier, environ=environ or {}, pending=pending) if oidc else None
+        )
         return Console(
-            verifier, sessions, Backend.connect(self.broker.target), secure_cookies=False
+            verifier,
+            sessions,
+            Backend.connect(self.broker.target),
+            secure_cookies=False,
+            oidc=sign_in,
+            pinned_vkey=pinned_vkey,
         )
 
-    def serve(self, **kwargs: Any) -> ConsoleServer:
-        """A new console, served by uvicorn on a free loopback port (stopped at teardown)."""
-        server = bind_console(self.console(**kwargs), "127.0.0.1", 0)
+    def serve(self, *, sock: socket.socket | None = None, **kwargs: Any) -> ConsoleServer:
+        """A new console, served by uvicorn on a free loopback port (stopped at teardown).
+
+        ``sock``: a socket already bound, when the test must know the URL beforehand.
+        """
+        server = bind_console(self.console(**kwargs), "127.0.0.1", 0, sock=sock)
         server.start()
         self.servers.append(server)
         return server
@@ -70,6 +106,8 @@ class World:
             client.close()
         for server in self.servers:
             server.stop()
+        for engine in self.engines:
+            engine.dispose()
         self.broker.stop()
 
     def leaf_of(self, call_id: str, kind: str) -> int:
@@ -91,8 +129,11 @@ class World:
         raise AssertionError(f"no checkpointed {kind} entry for call {call_id}")
 
 
-def start_world(tmp_path: Path, backend: FakeBackend) -> World:
-    """Start the broker (SQLite, retention on) and make the calls of the module doc."""
+def start_world(tmp_path: Path, backend: FakeBackend, **env: str) -> World:
+    """Start the broker (SQLite, retention on) and make the calls of the module doc.
+
+    ``env``: more ``BROKER__...`` settings (e.g. ``auth.issuers`` for an OIDC provider).
+    """
     root_key = tmp_path / "secrets" / "root.key"
     root_key.parent.mkdir()
     generate_root_key_file(root_key)
@@ -100,6 +141,7 @@ def start_world(tmp_path: Path, backend: FakeBackend) -> World:
         tmp_path / "var",
         f"sqlite:///{tmp_path / 'var' / 'broker.db'}",
         BROKER__RETENTION__ROOT_KEY_FILE=str(root_key),
+        **env,
     )
     model = fields_echo_model(
         backend.target,

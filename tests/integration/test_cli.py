@@ -79,6 +79,22 @@ def test_newcomer_flow(broker: BrokerHarness, backend: FakeBackend, tmp_path: Pa
     assert output["answer"] == {"echo": "hi"}
     assert output["model"] == "acme-models/echo@1.0.0"
 
+    officer = _broker(
+        broker, "token", "mint", "--tenant", "bank", "--role", "compliance"
+    ).stdout.strip()
+    intents = _broker(broker, "audit", "query", "--kind", "call.intent", "--json", token=officer)
+    revision = json.loads(intents.stdout.splitlines()[0])["policy_revision"]
+    by_revision = _broker(
+        broker, "audit", "query", "--policy-revision", revision, "--json", token=officer
+    )
+    assert by_revision.returncode == 0, by_revision.stderr
+    assert [json.loads(line)["kind"] for line in by_revision.stdout.splitlines()] == ["call.intent"]
+    other = _broker(
+        broker, "audit", "query", "--policy-revision", "sha256:" + "0" * 64, token=officer
+    )
+    assert other.returncode == 0, other.stderr
+    assert "call.intent" not in other.stdout
+
     payload_file = tmp_path / "payload.json"
     payload_file.write_text('{"text": ')
     bad = _broker(

@@ -21,7 +21,7 @@ import pytest
 from broker.audit.checkpoint import open_checkpoint
 from broker.audit.merkle import leaf_hash, verify_inclusion
 from broker.audit.note import Verifier
-from tests.integration.console_harness import World, invoke, start_world
+from tests.integration.console_harness import MODEL, World, invoke, start_world
 from tests.integration.harness import FakeBackend
 
 
@@ -278,6 +278,8 @@ def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: Wo
         for path in (
             "/",
             f"/entries?size=100{tenant}",
+            f"/entries?size=100&sort=-leaf{tenant}",
+            f"/entries?size=100&sort=-time{tenant}",
             f"/entries?call_id={reply.call_id}{tenant}",
             f"/entries/{intent_leaf}",
             f"/entries/{outcome_leaf}",
@@ -294,4 +296,154 @@ def test_a_canary_planted_in_a_call_appears_in_no_page_and_no_response(world: Wo
             seen.append(path)
             assert canary not in answer.text, f"the canary is in {path}"
             assert canary not in str(answer.headers), f"the canary is in {path}'s headers"
-    assert len(seen) == 24
+    assert len(seen) == 28
+
+
+def _leaves(page: httpx.Response) -> list[int]:
+    return [int(n) for n in re.findall(r'class="entry-link" href="/entries/(\d+)"', page.text)]
+
+
+def test_sorting_newest_first_runs_across_pages(world: World) -> None:
+    for n in range(10):  # two entries each: more than one page of 25
+        invoke(world.broker, "acme", b'{"customer": {"email": "s@example.com"}, "note": "%d"}' % n)
+    client = sign_in(world.client(), world.broker.token("ops", "admin"))
+    everything = _leaves(client.get("/entries?size=250"))
+    assert len(everything) > 25 and everything == sorted(everything)
+    # The sort link of the # column, from the first page, asks the broker to order.
+    first = client.get("/entries?size=25")
+    link = re.search(r'href="\?([^"]*sort=-leaf[^"]*)"', first.text)
+    assert link is not None
+    newest: list[int] = []
+    page = client.get(f"/entries?{link.group(1).replace('&amp;', '&')}")
+    while True:
+        assert "Sorted across every page" in page.text
+        newest.extend(_leaves(page))
+        following = re.search(r'id="next-page" href="\?([^"]+)"', page.text)
+        if following is None:
+            break
+        page = client.get(f"/entries?{following.group(1).replace('&amp;', '&')}")
+    assert newest == sorted(everything, reverse=True)
+    # Time order, oldest first, across pages too (ties broken by leaf index).
+    by_time = _leaves(client.get("/entries?size=250&sort=time"))
+    assert sorted(by_time) == everything
+    # A page token made in one order is refused in another (the page says what to do).
+    token = re.search(r'id="next-page" href="\?[^"]*page=([^"&]+)', first.text)
+    assert token is not None
+    refused = client.get(f"/entries?size=25&sort=-leaf&page={token.group(1)}")
+    assert refused.status_code == 400
+    assert "other filters or order" in refused.text
+
+
+def test_an_unknown_query_order_is_invalid_argument(world: World) -> None:
+    import grpc  # noqa: PLC0415
+
+    from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc  # noqa: PLC0415
+
+    token = world.broker.token("ops", "admin")
+    with world.broker.channel() as channel:
+        stub = audit_pb2_grpc.AuditStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        newest = list(
+            stub.QueryEntries(
+                audit_pb2.QueryEntriesRequest(
+                    page_size=3, order=audit_pb2.QUERY_ORDER_NEWEST_FIRST
+                ),
+                metadata=md,
+                timeout=10,
+            )
+        )
+        leaves = [e.leaf_index for e in newest]
+        assert leaves == sorted(leaves, reverse=True) and len(leaves) == 3
+        with pytest.raises(grpc.RpcError) as caught:
+            list(
+                stub.QueryEntries(
+                    audit_pb2.QueryEntriesRequest(order=99),  # type: ignore[arg-type]
+                    metadata=md,
+                    timeout=10,
+                )
+            )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "order 99 is unknown" in caught.value.details()  # type: ignore[attr-defined]
+
+
+def test_the_decisions_table_counts_the_entities_inside_each_field(world: World) -> None:
+    note = "write to first@example.com, second@example.org or third@example.net"
+    payload = orjson.dumps({"customer": {"email": "e@example.com"}, "note": note})
+    call_id = invoke(world.broker, "acme", payload).call_id
+    client = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    leaf = world.leaf_of(call_id, "call.intent")
+    page = client.get(f"/entries/{leaf}")
+    assert page.status_code == 200
+    # The entry itself records the count, as a number next to the label and action.
+    entry = client.get(f"/entries/{leaf}/proof.json").json()
+    rows = orjson.loads(base64.b64decode(entry["entry"]))["fields"]
+    note_entities = [r for r in rows if r["path"] == "/note" and r["action"].startswith("entity.")]
+    assert [(r["labels"], r["count"]) for r in note_entities] == [(["pii.email"], 3)]
+    decisions = re.search(r'<table class="grid" id="decisions">.*?</table>', page.text, re.S)
+    assert decisions is not None
+    note_row = re.search(r'<td class="mono">/note</td>.*?</tr>', decisions.group(0), re.S)
+    assert note_row is not None
+    assert "pii.email \N{MULTIPLICATION SIGN} 3" in note_row.group(0)
+    total = sum(
+        r["count"]
+        for r in rows
+        if r["action"].startswith("entity.") and r["labels"] == ["pii.email"]
+    )
+    assert total >= 3
+    assert re.search(
+        rf'id="entity-counts".*?pii\.email</td><td>\w+</td><td>{total}<', page.text, re.S
+    )
+    for value in ("first@", "second@", "third@", "e@example.com"):
+        assert value not in page.text
+        assert value.encode() not in base64.b64decode(entry["entry"])
+
+
+def test_chart_counts_are_tenant_scoped_by_the_broker(world: World) -> None:
+    import grpc  # noqa: PLC0415
+
+    from broker._proto.broker.v1 import audit_pb2, audit_pb2_grpc  # noqa: PLC0415
+
+    client = sign_in(world.client(), world.broker.token("acme", "compliance"))
+    data = client.get("/charts/data.json").json()
+    assert data["calls_by_tenant_model"]["labels"] == ["acme \N{MIDDLE DOT} " + MODEL]
+    assert data["calls_by_tenant_model"]["values"] == [2]
+    assert data["denials_by_reason"] == {"labels": [], "values": []}  # globex's denial
+    due = next(s for s in data["deletions"]["series"] if s["name"] == "due")
+    assert sum(due["values"]) == len(world.retained)  # every retained record is acme's
+    with world.broker.channel() as channel:
+        stub = audit_pb2_grpc.AuditStub(channel)
+        for token, code in (
+            (world.broker.token("acme", "compliance"), grpc.StatusCode.PERMISSION_DENIED),
+            (world.broker.token("bank", "buyer"), grpc.StatusCode.PERMISSION_DENIED),
+            ("not-a-token", grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Aggregate(
+                    audit_pb2.AggregateRequest(filter=audit_pb2.AuditFilter(tenant="bank")),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=10,
+                )
+            assert caught.value.code() is code  # type: ignore[attr-defined]
+
+
+def test_a_pinned_log_key_is_what_verify_checks_against(world: World) -> None:
+    from broker.audit.merkle import VerificationError  # noqa: PLC0415
+    from broker.audit.note import Signer  # noqa: PLC0415
+
+    token = world.broker.token("acme", "compliance")
+    leaf = world.leaf_of(world.acme_calls[1], "call.outcome")
+    served = sign_in(world.client(), token).get(f"/entries/{leaf}/proof.json").json()
+    assert (served["vkey_source"], served["broker_vkey_matches"]) == ("broker", True)
+    # Pinned to the log's real key: the proof verifies against the pinned key.
+    pinned = sign_in(world.client(pinned_vkey=served["vkey"]), token)
+    proof = pinned.get(f"/entries/{leaf}/proof.json").json()
+    assert (proof["vkey_source"], proof["broker_vkey_matches"]) == ("pinned", True)
+    _, signers = open_checkpoint(proof["checkpoint"], [Verifier.from_vkey(proof["vkey"])])
+    assert signers
+    # Pinned to another key (the broker's is not the published one): verification fails.
+    other = Signer.generate(world.broker.config.audit.origin).verifier().to_vkey()
+    wary = sign_in(world.client(pinned_vkey=other), token)
+    proof = wary.get(f"/entries/{leaf}/proof.json").json()
+    assert proof["vkey"] == other and proof["broker_vkey_matches"] is False
+    with pytest.raises(VerificationError):
+        open_checkpoint(proof["checkpoint"], [Verifier.from_vkey(proof["vkey"])])

@@ -243,3 +243,38 @@ async (inputs) => {
   return {failures, counts};
 }
 """
+
+
+def test_verify_in_the_browser_uses_the_pinned_log_key(world: World, page: Any) -> None:
+    from broker.audit.note import Signer  # noqa: PLC0415
+
+    leaf = world.leaf_of(world.acme_calls[0], "call.outcome")
+    real = world.broker.config.audit
+    served = world.serve()
+    token = world.broker.token("acme", "compliance", subject="olga")
+
+    def verify_on(base: str) -> tuple[str, str]:
+        page.context.clear_cookies()
+        page.goto(f"{base}/login")
+        page.fill("#token", token)
+        page.click("#sign-in")
+        page.wait_for_url(f"{base}/entries")
+        page.goto(f"{base}/entries/{leaf}")
+        page.click("#verify")
+        page.wait_for_selector("#verify-result.ok, #verify-result.bad")
+        return page.get_attribute("#verify-result", "class"), page.inner_text("#verify-result")
+
+    # The key the broker serves: verified, and the page says where the key came from.
+    classes, _ = verify_on(served.url.rstrip("/"))
+    assert "ok" in classes
+    assert "served by the broker" in page.inner_text("#verify-vkey-source")
+    vkey = page.inner_text("#verify-vkey")
+    # Pinned to that same key: verified, "pinned".
+    classes, _ = verify_on(world.serve(pinned_vkey=vkey).url.rstrip("/"))
+    assert "ok" in classes
+    assert "pinned" in page.inner_text("#verify-vkey-source")
+    # Pinned to a key that did not sign the log: the browser refuses the checkpoint.
+    other = Signer.generate(real.origin).verifier().to_vkey()
+    classes, text = verify_on(world.serve(pinned_vkey=other).url.rstrip("/"))
+    assert "bad" in classes
+    assert "NOT verified" in text

@@ -13,6 +13,7 @@ from broker.errors import DeadlineExceeded, Unavailable
 from broker.packages.environment import Environments
 from broker.packages.errors import PackageTampered
 from broker.packages.store import PackageStore, StoredPackage
+from broker.runtimes.base import call_cpu_us
 from broker.runtimes.sandbox.errors import (
     SandboxLimitExceeded,
     SandboxModelError,
@@ -220,3 +221,15 @@ def test_a_tampered_package_is_refused_at_the_next_worker_start(
     (package.path / "pool_model.py").write_text("def answer(p):\n    return {'evil': True}\n")
     with pytest.raises(PackageTampered):
         pools.call(package.digest, "other-tenant", {}, timeout=10)
+
+
+def test_a_calls_cpu_time_is_measured_for_its_bill(
+    pools: WorkerPools, package: StoredPackage
+) -> None:
+    call_cpu_us.set(0)
+    pools.call(package.digest, "t", {"do": "spin", "seconds": 0.3}, timeout=30)
+    spun = call_cpu_us.get()
+    assert spun >= 290_000  # 0.3 CPU seconds, at the kernel's clock-tick precision (10 ms)
+    call_cpu_us.set(0)
+    pools.call(package.digest, "t", {}, timeout=10)  # the same worker, a call that does nothing
+    assert call_cpu_us.get() < spun

@@ -1,5 +1,6 @@
-// The chart page: fetch the aggregates of the current search and draw them with Chart.js
-// (chart.umd.min.js ships with the console; see README.md in this folder).
+// The chart page: fetch the counts of the current search (grouped by the broker's database,
+// Audit/Aggregate) and draw them with Chart.js (chart.umd.min.js ships with the console; see
+// README.md in this folder).
 /* global Chart */
 "use strict";
 
@@ -37,8 +38,7 @@ async function draw() {
   simple("chart-denials", data.denials_by_reason, true);
   stacked("chart-deletions", data.deletions);
   simple("chart-tenants", data.calls_by_tenant_model, true);
-  basis.textContent = `Based on ${data.entries} entries of this search` +
-    (data.capped ? " (the first ones only: narrow the search for complete charts)." : ".");
+  basis.textContent = `Based on all ${data.entries} entries of this search.`;
   document.body.dataset.chartsReady = "true";
 }
 

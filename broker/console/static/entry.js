@@ -16,11 +16,18 @@ button.addEventListener("click", async () => {
   try {
     const response = await fetch(button.dataset.proof, { credentials: "same-origin" });
     if (!response.ok) throw new Error(`the console answered ${response.status}`);
-    const report = await verifyProof(await response.json());
+    const proof = await response.json();
+    const report = await verifyProof(proof);
     result.className = "result ok";
     result.textContent = `Verified: entry is in the log under a checkpoint of size ${report.size} signed by ${report.signer}.`;
     show("verify-signer", `${report.signer} (key ID ${report.keyId})`);
     show("verify-vkey", report.vkey);
+    show(
+      "verify-vkey-source",
+      proof.vkey_source === "pinned"
+        ? "pinned in the console's configuration"
+        : "served by the broker: compare it with the key published for your log",
+    );
     show("verify-origin", report.origin);
     show("verify-size", report.size);
     show("verify-root", report.root);

@@ -41,6 +41,38 @@ def cpu_used(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14 and 15
 
 
+class CallCpu:
+    """The CPU time one call used in its worker, for the call's usage record (billing).
+
+    Read from ``/proc`` when the call starts and when it ends, synchronously (the watchdog's
+    own baseline is taken up to one interval late, which is fine for a budget, not for a bill).
+    Precision is the kernel's clock tick (10 ms at 100 Hz). A worker whose pid cannot be found,
+    or that is gone when the call ends (killed: cancelled, over a limit), bills 0.
+    """
+
+    __slots__ = ("_pid", "_start")
+
+    def __init__(self, reaper_pid: int) -> None:
+        self._pid: int | None = None
+        self._start = 0.0
+        try:
+            pid = worker_pid(reaper_pid)
+            if pid is not None:
+                self._start = cpu_used(pid)
+                self._pid = pid
+        except (OSError, ValueError, IndexError):
+            self._pid = None
+
+    def used_us(self) -> int:
+        """Microseconds of CPU (user + system) used since this object was made; 0 if unknown."""
+        if self._pid is None:
+            return 0
+        try:
+            return max(round((cpu_used(self._pid) - self._start) * 1_000_000), 0)
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
 @dataclass
 class _Watch:
     reaper_pid: int

@@ -29,6 +29,7 @@ from broker.observability import metrics
 from broker.packages.environment import Environment, Environments
 from broker.packages.errors import EnvironmentTampered
 from broker.packages.store import PackageStore, StoredPackage
+from broker.runtimes.base import call_cpu_us
 from broker.runtimes.sandbox import cpu
 from broker.runtimes.sandbox.errors import (
     SandboxError,
@@ -192,7 +193,7 @@ class WorkerPools:
         # Set (under ``lease``) once the worker is given back or retired. grpcio runs an RPC's
         # callbacks at every termination, after the answer was sent, when the worker may be
         # idle or already serving the next call: a canceller that outlives its call must not
-        # kill it (the soak found workers SIGKILLed mid-call of another buyer's call).
+        # kill it (the soak found workers SIGKILLed in the middle of the tenant's next call).
         returned = threading.Event()
         if on_cancel is not None:
 
@@ -210,6 +211,7 @@ class WorkerPools:
 
         budget = slot.pool.package.manifest.resources.cpu_seconds_per_call
         watch = self._watchdog.watch(slot.worker.pid, budget, cpu_spent)
+        used = cpu.CallCpu(slot.worker.pid)
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
             _require_confined(slot.worker)  # its cgroup may have gone while it sat idle
@@ -233,6 +235,7 @@ class WorkerPools:
             raise
         finally:
             self._watchdog.unwatch(watch)
+            call_cpu_us.set(call_cpu_us.get() + used.used_us())
         with lease:
             returned.set()
             self._release(slot)

@@ -179,3 +179,20 @@ def test_mapping_subclasses_and_views_encode_as_plain_dicts() -> None:
 
     view = MappingProxyType({"b": 1, "a": Labels(z=[1, (2, 3)], y="x")})
     assert canonical_json(view) == b'{"a":{"y":"x","z":[1,[2,3]]},"b":1}'
+
+
+def test_entity_rows_record_their_count_and_field_rows_keep_their_bytes() -> None:
+    with_count = FieldAction("/note", ("pii.email",), "entity.redact", 3).to_json()
+    assert with_count == {
+        "path": "/note",
+        "labels": ["pii.email"],
+        "action": "entity.redact",
+        "count": 3,
+    }
+    # A row without a count encodes exactly as before counts existed.
+    assert canonical_json(FieldAction("/a", (), "allow").to_json()) == (
+        b'{"action":"allow","labels":[],"path":"/a"}'
+    )
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="count"):
+            FieldAction("/n", ("x",), "entity.mask", bad).to_json()

@@ -65,3 +65,21 @@ def test_sorting_a_page() -> None:
     assert [e.leaf_index for e in entries] == [1, 2, 0]
     sort_entries(entries, "tenant", descending=True)
     assert [e.leaf_index for e in entries] == [2, 0, 1]
+
+
+def test_leaf_and_time_sorts_are_done_by_the_broker_across_pages() -> None:
+    orders = {
+        "leaf": audit_pb2.QUERY_ORDER_OLDEST_FIRST,
+        "-leaf": audit_pb2.QUERY_ORDER_NEWEST_FIRST,
+        "time": audit_pb2.QUERY_ORDER_TIME_ASCENDING,
+        "-time": audit_pb2.QUERY_ORDER_TIME_DESCENDING,
+    }
+    for sort, order in orders.items():
+        search = Search.from_query({"sort": sort})
+        assert search.sorted_by_server and search.server_order() == order
+    tenant = Search.from_query({"sort": "-tenant"})
+    assert not tenant.sorted_by_server
+    assert tenant.server_order() == audit_pb2.QUERY_ORDER_OLDEST_FIRST
+    # A new sort starts from the first page: a page token is bound to its order.
+    paged = Search.from_query({"sort": "leaf", "page": "abc"})
+    assert "page" not in parse_qs(paged.sort_link("leaf"))

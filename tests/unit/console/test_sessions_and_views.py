@@ -85,37 +85,54 @@ def test_record_states() -> None:
 
 
 def test_chart_data() -> None:
-    day = int(datetime(2026, 12, 7, tzinfo=UTC).timestamp()) * 1_000_000
-    entries = [
-        _entry(
-            0,
-            "call.intent",
-            {"fields": [{"path": "/e", "labels": ["pii.email"], "action": "redact"}]},
-        ),
-        _entry(1, "call.outcome", {}, status="OK", time_us=day, tenant="acme", model="v/m@1"),
-        _entry(
-            2,
-            "call.outcome",
-            {"error_class": "PolicyDenied"},
-            status="PERMISSION_DENIED",
-            time_us=day,
-            tenant="acme",
-            model="v/m@1",
-        ),
-        _entry(
-            3, "admin.retention.deleted", {"details": {"done_time": "2026-12-07T01:00:00+00:00"}}
-        ),
-    ]
-    records = [retention_pb2.RetainedRecord(due_time=_ts(datetime(2026, 12, 7, 5, tzinfo=UTC)))]
-    data = views.chart_data(entries, records)
+    def group(*keys: str, count: int) -> audit_pb2.AggregateGroup:
+        return audit_pb2.AggregateGroup(keys=keys, count=count)
+
+    counts = audit_pb2.AggregateResponse(
+        entries=4,
+        calls_by_day_outcome=[
+            group("2026-12-07", "OK", count=1),
+            group("2026-12-07", "PERMISSION_DENIED", count=1),
+        ],
+        calls_by_tenant_model=[group("acme", "v/m@1", count=2)],
+        failures_by_reason=[group("PolicyDenied", count=1)],
+        fields_by_label_action=[group("pii.email", "redact", count=1)],
+        deletions_done_by_day=[group("2026-12-07", count=1)],
+        deletions_due_by_day=[group("2026-12-07", count=1), group("2026-12-09", count=3)],
+    )
+    data = views.chart_data(counts)
     assert data["calls_by_outcome"] == {
         "labels": ["2026-12-07"],
         "series": [{"name": "OK", "values": [1]}, {"name": "PERMISSION_DENIED", "values": [1]}],
     }
     assert data["actions_by_label"]["series"] == [{"name": "redact", "values": [1]}]
     assert data["denials_by_reason"] == {"labels": ["PolicyDenied"], "values": [1]}
-    assert data["deletions"]["series"] == [
-        {"name": "done", "values": [1]},
-        {"name": "due", "values": [1]},
+    assert data["deletions"] == {
+        "labels": ["2026-12-07", "2026-12-09"],
+        "series": [{"name": "done", "values": [1, 0]}, {"name": "due", "values": [1, 3]}],
+    }
+    assert data["calls_by_tenant_model"] == {"labels": ["acme \N{MIDDLE DOT} v/m@1"], "values": [2]}
+    assert data["entries"] == 4
+
+
+def test_decision_rows_group_each_fields_entities_with_their_counts() -> None:
+    fields = [
+        {"path": "/a", "labels": ["pii.email"], "action": "redact"},
+        {"path": "/a", "labels": ["pii.email"], "action": "entity.redact", "count": 1},
+        {"path": "/n", "labels": ["pii.phone"], "action": "entity.mask", "count": 2},
+        {"path": "/n", "labels": ["free_text"], "action": "allow"},
+        {"path": "/n", "labels": ["pii.email"], "action": "entity.redact", "count": 3},
+        {"path": "/old", "labels": ["pii.email"], "action": "entity.redact"},  # before counts
     ]
-    assert data["calls_by_tenant_model"] == {"labels": ["acme · v/m@1"], "values": [2]}
+    rows = {row.path: row for row in views.decision_rows(fields)}
+    assert (rows["/a"].action, rows["/a"].entities) == (
+        "redact",
+        [views.EntityCount("pii.email", "redact", 1)],
+    )
+    assert rows["/n"].action == "allow" and rows["/n"].labels == ["free_text"]
+    assert [(e.label, e.count) for e in rows["/n"].entities] == [("pii.phone", 2), ("pii.email", 3)]
+    assert rows["/old"].entities == [views.EntityCount("pii.email", "redact", None)]
+    assert views.entity_counts(fields[:5]) == [("pii.email", "redact", 4), ("pii.phone", "mask", 2)]
+    assert ("pii.email", "redact", None) in views.entity_counts(fields)
+    # Entity rows are not fields: the fields-per-label table counts only field rows.
+    assert views.label_counts(fields) == [("free_text", "allow", 1), ("pii.email", "redact", 1)]

@@ -6,10 +6,11 @@ install it, and fail in CI.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ import pytest
 from broker.policy.bundle import load_bundle
 from broker.policy.contract import Action, PolicyError, PolicyInput, PolicyLoadError
 from broker.policy.engine import PolicyEngine
-from broker.policy.opa_embedded import OpaEmbeddedEngine, opa_error_text
+from broker.policy.opa_embedded import (
+    Opa,
+    OpaEmbeddedEngine,
+    build_opa,
+    close_retired,
+    opa_error_text,
+)
 from broker.policy.store import PolicyStore
 from tests.unit.policy.conftest import SHIPPED_BUNDLE, TINY_POLICY, make_input
 
@@ -27,8 +34,10 @@ pytestmark = pytest.mark.usefixtures("opa_bindings_present")
 
 
 @pytest.fixture(scope="module")
-def shipped() -> OpaEmbeddedEngine:
-    return OpaEmbeddedEngine(load_bundle(SHIPPED_BUNDLE))
+def shipped() -> Iterator[OpaEmbeddedEngine]:
+    engine = OpaEmbeddedEngine(load_bundle(SHIPPED_BUNDLE))
+    yield engine
+    engine.close()
 
 
 def test_is_a_policy_engine(shipped: OpaEmbeddedEngine) -> None:
@@ -63,53 +72,33 @@ def test_denials_and_tenant_settings(shipped: OpaEmbeddedEngine) -> None:
     assert globex.fields["/ticket/medical_notes"] == Action("drop")
 
 
-def test_tiny_bundle_with_data(write_bundle: WriteBundle) -> None:
-    root = write_bundle(
-        {"broker/policy.rego": TINY_POLICY, "broker/data.json": '{"action": "hash"}'}
-    )
-    plan = OpaEmbeddedEngine(load_bundle(root)).decide(make_input())
-    assert set(plan.fields.values()) == {Action("hash")}
-
-
-def test_configurable_rule(write_bundle: WriteBundle) -> None:
-    root = write_bundle(
-        {"acme/p.rego": 'package acme.pdp\n\nimport rego.v1\n\nplan := {"allow": true}\n'}
-    )
-    plan = OpaEmbeddedEngine(load_bundle(root), rule="data.acme.pdp.plan").decide(make_input())
-    assert plan.allow
-    assert set(plan.fields.values()) == {Action("redact")}
-
-
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ("decision := 42", "must be an object"),
-        ('decision := {"allow": true, "fields": {"/nope": {"action": "allow"}}}', "not in the"),
-        ('decision := {"allow": true, "fields": {"/customer/name": "x"}}', "unknown action"),
-        ("decision := x if { x := {}; input.nothing }", "undefined"),
         ("decision := 1 / count([])", "evaluation error at p.rego:5: eval_builtin_error"),
-        ('decision := {"allow": true, "n": to_number("x")}', "evaluation error"),
         (
             'decision := {"allow": true} if input.direction\ndecision := {"allow": false}',
             "eval_conflict_error",
         ),
     ],
 )
-def test_bad_policy_output_or_throw_denies(
+def test_evaluation_errors_name_opa_error_and_place(
     write_bundle: WriteBundle, body: str, fragment: str
 ) -> None:
+    """Beyond the denial both engines give (test_engines.py): OPA's error code and location."""
     root = write_bundle({"p.rego": f"package broker\n\nimport rego.v1\n\n{body}\n"})
+    engine = OpaEmbeddedEngine(load_bundle(root))
     with pytest.raises(PolicyError) as info:
-        OpaEmbeddedEngine(load_bundle(root)).decide(make_input())
+        engine.decide(make_input())
+    engine.close()
     assert fragment in info.value.reason
 
 
-def test_syntax_error_names_file_and_line(write_bundle: WriteBundle) -> None:
+def test_syntax_error_is_opa_parse_error(write_bundle: WriteBundle) -> None:
+    """Beyond file and line (test_engines.py): the reason is OPA's own error code."""
     root = write_bundle({"broker/p.rego": "package broker\n\nallow if {\n  input.x ==\n}\n"})
     with pytest.raises(PolicyLoadError) as info:
         OpaEmbeddedEngine(load_bundle(root))
-    assert info.value.file == "broker/p.rego"
-    assert info.value.line == 5
     assert "rego_parse_error" in info.value.reason
 
 
@@ -125,12 +114,6 @@ def test_compile_error_is_a_load_error(write_bundle: WriteBundle) -> None:
         OpaEmbeddedEngine(load_bundle(root))
     assert (info.value.file, info.value.line) == ("broker/q.rego", 5)
     assert "rego_unsafe_var_error" in info.value.reason
-
-
-def test_missing_package_is_load_error(write_bundle: WriteBundle) -> None:
-    root = write_bundle({"p.rego": "package other\n\nx := 1\n", "broker/data.json": "{}"})
-    with pytest.raises(PolicyLoadError, match="no policy defines package broker"):
-        OpaEmbeddedEngine(load_bundle(root))
 
 
 def test_store_keeps_the_old_revision_when_a_reload_fails(write_bundle: WriteBundle) -> None:
@@ -218,3 +201,89 @@ except ConfigError as exc:
         "--ignore-requires-python --require-hashes -r requirements-opa-embedded.txt" in done.stdout
     )
     assert "opa-golib-python-bindings==0.4.4" in done.stdout
+
+
+def _pooled(engine: OpaEmbeddedEngine) -> list[Opa]:
+    """The engines idle in the pool (taken out and put back)."""
+    found: list[Opa] = []
+    while not engine._idle.empty():
+        found.append(engine._idle.get_nowait())
+    for opa in found:
+        engine._idle.put(opa)
+    return found
+
+
+def _is_open(opa: Opa) -> bool:
+    return opa._engine._handle is not None
+
+
+def test_a_dropped_engine_is_closed_by_the_next_decision_not_by_the_collector(
+    write_bundle: WriteBundle,
+) -> None:
+    """OpaDestroy never runs on whichever thread the garbage collector happens to run on."""
+    root = write_bundle(
+        {"broker/policy.rego": TINY_POLICY, "broker/data.json": '{"action": "hash"}'}
+    )
+    close_retired()
+    dropped = OpaEmbeddedEngine(load_bundle(root))
+    dropped.decide(make_input())
+    pooled = _pooled(dropped)
+    assert pooled and all(_is_open(opa) for opa in pooled)
+
+    closing_threads: list[str] = []
+    real_close = Opa.close
+
+    def recording_close(self: Opa) -> None:
+        closing_threads.append(threading.current_thread().name)
+        real_close(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Opa, "close", recording_close)
+        collector = threading.Thread(target=gc.collect, name="collector")
+        del dropped
+        collector.start()
+        collector.join()
+        assert closing_threads == []  # retired, not closed, by the drop and the collection
+        assert all(_is_open(opa) for opa in pooled)
+
+        survivor = OpaEmbeddedEngine(load_bundle(root))
+        assert survivor.decide(make_input()).allow
+        assert not any(_is_open(opa) for opa in pooled)
+        assert set(closing_threads) == {threading.current_thread().name}
+        survivor.close()
+
+
+def test_a_closed_engine_denies_and_closes_a_lent_engine_after_its_decision(
+    write_bundle: WriteBundle,
+) -> None:
+    root = write_bundle(
+        {"broker/policy.rego": TINY_POLICY, "broker/data.json": '{"action": "hash"}'}
+    )
+    engine = OpaEmbeddedEngine(load_bundle(root))
+    with engine._lease() as lent:
+        engine.close()
+        assert _is_open(lent)  # the decision in progress keeps its engine
+        value, _ = lent.document("broker.decision", make_input().to_json_obj())
+        assert isinstance(value, dict)
+    close_retired()
+    assert not _is_open(lent)
+    with pytest.raises(PolicyError, match="closed"):
+        engine.decide(make_input())
+
+
+def test_an_engine_that_fails_to_build_is_closed(
+    write_bundle: WriteBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_bundle({"broker/p.rego": "package broker\n\nallow if {\n  input.x ==\n}\n"})
+    close_retired()  # earlier tests' retired engines are not this build's
+    closed: list[Opa] = []
+    real_close = Opa.close
+
+    def recording_close(self: Opa) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(Opa, "close", recording_close)
+    with pytest.raises(PolicyLoadError):
+        build_opa(load_bundle(root))
+    assert len(closed) == 1 and not _is_open(closed[0])

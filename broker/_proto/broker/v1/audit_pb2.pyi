@@ -7,6 +7,7 @@ import builtins
 import collections.abc
 import google.protobuf.descriptor
 import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
 import sys
 import typing
@@ -17,6 +18,38 @@ else:
     import typing_extensions
 
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+
+class _QueryOrder:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _QueryOrderEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_QueryOrder.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    QUERY_ORDER_UNSPECIFIED: _QueryOrder.ValueType  # 0
+    """The log's own order, leaf index ascending (oldest first)."""
+    QUERY_ORDER_OLDEST_FIRST: _QueryOrder.ValueType  # 1
+    """Leaf index ascending, as UNSPECIFIED."""
+    QUERY_ORDER_NEWEST_FIRST: _QueryOrder.ValueType  # 2
+    """Leaf index descending: the newest entries first."""
+    QUERY_ORDER_TIME_ASCENDING: _QueryOrder.ValueType  # 3
+    """Entry time ascending, ties by leaf index."""
+    QUERY_ORDER_TIME_DESCENDING: _QueryOrder.ValueType  # 4
+    """Entry time descending, ties by leaf index descending."""
+
+class QueryOrder(_QueryOrder, metaclass=_QueryOrderEnumTypeWrapper):
+    """QueryOrder is the order QueryEntries returns entries in."""
+
+QUERY_ORDER_UNSPECIFIED: QueryOrder.ValueType  # 0
+"""The log's own order, leaf index ascending (oldest first)."""
+QUERY_ORDER_OLDEST_FIRST: QueryOrder.ValueType  # 1
+"""Leaf index ascending, as UNSPECIFIED."""
+QUERY_ORDER_NEWEST_FIRST: QueryOrder.ValueType  # 2
+"""Leaf index descending: the newest entries first."""
+QUERY_ORDER_TIME_ASCENDING: QueryOrder.ValueType  # 3
+"""Entry time ascending, ties by leaf index."""
+QUERY_ORDER_TIME_DESCENDING: QueryOrder.ValueType  # 4
+"""Entry time descending, ties by leaf index descending."""
+Global___QueryOrder: typing_extensions.TypeAlias = QueryOrder
 
 @typing.final
 class AuditFilter(google.protobuf.message.Message):
@@ -90,6 +123,7 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     START_INDEX_FIELD_NUMBER: builtins.int
+    ORDER_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Entries per page; 0 means 100, values above 1000 are capped at 1000."""
     page_token: builtins.str
@@ -97,6 +131,11 @@ class QueryEntriesRequest(google.protobuf.message.Message):
     start_index: builtins.int
     """First leaf index to return (inclusive) when page_token is empty; 0 = from the start.
     A follower (`broker audit tail --follow`) asks again from one past the last index it saw.
+    Only with the oldest-first order.
+    """
+    order: Global___QueryOrder.ValueType
+    """The order of the entries across all pages (the database sorts); a page_token is bound to
+    the order it was made with.
     """
     @property
     def filter(self) -> Global___AuditFilter:
@@ -109,9 +148,10 @@ class QueryEntriesRequest(google.protobuf.message.Message):
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         start_index: builtins.int = ...,
+        order: Global___QueryOrder.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "start_index", b"start_index"]) -> None: ...
 
 Global___QueryEntriesRequest: typing_extensions.TypeAlias = QueryEntriesRequest
 
@@ -420,3 +460,104 @@ class ExportChunk(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["data", b"data", "manifest_json", b"manifest_json"]) -> None: ...
 
 Global___ExportChunk: typing_extensions.TypeAlias = ExportChunk
+
+@typing.final
+class AggregateRequest(google.protobuf.message.Message):
+    """AggregateRequest names the entries to count."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: builtins.int
+    @property
+    def filter(self) -> Global___AuditFilter:
+        """What to count; each group below adds the entry kind it is about."""
+
+    def __init__(
+        self,
+        *,
+        filter: Global___AuditFilter | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
+
+Global___AggregateRequest: typing_extensions.TypeAlias = AggregateRequest
+
+@typing.final
+class AggregateGroup(google.protobuf.message.Message):
+    """AggregateGroup is one group of a count: its keys, in the order the field's comment names them."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    count: builtins.int
+    """How many entries (or fields, or records) are in the group."""
+    @property
+    def keys(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The group's keys (names only: days, statuses, tenants, models, labels, actions, reasons)."""
+
+    def __init__(
+        self,
+        *,
+        keys: collections.abc.Iterable[builtins.str] | None = ...,
+        count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count", "keys", b"keys"]) -> None: ...
+
+Global___AggregateGroup: typing_extensions.TypeAlias = AggregateGroup
+
+@typing.final
+class AggregateResponse(google.protobuf.message.Message):
+    """AggregateResponse holds every chart's groups, largest first, at most 500 per chart."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    CALLS_BY_DAY_OUTCOME_FIELD_NUMBER: builtins.int
+    CALLS_BY_TENANT_MODEL_FIELD_NUMBER: builtins.int
+    FAILURES_BY_REASON_FIELD_NUMBER: builtins.int
+    FIELDS_BY_LABEL_ACTION_FIELD_NUMBER: builtins.int
+    DELETIONS_DONE_BY_DAY_FIELD_NUMBER: builtins.int
+    DELETIONS_DUE_BY_DAY_FIELD_NUMBER: builtins.int
+    entries: builtins.int
+    """Entries that match the filter."""
+    @property
+    def calls_by_day_outcome(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries; keys: UTC day (YYYY-MM-DD), status."""
+
+    @property
+    def calls_by_tenant_model(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries; keys: tenant, model."""
+
+    @property
+    def failures_by_reason(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """call.outcome entries that are not OK; keys: error class (else the status)."""
+
+    @property
+    def fields_by_label_action(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """Fields of call.intent entries (entity rows as `entity.<action>`); keys: label, action."""
+
+    @property
+    def deletions_done_by_day(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """admin.retention.deleted entries; keys: UTC day of the entry."""
+
+    @property
+    def deletions_due_by_day(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AggregateGroup]:
+        """Retained records not yet deleted, of the filter's tenant scope (the other filters do not
+        apply: records are not entries); keys: UTC day they are due.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: builtins.int = ...,
+        calls_by_day_outcome: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        calls_by_tenant_model: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        failures_by_reason: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        fields_by_label_action: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        deletions_done_by_day: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+        deletions_due_by_day: collections.abc.Iterable[Global___AggregateGroup] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["calls_by_day_outcome", b"calls_by_day_outcome", "calls_by_tenant_model", b"calls_by_tenant_model", "deletions_done_by_day", b"deletions_done_by_day", "deletions_due_by_day", b"deletions_due_by_day", "entries", b"entries", "failures_by_reason", b"failures_by_reason", "fields_by_label_action", b"fields_by_label_action"]) -> None: ...
+
+Global___AggregateResponse: typing_extensions.TypeAlias = AggregateResponse

@@ -68,6 +68,11 @@ class AuditStub:
                 request_serializer=broker_dot_v1_dot_audit__pb2.ExportRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_audit__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.Aggregate = channel.unary_unary(
+                '/broker.v1.Audit/Aggregate',
+                request_serializer=broker_dot_v1_dot_audit__pb2.AggregateRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_audit__pb2.AggregateResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -120,6 +125,14 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Aggregate(self, request, context):
+        """Aggregate counts the entries that match the filters for the compliance console's charts,
+        grouped by the database (tenant-scoped exactly as QueryEntries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +165,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.Export,
                     request_deserializer=broker_dot_v1_dot_audit__pb2.ExportRequest.FromString,
                     response_serializer=broker_dot_v1_dot_audit__pb2.ExportChunk.SerializeToString,
+            ),
+            'Aggregate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Aggregate,
+                    request_deserializer=broker_dot_v1_dot_audit__pb2.AggregateRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_audit__pb2.AggregateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +338,33 @@ class Audit:
             '/broker.v1.Audit/Export',
             broker_dot_v1_dot_audit__pb2.ExportRequest.SerializeToString,
             broker_dot_v1_dot_audit__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Aggregate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.Audit/Aggregate',
+            broker_dot_v1_dot_audit__pb2.AggregateRequest.SerializeToString,
+            broker_dot_v1_dot_audit__pb2.AggregateResponse.FromString,
             options,
             channel_credentials,
             insecure,

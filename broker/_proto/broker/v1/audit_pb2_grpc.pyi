@@ -121,7 +121,23 @@ _AuditExportType = typing_extensions.TypeVar(
     ],
 )
 
-class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _AuditGetInclusionProofType, _AuditGetConsistencyProofType, _AuditGetCheckpointType, _AuditExportType]):
+_AuditAggregateType = typing_extensions.TypeVar(
+    '_AuditAggregateType',
+    grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.AggregateRequest,
+        broker._proto.broker.v1.audit_pb2.AggregateResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.AggregateRequest,
+        broker._proto.broker.v1.audit_pb2.AggregateResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.AggregateRequest,
+        broker._proto.broker.v1.audit_pb2.AggregateResponse,
+    ],
+)
+
+class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _AuditGetInclusionProofType, _AuditGetConsistencyProofType, _AuditGetCheckpointType, _AuditExportType, _AuditAggregateType]):
     """Audit is the compliance-facing service over the tamper-evident audit log.
     Requires the `compliance` role (which sees only its own tenant's entries) or `auditor`/`admin`
     (which see every tenant). Everything returned can be verified offline with the log's public
@@ -154,6 +170,10 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _Audi
             broker._proto.broker.v1.audit_pb2.ExportRequest,
             broker._proto.broker.v1.audit_pb2.ExportChunk,
         ],
+        grpc.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.audit_pb2.AggregateRequest,
+            broker._proto.broker.v1.audit_pb2.AggregateResponse,
+        ],
     ], channel: grpc.Channel) -> None: ...
 
     @typing.overload
@@ -182,6 +202,10 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _Audi
             broker._proto.broker.v1.audit_pb2.ExportRequest,
             broker._proto.broker.v1.audit_pb2.ExportChunk,
         ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            broker._proto.broker.v1.audit_pb2.AggregateRequest,
+            broker._proto.broker.v1.audit_pb2.AggregateResponse,
+        ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     QueryEntries: _AuditQueryEntriesType
@@ -203,6 +227,11 @@ class AuditStub(typing.Generic[_AuditQueryEntriesType, _AuditGetEntryType, _Audi
 
     Export: _AuditExportType
     """Export streams an export bundle (manifest, then JSONL or CSV bytes) for offline verification."""
+
+    Aggregate: _AuditAggregateType
+    """Aggregate counts the entries that match the filters for the compliance console's charts,
+    grouped by the database (tenant-scoped exactly as QueryEntries).
+    """
 
 AuditAsyncStub: typing_extensions.TypeAlias = AuditStub[
     grpc.aio.UnaryStreamMultiCallable[
@@ -228,6 +257,10 @@ AuditAsyncStub: typing_extensions.TypeAlias = AuditStub[
     grpc.aio.UnaryStreamMultiCallable[
         broker._proto.broker.v1.audit_pb2.ExportRequest,
         broker._proto.broker.v1.audit_pb2.ExportChunk,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        broker._proto.broker.v1.audit_pb2.AggregateRequest,
+        broker._proto.broker.v1.audit_pb2.AggregateResponse,
     ],
 ]
 
@@ -287,5 +320,15 @@ class AuditServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[broker._proto.broker.v1.audit_pb2.ExportChunk], collections.abc.AsyncIterator[broker._proto.broker.v1.audit_pb2.ExportChunk]]:
         """Export streams an export bundle (manifest, then JSONL or CSV bytes) for offline verification."""
+
+    @abc.abstractmethod
+    def Aggregate(
+        self,
+        request: broker._proto.broker.v1.audit_pb2.AggregateRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[broker._proto.broker.v1.audit_pb2.AggregateResponse, collections.abc.Awaitable[broker._proto.broker.v1.audit_pb2.AggregateResponse]]:
+        """Aggregate counts the entries that match the filters for the compliance console's charts,
+        grouped by the database (tenant-scoped exactly as QueryEntries).
+        """
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

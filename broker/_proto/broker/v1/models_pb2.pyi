@@ -255,6 +255,51 @@ class OipMapping(google.protobuf.message.Message):
 Global___OipMapping: typing_extensions.TypeAlias = OipMapping
 
 @typing.final
+class Pricing(google.protobuf.message.Message):
+    """Pricing is what one call to a model version costs the buyer, set by the vendor.
+    Every price is an integer number of micros: millionths of one unit of `currency`
+    (1 USD = 1,000,000 micros, so 2500 is USD 0.0025). A call's cost is the sum, over the units
+    it used, of units x price; sandbox CPU time is priced per second and rounded half up to a
+    whole micro per call. A model with every price 0 is free and needs no currency.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CURRENCY_FIELD_NUMBER: builtins.int
+    PER_CALL_MICROS_FIELD_NUMBER: builtins.int
+    PER_INPUT_TOKEN_MICROS_FIELD_NUMBER: builtins.int
+    PER_OUTPUT_TOKEN_MICROS_FIELD_NUMBER: builtins.int
+    PER_TENSOR_ELEMENT_MICROS_FIELD_NUMBER: builtins.int
+    PER_CPU_SECOND_MICROS_FIELD_NUMBER: builtins.int
+    currency: builtins.str
+    """ISO 4217 currency code, three capital letters ("USD", "EUR"); required if any price is set."""
+    per_call_micros: builtins.int
+    """Micros per call that reached the model and delivered an answer (whole or, streamed, part)."""
+    per_input_token_micros: builtins.int
+    """Micros per input (prompt) token, as the vendor's usage reports it."""
+    per_output_token_micros: builtins.int
+    """Micros per output (completion) token, as the vendor's usage reports it."""
+    per_tensor_element_micros: builtins.int
+    """Micros per tensor element sent: per scalar value of the payload sent to the model (for an
+    Open Inference Protocol model these are its input tensors' elements).
+    """
+    per_cpu_second_micros: builtins.int
+    """Micros per second of CPU time the call used in the broker's sandbox (RUNTIME_SANDBOX only)."""
+    def __init__(
+        self,
+        *,
+        currency: builtins.str = ...,
+        per_call_micros: builtins.int = ...,
+        per_input_token_micros: builtins.int = ...,
+        per_output_token_micros: builtins.int = ...,
+        per_tensor_element_micros: builtins.int = ...,
+        per_cpu_second_micros: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["currency", b"currency", "per_call_micros", b"per_call_micros", "per_cpu_second_micros", b"per_cpu_second_micros", "per_input_token_micros", b"per_input_token_micros", "per_output_token_micros", b"per_output_token_micros", "per_tensor_element_micros", b"per_tensor_element_micros"]) -> None: ...
+
+Global___Pricing: typing_extensions.TypeAlias = Pricing
+
+@typing.final
 class Model(google.protobuf.message.Message):
     """Model is one version of a model as the vendor registered it."""
 
@@ -273,6 +318,7 @@ class Model(google.protobuf.message.Message):
     UPDATE_TIME_FIELD_NUMBER: builtins.int
     REF_FIELD_NUMBER: builtins.int
     PACKAGE_DIGEST_FIELD_NUMBER: builtins.int
+    PRICING_FIELD_NUMBER: builtins.int
     vendor: builtins.str
     """Vendor that publishes the model; for a vendor caller it is always the caller's tenant."""
     name: builtins.str
@@ -312,6 +358,10 @@ class Model(google.protobuf.message.Message):
     def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
         """When this version last changed. Output only."""
 
+    @property
+    def pricing(self) -> Global___Pricing:
+        """What a call costs the buyer; unset or all zero means free."""
+
     def __init__(
         self,
         *,
@@ -328,9 +378,10 @@ class Model(google.protobuf.message.Message):
         update_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         ref: builtins.str = ...,
         package_digest: builtins.str = ...,
+        pricing: Global___Pricing | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["create_time", b"create_time", "endpoint", b"endpoint", "oip_mapping", b"oip_mapping", "update_time", b"update_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "fields", b"fields", "name", b"name", "oip_mapping", b"oip_mapping", "package_digest", b"package_digest", "ref", b"ref", "runtime", b"runtime", "status", b"status", "update_time", b"update_time", "vendor", b"vendor", "version", b"version"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["create_time", b"create_time", "endpoint", b"endpoint", "oip_mapping", b"oip_mapping", "pricing", b"pricing", "update_time", b"update_time"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "fields", b"fields", "name", b"name", "oip_mapping", b"oip_mapping", "package_digest", b"package_digest", "pricing", b"pricing", "ref", b"ref", "runtime", b"runtime", "status", b"status", "update_time", b"update_time", "vendor", b"vendor", "version", b"version"]) -> None: ...
 
 Global___Model: typing_extensions.TypeAlias = Model
 
@@ -348,6 +399,7 @@ class CatalogModel(google.protobuf.message.Message):
     RUNTIME_FIELD_NUMBER: builtins.int
     FIELDS_FIELD_NUMBER: builtins.int
     LABELS_FIELD_NUMBER: builtins.int
+    PRICING_FIELD_NUMBER: builtins.int
     ref: builtins.str
     """Reference "vendor/name@version" to pass to Invoke."""
     vendor: builtins.str
@@ -368,6 +420,10 @@ class CatalogModel(google.protobuf.message.Message):
     def labels(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Union of the labels of all declared fields, sorted: the data the model says it needs."""
 
+    @property
+    def pricing(self) -> Global___Pricing:
+        """What a call costs; unset means free."""
+
     def __init__(
         self,
         *,
@@ -379,7 +435,9 @@ class CatalogModel(google.protobuf.message.Message):
         runtime: Global___Runtime.ValueType = ...,
         fields: collections.abc.Iterable[Global___FieldSpec] | None = ...,
         labels: collections.abc.Iterable[builtins.str] | None = ...,
+        pricing: Global___Pricing | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["description", b"description", "fields", b"fields", "labels", b"labels", "name", b"name", "ref", b"ref", "runtime", b"runtime", "vendor", b"vendor", "version", b"version"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["pricing", b"pricing"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["description", b"description", "fields", b"fields", "labels", b"labels", "name", b"name", "pricing", b"pricing", "ref", b"ref", "runtime", b"runtime", "vendor", b"vendor", "version", b"version"]) -> None: ...
 
 Global___CatalogModel: typing_extensions.TypeAlias = CatalogModel

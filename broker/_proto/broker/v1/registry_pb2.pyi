@@ -165,7 +165,8 @@ class UpdateModelRequest(google.protobuf.message.Message):
 
     @property
     def update_mask(self) -> google.protobuf.field_mask_pb2.FieldMask:
-        """Which fields to change: any of "description", "endpoint", "fields", "oip_mapping",
+        """Which fields to change: any of "description", "endpoint", "fields", "oip_mapping", "pricing"
+        (the new prices apply to calls that start after the change),
         "status" (only DRAFT -> LISTED or LISTED -> DRAFT; use RetireModel to retire), and
         "endpoint.api_key" to replace only the endpoint's API key (empty: remove it).
         """
