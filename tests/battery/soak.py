@@ -289,14 +289,21 @@ def run_soak(
     callers: int = 4,
     interval: float = 1.0,
     out: Path | None = None,
+    warmup: float = 0.0,
 ) -> dict[str, object]:
-    """Run the load for ``seconds``, sampling every ``interval``; return and write the figures."""
+    """Run the load for ``seconds``, sampling every ``interval``; return and write the figures.
+
+    ``warmup``: seconds of load before the first sample, for short runs, whose second half
+    would otherwise still hold the call pools' growth (threads, each with its database
+    connection) that a long run leaves in its first minute.
+    """
     out = out or data_dir / "battery-figures"
     samples: list[Sample] = []
     with soak_node(data_dir, database_url) as (node, _, _, sandbox):
         load = Load(node, callers, sandbox=sandbox)
-        started = time.monotonic()
         load.start()
+        time.sleep(warmup)
+        started = time.monotonic()
         try:
             while (elapsed := time.monotonic() - started) < seconds:
                 samples.append(sample(node, elapsed))
@@ -314,6 +321,7 @@ def run_soak(
     }
     figures: dict[str, object] = {
         "seconds": round(samples[-1].t, 1),
+        "warmup_seconds": warmup,
         "callers": callers,
         "sandbox_model": sandbox,
         "database": database_url.split(":", 1)[0],
@@ -350,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds of load before sampling")
     parser.add_argument(
         "--root",
         type=Path,
@@ -371,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         callers=args.callers,
         interval=args.interval,
         out=args.out,
+        warmup=args.warmup,
     )
     out = args.out or data_dir / "battery-figures"
     print(json.dumps(figures, indent=2))
