@@ -15,8 +15,9 @@ OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed-stamp
 CONFIG ?= examples/demo/broker.toml
 FUZZ_SECONDS ?= 60
 FUZZ ?= all
+SOAK_SECONDS ?= 600
 
-.PHONY: help run test lint fuzz proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down oidc-provider
+.PHONY: help run test lint fuzz soak proto proto-check bench mlserver-env llm-env install clean system-deps cluster cluster-down oidc-provider
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -85,6 +86,10 @@ test: $(STAMP) $(MLSERVER_STAMP) $(OIDC_STAMP) ## Run every test (PostgreSQL and
 
 fuzz: $(STAMP) ## Fuzz every parser of outside input, FUZZ_SECONDS (60) each; FUZZ=name runs one
 	nice -n 19 $(BIN)/python -m tests.fuzz $(FUZZ) --seconds $(FUZZ_SECONDS)
+
+soak: $(STAMP) ## Mixed load on a real broker for SOAK_SECONDS (600); RSS, fds, threads, workers, audit queue must not grow (var/soak/)
+	rm -rf var/soak
+	nice -n 10 $(BIN)/python -m tests.battery.soak --seconds $(SOAK_SECONDS) --root var/soak
 
 lint: $(STAMP) ## Ruff, formatting check, mypy (strict) and the import contracts (layers, sandbox boundary)
 	$(BIN)/ruff check broker sandbox tests scripts bench examples

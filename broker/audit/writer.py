@@ -62,6 +62,20 @@ DEFAULT_APPEND_TIMEOUT_S: Final = 30.0
 _SLOW_COMMIT_S: Final = 0.001
 
 
+def why_not_written(exc: Exception) -> str:
+    """What the operator must fix, in words, for a failed commit: a full disk and a read-only
+    database are told apart from a database that cannot be reached (the driver's own text
+    carries SQL parameters, so it goes to the log only, never to the caller)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "disk is full" in text or "no space left" in text or "could not extend" in text:
+        return "the database's disk is full"
+    if "readonly database" in text or "read-only" in text:
+        return "the database is read-only"
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return "the database cannot be reached or refused the write"
+    return type(exc).__name__
+
+
 class _Pending:
     """One caller's entry and, once its batch is done, its receipt or error.
 
@@ -454,7 +468,7 @@ class AuditLog:
     def _fail(batch: list[_Pending], exc: Exception) -> None:
         for pending in batch:
             pending.error = Unavailable(
-                f"audit log cannot be written: {type(exc).__name__}", log_reason=str(exc)
+                f"audit log cannot be written: {why_not_written(exc)}", log_reason=str(exc)
             )
             pending.done = True
 

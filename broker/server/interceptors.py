@@ -8,7 +8,9 @@ worker thread that serves the RPC:
 2. a ``BrokerError`` raised anywhere below becomes its gRPC status, with a
    ``google.rpc.ErrorInfo`` detail; a database that cannot be reached becomes UNAVAILABLE; any
    other exception becomes a bare INTERNAL whose cause goes only to the log;
-3. exactly one structured ``rpc`` event is logged per call, with method, tenant, subject,
+3. a request whose bytes are not a valid message is refused with INVALID_ARGUMENT naming the
+   message type (parsed here, after authentication, not by grpcio, which would answer INTERNAL);
+4. exactly one structured ``rpc`` event is logged per call, with method, tenant, subject,
    status and latency, plus whatever the servicer bound (call id, model). Never a payload value.
 
 Authentication happens in the worker thread, not in grpcio's polling thread, so token
@@ -25,11 +27,18 @@ import grpc
 import sqlalchemy as sa
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from broker.auth.principal import Principal
-from broker.errors import BrokerError, QuotaExceeded, Unauthenticated, Unavailable
+from broker.errors import (
+    BrokerError,
+    InvalidArgument,
+    QuotaExceeded,
+    Unauthenticated,
+    Unavailable,
+)
 from broker.logging import get_logger
 from broker.observability import metrics, tracing
 from broker.observability.stages import stage
@@ -62,34 +71,43 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
+        # The request reaches the wrapper as raw bytes and is parsed inside the scope: grpcio's
+        # own failed parse would answer a bare INTERNAL, unlogged and uncounted.
+        parse = _RequestParser(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.unary_unary, parse),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, parse),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client-streaming methods: none exist in broker.v1
 
     def _wrap_unary(
-        self, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+        self,
+        method: str,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        parse: _RequestParser,
+    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        def wrapped(raw: bytes, context: grpc.ServicerContext) -> Any:
             with _RpcScope(self._authenticate, method, context) as scope:
+                request = scope.run(lambda: parse(raw))
                 return scope.run(lambda: behavior(request, context))
 
         return wrapped
 
     def _wrap_stream(
-        self, method: str, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self,
+        method: str,
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+        parse: _RequestParser,
+    ) -> Callable[[bytes, grpc.ServicerContext], Iterator[Any]]:
+        def wrapped(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
             with _RpcScope(self._authenticate, method, context) as scope:
+                request = scope.run(lambda: parse(raw))
                 iterator = scope.run(lambda: iter(behavior(request, context)))
                 while True:
                     item = scope.run(lambda: next(iterator, _END))
@@ -101,6 +119,32 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
 
 
 _END = object()
+
+
+class _RequestParser:
+    """Turns a request's bytes into its message, or INVALID_ARGUMENT naming the message type.
+
+    Bytes that are not a valid serialised message (truncated varints, wrong wire types, invalid
+    UTF-8 in a string field) are the caller's mistake, so they get a status saying what to send,
+    after authentication, with the call's one log event and metric like any other refusal.
+    """
+
+    def __init__(self, deserializer: Callable[[bytes], Any] | None) -> None:
+        self._deserializer = deserializer
+        message_type = getattr(deserializer, "__self__", None)
+        descriptor = getattr(message_type, "DESCRIPTOR", None)
+        self._name = str(getattr(descriptor, "full_name", "request"))
+
+    def __call__(self, raw: bytes) -> Any:
+        if self._deserializer is None:
+            return raw
+        try:
+            return self._deserializer(raw)
+        except DecodeError as exc:
+            raise InvalidArgument(
+                f"the request is not a valid serialised {self._name} message",
+                log_reason=f"undecodable request ({len(raw)} bytes)",
+            ) from exc
 
 
 class _RpcScope:

@@ -8,7 +8,8 @@ according to ``FakeOpenAI.script``:
 - ``say``: ``text`` instead of the echo, split the same way;
 - ``drop``: two chunks of the echo, then the connection closes without a finish reason;
 - ``malformed``: one chunk, then a line that is not JSON;
-- ``huge``: ``huge_bytes`` of content in 64 KiB chunks (the broker must refuse it midway);
+- ``huge``: ``huge_bytes`` of content in 64 KiB chunks, streamed or as one completion (the
+  broker must refuse it midway);
 - ``hang``: headers are never sent;
 - ``slow``: a chunk every 50 ms for up to 30 s (``disconnected`` is set when the reader left).
 """
@@ -87,6 +88,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 time.sleep(30)
                 return
             text = fake.text if fake.script == "say" else fake.last_user_text()
+            if not body.get("stream") and fake.script == "huge":
+                self._huge_json()
+                return
             if not body.get("stream"):
                 self._json(text)
                 return
@@ -129,6 +133,29 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
             yield b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
+
+        def _huge_json(self) -> None:
+            """A completion whose content is ``huge_bytes`` long, sent 64 KiB at a time."""
+            head = b'{"id": "chatcmpl-fake", "object": "chat.completion", "choices": [{"index": 0,'
+            head += b' "message": {"role": "assistant", "content": "'
+            tail = b'"}, "finish_reason": "stop"}]}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(head) + fake.huge_bytes + len(tail)))
+            self.end_headers()
+            block = b"lorem ipsum " * 5461
+            try:
+                self.wfile.write(head)
+                left = fake.huge_bytes
+                while left > 0:
+                    piece = block[: min(left, len(block))]
+                    self.wfile.write(piece)
+                    fake.sent_bytes += len(piece)
+                    left -= len(piece)
+                self.wfile.write(tail)
+            except (BrokenPipeError, ConnectionResetError):
+                fake.disconnected.set()
+            self.close_connection = True
 
         def _json(self, text: str) -> None:
             answer = {

@@ -32,6 +32,7 @@ class ServeProcess:
 
     ``log_name``: a node started again on the same data directory writes a log of its own, as
     the workers of a killed node may still be draining (and writing) for a few seconds.
+    ``command_prefix``: run the broker under it (for example ``setpriv`` dropping capabilities).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class ServeProcess:
         extra_env: dict[str, str],
         *,
         log_name: str = "broker.log",
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / log_name
@@ -54,7 +56,7 @@ class ServeProcess:
         }
         self._log_file = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli.main", "serve"],
+            [*command_prefix, sys.executable, "-m", "broker.cli.main", "serve"],
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

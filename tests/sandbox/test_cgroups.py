@@ -83,6 +83,25 @@ def test_v2_with_delegated_controllers_limits_each_worker(tmp_path: Path) -> Non
     assert group.oom_killed()
 
 
+def test_a_group_emptied_or_removed_under_its_worker_is_no_longer_intact(tmp_path: Path) -> None:
+    """Regression (the fault battery): a worker whose cgroup was removed kept serving calls
+    with no cgroup limit; the pool now asks ``intact()`` around every call."""
+    cgroups = Cgroups.detect(_fake_host(tmp_path, v2_controllers="cpu memory pids"))
+    group = cgroups.create("worker-43", TEST_LIMITS)
+    assert group is not None
+    group.join(4343)
+    assert group.intact()
+    [path] = group.paths
+    (path / "cgroup.procs").write_text("")  # its processes moved out
+    assert not group.intact()
+    (path / "cgroup.procs").write_text("4343")
+    assert group.intact()
+    for child in path.iterdir():  # and the directory removed
+        child.unlink()
+    path.rmdir()
+    assert not group.intact()
+
+
 def test_v2_without_the_controllers_falls_back_to_v1(tmp_path: Path) -> None:
     proc = _fake_host(tmp_path, v2_controllers="hugetlb", v1=("memory", "pids"))
     cgroups = Cgroups.detect(proc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -189,6 +189,21 @@ def test_cancel_kills_the_worker(pools: WorkerPools, package: StoredPackage) -> 
             package.digest, "t", {"do": "sleep", "seconds": 30}, timeout=10, on_cancel=register
         )
     assert pools.workers(package.digest, "t") == []
+
+
+def test_a_canceller_run_after_its_call_ended_leaves_the_worker_alone(
+    pools: WorkerPools, package: StoredPackage
+) -> None:
+    """Regression (found by the soak): grpcio runs every RPC's termination callbacks after the
+    answer is sent; the finished call's canceller used to kill the worker, by then idle or busy
+    with the next call, which then failed as 'the model's worker crashed'."""
+    cancellers: list[Callable[[], None]] = []
+    first = pools.call(package.digest, "t", {}, timeout=10, on_cancel=cancellers.append)
+    cancellers[0]()  # the first RPC terminates now, its call long over
+    [worker] = pools.workers(package.digest, "t")
+    assert worker.alive
+    second = pools.call(package.digest, "t", {}, timeout=10, on_cancel=cancellers.append)
+    assert second["boot_id"] == first["boot_id"] and second["calls"] == 2
 
 
 def test_closed_pools_refuse_calls(pools: WorkerPools, package: StoredPackage) -> None:

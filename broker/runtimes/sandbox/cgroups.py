@@ -110,6 +110,21 @@ class WorkerGroup:
         for _, path in self._dirs:
             _write(path / "cgroup.procs", str(pid))
 
+    def intact(self) -> bool:
+        """Whether every directory of the group still exists and still holds a process.
+
+        Someone with the host's cgroup rights (an operator, an agent tidying up) can remove a
+        group under a live worker by moving its processes out first: the worker then runs with
+        no cgroup limit at all. The pool checks this around every call (one small read each).
+        """
+        for _, path in self._dirs:
+            try:
+                if not (path / "cgroup.procs").read_text().strip():
+                    return False
+            except OSError:
+                return False
+        return True
+
     def oom_killed(self) -> bool:
         """Whether the kernel killed a process of this group for its memory limit."""
         with self._lock:

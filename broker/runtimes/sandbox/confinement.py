@@ -57,6 +57,12 @@ class WorkerLease:
             group = self._group
         return group is not None and group.oom_killed()
 
+    def intact(self) -> bool:
+        """False once the worker's cgroup is gone or empty; True where no cgroup is used."""
+        with self._lock:
+            group = self._group
+        return group is None or group.intact()
+
     def release(self) -> None:
         """Remove the cgroup, then give the uid back; idempotent. Call after the reaper exits."""
         with self._lock:

@@ -7,6 +7,7 @@ error interceptor maps them without knowing about sandboxes::
     ├── SandboxUnavailable      FAILED_PRECONDITION  the kernel refuses the sandbox: never run bare
     ├── SandboxLimitExceeded    RESOURCE_EXHAUSTED   memory, cpu, frame, ...; names the limit
     ├── SandboxTimeout          DEADLINE_EXCEEDED    the caller's deadline; the worker was killed
+    ├── SandboxUnconfined       UNAVAILABLE          the worker's cgroup vanished; it was stopped
     ├── SandboxModelError       UNKNOWN              the package's callable raised
     └── SandboxCrashed          UNKNOWN              the worker died; details in ``log_reason``
         └── SandboxViolation    UNKNOWN              killed by the seccomp filter
@@ -14,7 +15,13 @@ error interceptor maps them without knowing about sandboxes::
 
 from __future__ import annotations
 
-from broker.errors import BackendError, DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from broker.errors import (
+    BackendError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+)
 
 
 class SandboxError(Exception):
@@ -38,6 +45,17 @@ class SandboxLimitExceeded(SandboxError, ResourceExhausted):
     def __init__(self, limit: str) -> None:
         super().__init__(f"the model exceeded its {limit} limit")
         self.limit = limit
+
+
+class SandboxUnconfined(SandboxError, Unavailable):
+    """The worker's cgroup was removed, or its processes moved out of it, under the broker:
+    its limits no longer hold, so it is stopped and its answer, if any, withheld. A retry
+    starts a fresh worker in a new cgroup."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the model's worker lost its cgroup (its resource limits) and was stopped; retry"
+        )
 
 
 class SandboxTimeout(SandboxError, DeadlineExceeded):

@@ -299,6 +299,12 @@ class Worker:
         """Whether the worker's cgroup saw an OOM kill (memory across its process tree)."""
         return self._lease is not None and self._lease.oom_killed()
 
+    def confined(self) -> bool:
+        """Whether the worker, while alive, is still held by its cgroup (where it has one); see
+        :meth:`broker.runtimes.sandbox.cgroups.WorkerGroup.intact`. A dead worker runs nothing:
+        its group is removed on purpose when it is reaped."""
+        return not self.alive or self._lease is None or self._lease.intact()
+
     def output(self) -> bytes:
         """The last 64 KiB the worker wrote to stdout/stderr, for the broker's log."""
         return b"".join(self._output)[-_STDERR_KEEP:]

@@ -35,6 +35,7 @@ from broker.runtimes.sandbox.errors import (
     SandboxError,
     SandboxLimitExceeded,
     SandboxModelError,
+    SandboxUnconfined,
     SandboxViolation,
 )
 from broker.runtimes.sandbox.launcher import SandboxLauncher, Worker
@@ -189,11 +190,16 @@ class WorkerPools:
         cancelled = threading.Event()
         over_cpu = threading.Event()
         lease = threading.Lock()
+        # Set (under ``lease``) once the worker is given back or retired. grpcio runs an RPC's
+        # callbacks at every termination, after the answer was sent, when the worker may be
+        # idle or already serving the next call: a canceller that outlives its call must not
+        # kill it (the soak found workers SIGKILLed in the middle of the tenant's next call).
+        returned = threading.Event()
         if on_cancel is not None:
 
             def cancel() -> None:
                 with lease:
-                    if slot.worker.alive and not slot.retired:
+                    if not returned.is_set() and slot.worker.alive and not slot.retired:
                         cancelled.set()
                         slot.worker.kill()
 
@@ -208,20 +214,19 @@ class WorkerPools:
         used = cpu.CallCpu(slot.worker.pid)
         try:
             remaining = max(deadline - self._clock(), 0.001)  # a started worker gets its chance
+            _require_confined(slot.worker)  # its cgroup may have gone while it sat idle
             try:
                 yield slot.worker, remaining
             finally:
-                # cgroup v1 OOM-kills one process, not the group: a worker that lost a child to
-                # its memory limit is retired, and the call reports that limit, whatever it says.
-                if slot.worker.oom_killed():
-                    slot.worker.kill()
-                    raise SandboxLimitExceeded("memory")
+                _require_limits_held(slot.worker)
         except SandboxModelError:
             with lease:
+                returned.set()
                 self._release(slot)
             raise
         except BaseException as exc:
             with lease:
+                returned.set()
                 self._retire(slot, "limit cpu" if over_cpu.is_set() else _reason(exc))
             if cancelled.is_set():
                 raise Cancelled("the caller cancelled the call; its worker was stopped") from exc
@@ -232,6 +237,7 @@ class WorkerPools:
             self._watchdog.unwatch(watch)
             call_cpu_us.set(call_cpu_us.get() + used.used_us())
         with lease:
+            returned.set()
             self._release(slot)
 
     def sweep(self) -> int:
@@ -421,6 +427,26 @@ class WorkerPools:
             text = output.decode("utf-8", errors="replace")
             # Debug only: vendor code may print payload values (see the module docstring).
             _log.debug("sandbox_worker_output", output=text, bytes=len(output), **tags)
+
+
+def _require_confined(worker: Worker) -> None:
+    """SandboxUnconfined if the worker's cgroup was removed or emptied under it."""
+    if not worker.confined():
+        raise SandboxUnconfined
+
+
+def _require_limits_held(worker: Worker) -> None:
+    """After a call: raise if the worker's limits did not hold, so the pool retires it and the
+    call reports that, whatever the worker answered.
+
+    cgroup v1 OOM-kills one process, not the group: a worker that lost a child to its memory
+    limit is killed here and the call reports that limit. A worker whose cgroup vanished during
+    the call (see :meth:`WorkerGroup.intact`) ran unbounded: its answer is withheld.
+    """
+    if worker.oom_killed():
+        worker.kill()
+        raise SandboxLimitExceeded("memory")
+    _require_confined(worker)
 
 
 def _reason(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from broker.audit.checkpoint import open_checkpoint
 from broker.audit.entry import FieldAction, parse_entry
 from broker.audit.keys import TenantKeys
 from broker.audit.note import Signer
-from broker.audit.writer import AuditLog
+from broker.audit.writer import AuditLog, why_not_written
 from broker.errors import Unavailable
 from tests.unit.audit.conftest import ORIGIN, make_intent
 
@@ -243,3 +243,25 @@ def test_close_waits_for_queued_appends(
     assert sorted(receipts) == [0, 1, 2]
     with pytest.raises(Unavailable):
         audit_log.append(make_intent())
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "said"),
+    [
+        ("database or disk is full", "the database's disk is full"),
+        ('could not extend file "base/16384/2619": No space left on device', "disk is full"),
+        ("attempt to write a readonly database", "the database is read-only"),
+        ("connection refused", "the database cannot be reached or refused the write"),
+    ],
+)
+def test_a_failed_commit_tells_the_caller_what_is_wrong_without_the_drivers_text(
+    driver_error: str, said: str
+) -> None:
+    """Regression (the fault battery's full disk): the caller used to read only
+    'OperationalError'. The driver's text (which carries SQL parameters) stays out."""
+    exc = sa.exc.OperationalError("INSERT INTO audit_entries VALUES (?)", ("p4r4m",), None)
+    exc.orig = Exception(driver_error)  # type: ignore[assignment]
+    reason = why_not_written(exc)
+    assert said in reason
+    assert "p4r4m" not in reason and "INSERT" not in reason
+    assert why_not_written(ValueError("x")) == "ValueError"
