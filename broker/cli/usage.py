@@ -18,26 +18,9 @@ from broker._proto.broker.v1 import usage_pb2
 from broker.cli.common import add_client_arguments, client_from_args
 from broker.registry.pricing import format_micros
 
-COLUMNS: Final = (
-    "call_id",
-    "leaf_index",
-    "time_us",
-    "tenant",
-    "subject",
-    "vendor",
-    "model",
-    "status",
-    "calls",
-    "input_tokens",
-    "output_tokens",
-    "tensor_elements",
-    "cpu_us",
-    "bytes_in",
-    "bytes_out",
-    "currency",
-    "cost_micros",
-    "cost",
-)
+#: The CSV header: the fields of ``UsageRecord`` as the API defines them, then the cost as a
+#: decimal amount. Taken from the message, so a field added to the API is a column at once.
+COLUMNS: Final = (*(f.name for f in usage_pb2.UsageRecord.DESCRIPTOR.fields), "cost")
 
 
 def register(sub: Any) -> None:

@@ -123,6 +123,21 @@ def outcome(harness: BrokerHarness, call_id: str) -> dict[str, Any]:
     raise AssertionError("no outcome entry")
 
 
+def cancel_a_slow_stream_after_three_chunks(
+    broker: BrokerHarness, fake: FakeOpenAI
+) -> broker_pb2.InvokeStreamChunk:
+    """Start a stream on the slow vendor, read three chunks, cancel; the first chunk."""
+    fake.script = "slow"
+    request = broker_pb2.InvokeRequest(model=MODEL, json=orjson.dumps(chat("go")))
+    stub = broker_pb2_grpc.BrokerStub(broker.channel())
+    metadata = (("authorization", f"Bearer {broker.token('bank', 'buyer')}"),)
+    call = stub.InvokeStream(request, timeout=30, metadata=metadata)
+    first = next(call)
+    next(call), next(call)
+    call.cancel()
+    return first
+
+
 def every_token_split(text: str) -> Iterator[list[str]]:
     """For each token in ``text`` and each position inside it, the text cut there."""
     for match in TOKEN_RE.finditer(text):
@@ -246,14 +261,7 @@ def test_vendor_that_never_answers_hits_the_deadline(
 def test_buyer_cancelling_cancels_the_vendor_and_is_audited(
     broker: BrokerHarness, fake: FakeOpenAI
 ) -> None:
-    fake.script = "slow"
-    request = broker_pb2.InvokeRequest(model=MODEL, json=orjson.dumps(chat("go")))
-    stub = broker_pb2_grpc.BrokerStub(broker.channel())
-    metadata = (("authorization", f"Bearer {broker.token('bank', 'buyer')}"),)
-    call = stub.InvokeStream(request, timeout=30, metadata=metadata)
-    first = next(call)
-    next(call), next(call)
-    call.cancel()
+    first = cancel_a_slow_stream_after_three_chunks(broker, fake)
     assert fake.disconnected.wait(10), "the vendor request was not cancelled"
     entry = outcome(broker, first.decisions.call_id)
     assert entry["status"] == "CANCELLED" and entry["stream"]["partial"] is True

@@ -9,14 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import orjson
 import pytest
 import sqlalchemy as sa
 
-from broker._proto.broker.v1 import broker_pb2, broker_pb2_grpc, models_pb2
+from broker._proto.broker.v1 import models_pb2
 from tests.integration.fake_openai import FakeOpenAI, start_fake_openai
 from tests.integration.harness import BrokerHarness, start_broker
-from tests.integration.test_invoke_stream import MODEL, chat, chat_model, deltas, outcome, stream
+from tests.integration.test_invoke_stream import (
+    cancel_a_slow_stream_after_three_chunks,
+    chat,
+    chat_model,
+    deltas,
+    outcome,
+    stream,
+)
 
 PRICE = models_pb2.Pricing(
     currency="USD", per_call_micros=100, per_input_token_micros=3, per_output_token_micros=5
@@ -86,14 +92,7 @@ def test_a_broken_stream_is_billed_for_the_chunks_delivered(
 def test_a_stream_the_buyer_left_is_billed_for_what_it_got(
     broker: BrokerHarness, fake: FakeOpenAI
 ) -> None:
-    fake.script = "slow"
-    request = broker_pb2.InvokeRequest(model=MODEL, json=orjson.dumps(chat("go")))
-    stub = broker_pb2_grpc.BrokerStub(broker.channel())
-    metadata = (("authorization", f"Bearer {broker.token('bank', 'buyer')}"),)
-    call = stub.InvokeStream(request, timeout=30, metadata=metadata)
-    first = next(call)
-    next(call), next(call)
-    call.cancel()
+    first = cancel_a_slow_stream_after_three_chunks(broker, fake)
     assert fake.disconnected.wait(10)
     entry = outcome(broker, first.decisions.call_id)
     row = usage_row(broker, first.decisions.call_id)
