@@ -132,6 +132,11 @@ class CachedResolver:
         self._put(key, _Entry(now + self._ttl, changes, model, None))
         return model
 
+    @property
+    def changes(self) -> ChangeCounter:
+        """The change counter this cache checks (caches of other facts about a model share it)."""
+        return self._changes
+
     def invalidate(self, vendor: str, name: str) -> None:
         """Forget every cached answer about ``vendor/name`` (any version, unversioned too).
 

@@ -272,7 +272,10 @@ def build_server(
     )
     verifier = TokenVerifier(config.auth, data_dir=config.key_dir)
     keys = TenantKeys.load_or_create(config.key_dir)
-    secrets = EndpointSecrets(engine, keys)
+    # An endpoint's API key is cached as its model is: same TTL, same change counter.
+    secrets = EndpointSecrets(
+        engine, keys, ttl_seconds=config.registry.resolve_cache_seconds, changes=resolver.changes
+    )
     audit = build_audit_log(config, engine)
     runtimes = build_runtimes(config, secrets, audit)
     policies = build_policy_store(config, audit)
@@ -326,7 +329,12 @@ def build_server(
     )
     record_change = audit_hooks.registry_changes(audit)
     cluster = (
-        ClusterSync(engine, resolver, policies if config.policy.engine != "opa" else None)
+        ClusterSync(
+            engine,
+            resolver,
+            policies if config.policy.engine != "opa" else None,
+            endpoint_keys=secrets,
+        )
         if is_postgresql(engine)
         else None
     )

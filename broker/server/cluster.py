@@ -25,6 +25,7 @@ from broker.policy import PolicyStore
 from broker.policy.activations import PolicyActivations
 from broker.policy.contract import PolicyLoadError
 from broker.registry.cache import CachedResolver
+from broker.registry.secrets import EndpointSecrets
 from broker.storage.changes import ChangeFeed, Notice
 
 _log = get_logger(__name__)
@@ -37,7 +38,9 @@ class ClusterSync:
     """The change feed of one process, wired to its resolver cache and policy store.
 
     ``policies`` is ``None`` where the policy does not come from a bundle (the OPA engine: OPA
-    itself is then the cluster's single source of policy).
+    itself is then the cluster's single source of policy). ``endpoint_keys`` caches opened API
+    keys under the resolver's change counter: a notice reaches it through that counter, a gap
+    clears it with the resolver.
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class ClusterSync:
         policies: PolicyStore | None,
         *,
         replica: str | None = None,
+        endpoint_keys: EndpointSecrets | None = None,
     ) -> None:
         self._resolver = resolver
+        self._endpoint_keys = endpoint_keys
         self._policies = policies
         self._activations = PolicyActivations(engine, replica=replica)
         self.feed = ChangeFeed(engine, on_notice=self._on_notice, on_gap=self._on_gap)
@@ -118,5 +123,7 @@ class ClusterSync:
 
     def _on_gap(self) -> None:
         self._resolver.clear()
+        if self._endpoint_keys is not None:
+            self._endpoint_keys.clear()
         if self._policies is not None:
             self._adopt_latest(self._policies)
