@@ -47,6 +47,10 @@ class ChangeCounter(Protocol):
         """Count one more change in ``slot`` (call it after the change is committed)."""
         ...
 
+    def close(self) -> None:
+        """Release what the counter holds (a mapped file); nothing may use it afterwards."""
+        ...
+
 
 class LocalChangeCounter:
     """Counters for one process (tests, and nodes whose processes share nothing)."""
@@ -63,6 +67,9 @@ class LocalChangeCounter:
         """Count one more change in ``slot``."""
         with self._lock:
             self._values[slot] += 1
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class SharedChangeCounter:
@@ -107,6 +114,8 @@ class SharedChangeCounter:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """Unmap the file."""
+        """Unmap the file and close it (once; later calls do nothing)."""
+        if self._map.closed:
+            return
         self._map.close()
         os.close(self._fd)

@@ -74,7 +74,7 @@ from broker.policy import (
 from broker.policy.bundle import Bundle
 from broker.policy.opa_embedded import OpaEmbeddedEngine
 from broker.registry.cache import CachedResolver
-from broker.registry.generation import SharedChangeCounter
+from broker.registry.generation import ChangeCounter, SharedChangeCounter
 from broker.registry.model import ModelVersion, Runtime
 from broker.registry.secrets import EndpointSecrets
 from broker.registry.store import RegistryStore
@@ -137,6 +137,8 @@ class BrokerServer:
     cluster: ClusterSync | None = None
     database_health: DatabaseHealth | None = None
     metrics_page: MetricsPage | None = None
+    #: The node's registry change counter (a mapped file), closed once calls have drained.
+    changes: ChangeCounter | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
     # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
@@ -185,6 +187,8 @@ class BrokerServer:
         if self.retention is not None:
             self.retention.close()
         self.audit.close()
+        if self.changes is not None:
+            self.changes.close()
         self.engine.dispose()
         tracing.shutdown()  # flushes the last spans
         self.request_stop()  # wakes serve_forever if another thread called stop()
@@ -399,6 +403,7 @@ def build_server(
         grace_seconds=config.server.shutdown_grace_seconds,
         cluster=cluster,
         database_health=database_health,
+        changes=resolver.changes,
         metrics_page=(
             MetricsPage(config.metrics.listen)
             if metrics_page and config.metrics.listen is not None

@@ -80,3 +80,12 @@ def test_a_change_made_in_another_process_shows_at_once(
     )  # as the Registry servicer of another worker process does
     assert here.resolve(REF, callable_only=True).description == "v2"
     assert counting.calls == 2
+
+
+def test_close_releases_the_mapping_once(tmp_path: Path) -> None:
+    counter = SharedChangeCounter(tmp_path / "run" / "registry.generation")
+    counter.bump(7)
+    counter.close()
+    counter.close()  # a second stop of the server is harmless
+    assert counter._map.closed
+    assert SharedChangeCounter(tmp_path / "run" / "registry.generation").current(7) == 1
