@@ -61,7 +61,7 @@ from broker.audit.store import Receipt
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal, Role, require_role
 from broker.calls.audited import CallRecord
-from broker.calls.chat import close_tool_arguments, open_tool_arguments
+from broker.calls.chat import OpenedChat, close_tool_arguments, open_tool_arguments
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import labels_of, refuse_if_denied
 from broker.calls.invoke import CallRequest, Enforcement, ModelResolver
@@ -344,17 +344,7 @@ class Streamer:
             if wants_retention(plan):
                 self._plan_keeping(progress, principal, model, plan, request.payload)
             progress.vendor_called = True
-            issued = _issued_ciphertexts(chat.payload, outgoing)
-            rewriter = ChunkRewriter(
-                self._detectors,
-                entity_action(answer_plan, self._keys, principal.tenant),
-                parts.vault,
-                principal.tenant,
-                record.call_id,
-                field_action=answer_plan.fields.get(CONTENT_PATH, answer_plan.default_action).kind,
-                ciphertexts=issued,
-                opener=ciphertext_opener(self._keys, principal.tenant) if issued else None,
-            )
+            rewriter = self._rewriter(principal, record.call_id, answer_plan, chat, outgoing)
             vendor = runtime.stream(
                 model, outgoing.payload, timeout=timeout, call_id=record.call_id,
                 on_cancel=on_cancel, tenant=principal.tenant,
@@ -391,6 +381,27 @@ class Streamer:
                 for label in self._labels
             },
             retained_record_ids=progress.retained,
+        )
+
+    def _rewriter(
+        self,
+        principal: Principal,
+        call_id: str,
+        answer_plan: Plan,
+        chat: OpenedChat,
+        outgoing: Enforced,
+    ) -> ChunkRewriter:
+        """The answer's pipeline: detectors, the answer plan's action, restoration."""
+        issued = _issued_ciphertexts(chat.payload, outgoing)
+        return ChunkRewriter(
+            self._detectors,
+            entity_action(answer_plan, self._keys, principal.tenant),
+            self._enforcement.vault,
+            principal.tenant,
+            call_id,
+            field_action=answer_plan.fields.get(CONTENT_PATH, answer_plan.default_action).kind,
+            ciphertexts=issued,
+            opener=ciphertext_opener(self._keys, principal.tenant) if issued else None,
         )
 
     @staticmethod
