@@ -259,6 +259,22 @@ def test_buyer_going_away_cancels_the_outbound_call(
     cancellers[0]()  # cancelling a finished call is harmless
 
 
+def test_a_buyer_gone_before_the_call_cancels_it_at_once(
+    fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
+) -> None:
+    # The server runs the canceller inside on_cancel when the buyer has already left
+    # (broker_service._on_termination): the call must not wait for the backend.
+    _, target = fake
+    with pytest.raises(Cancelled, match="cancelled: the caller went away"):
+        runtime.invoke(
+            model(target, PATHS_MAPPING, remote_model="slow"),
+            SETOSA,
+            timeout=120,
+            call_id="c",
+            on_cancel=lambda cancel: cancel(),
+        )
+
+
 def test_closing_the_runtime_ends_a_call_in_flight(
     fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
 ) -> None:
