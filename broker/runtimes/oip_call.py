@@ -89,7 +89,11 @@ class FutureCaller:
     ) -> pb.ModelInferResponse:
         future = self._stub.future(request, timeout=timeout, metadata=metadata)
         if on_cancel is not None:
-            on_cancel(lambda: _cancel_future(future))
+            try:
+                on_cancel(lambda: _cancel_future(future))
+            except BaseException:
+                future.cancel()  # nobody will wait for this call
+                raise
         try:
             return future.result()
         except grpc.FutureCancelledError as exc:
@@ -159,7 +163,14 @@ class SegregatedCaller:
                 cancelled.append(True)
                 call.cancel(cancelled_code, _CANCELLED_DETAILS)
 
-            on_cancel(cancel)
+            try:
+                on_cancel(cancel)
+            except BaseException:
+                # Nobody will wait for this call: cancel it and take its one event, which
+                # frees its completion queue (grpcio frees it only when the event is taken).
+                cancel()
+                call.next_event()
+                raise
         # One batch of six operations: a single event completes the call.
         _grpc_channel._handle_event(call.next_event(), state, self._deserialize)
         if state.code is grpc.StatusCode.OK:

@@ -275,6 +275,26 @@ def test_a_buyer_gone_before_the_call_cancels_it_at_once(
         )
 
 
+def test_a_failing_on_cancel_hook_cancels_the_call(
+    fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
+) -> None:
+    backend, target = fake
+
+    def broken(cancel: Canceller) -> None:
+        backend.started.wait(60)  # the backend holds the call until it is cancelled
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        runtime.invoke(
+            model(target, PATHS_MAPPING, remote_model="slow"),
+            SETOSA,
+            timeout=120,
+            call_id="c",
+            on_cancel=broken,
+        )
+    assert backend.went_inactive.wait(60)  # a call nobody will wait for is cancelled
+
+
 def test_closing_the_runtime_ends_a_call_in_flight(
     fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
 ) -> None:
