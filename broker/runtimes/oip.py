@@ -14,9 +14,12 @@ Why it is built this way:
   idempotent; a second attempt is the buyer's decision.
 - **The request goes out as bytes**: ``encode_request`` writes the serialised
   ``ModelInferRequest`` directly (``oip_wire``), so no message is built only to be serialised.
-- **Cancellation reaches the backend**: the call is started with ``ModelInfer.future`` and its
-  ``cancel`` is handed to ``on_cancel``, so when the buyer goes away the outbound RPC is
-  cancelled and the backend's context becomes inactive.
+- **Cancellation reaches the backend, without a thread per call**: the call is started as
+  grpcio's blocking call is (a completion queue of its own, waited on by the calling thread)
+  and its ``cancel`` is handed to ``on_cancel`` before the wait, so when the buyer goes away the
+  outbound RPC is cancelled and the backend's context becomes inactive. ``stub.future`` did the
+  same at twice the CPU (a channel thread per sequential call); it stays as the fallback when
+  grpcio's internals are not the expected ones (``oip_call``).
 - **Answers are bounded**: ``grpc.max_receive_message_length`` is ``max_answer_bytes``; a larger
   answer is the backend's fault (``BackendError``).
 
@@ -45,7 +48,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -64,13 +67,12 @@ from broker.logging import get_logger
 from broker.observability import tracing
 from broker.registry.model import Endpoint, ModelVersion
 from broker.runtimes.base import Canceller
+from broker.runtimes.oip_call import CallCancelled, Caller, ModelInfer, caller_for
 from broker.runtimes.oip_mapping import build_answer, encode_request
 
 _log = get_logger(__name__)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-# The request is sent as the bytes ``encode_request`` wrote (no serializer): see oip_wire.
-ModelInfer: TypeAlias = "grpc.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse]"
 
 # gRPC's own wording for a message over the channel's receive limit, on our side of the wire.
 _CLIENT_TOO_LARGE = "CLIENT: Received message larger than max"
@@ -88,11 +90,6 @@ _REJECTED = frozenset(
 )
 
 
-def _cancel(future: grpc.Future[Any]) -> None:
-    """Cancel the outbound RPC; a no-op once it has finished."""
-    future.cancel()
-
-
 class _ChannelKey(NamedTuple):
     target: str
     tls: bool
@@ -106,11 +103,15 @@ class OpenInferenceRuntime:
     calls in flight then fail with ``Unavailable``.
     """
 
-    def __init__(self, config: BackendsConfig | None = None) -> None:
+    def __init__(
+        self, config: BackendsConfig | None = None, *, segregated_calls: bool = True
+    ) -> None:
+        """``segregated_calls=False`` forces the public ``stub.future`` path (``oip_call``)."""
         self._config = config or BackendsConfig()
+        self._segregated = segregated_calls
         self._lock = threading.Lock()
         self._channels: dict[_ChannelKey, grpc.Channel] = {}
-        self._stubs: dict[_ChannelKey, ModelInfer] = {}
+        self._callers: dict[_ChannelKey, Caller] = {}
         self._closed = False
 
     def invoke(
@@ -139,14 +140,16 @@ class OpenInferenceRuntime:
         )
         if timeout <= 0:
             raise DeadlineExceeded(f"no time left to call model {model.ref}")
-        stub = self._stub(endpoint)
+        caller = self._caller(endpoint)
         started = time.monotonic()
-        future = stub.future(request, timeout=timeout, metadata=tracing.outgoing_metadata())
-        if on_cancel is not None:
-            on_cancel(lambda: _cancel(future))
         try:
-            response = future.result()
-        except grpc.FutureCancelledError as exc:
+            response = caller(
+                request,
+                timeout=timeout,
+                metadata=tracing.outgoing_metadata(),
+                on_cancel=on_cancel,
+            )
+        except CallCancelled as exc:
             self._log_failure(model, call_id, "CANCELLED", started)
             raise Cancelled(
                 f"call to model {model.ref} was cancelled: the caller went away"
@@ -175,28 +178,29 @@ class OpenInferenceRuntime:
             self._closed = True
             channels = list(self._channels.values())
             self._channels.clear()
-            self._stubs.clear()
+            self._callers.clear()
         for channel in channels:
             channel.close()
 
-    def _stub(self, endpoint: Endpoint) -> ModelInfer:
+    def _caller(self, endpoint: Endpoint) -> Caller:
         key = _ChannelKey(endpoint.target, endpoint.tls, endpoint.tls_ca_pem)
         with self._lock:
             if self._closed:
                 raise Unavailable("the Open Inference runtime is shut down")
-            stub = self._stubs.get(key)
-            if stub is None:
+            caller = self._callers.get(key)
+            if caller is None:
                 channel = self._open_channel(key)
-                stub = channel.unary_unary(
+                stub: ModelInfer = channel.unary_unary(
                     MODEL_INFER,
                     request_serializer=None,
                     response_deserializer=pb.ModelInferResponse.FromString,
                     # As the generated stub does: the channel registers the method once.
                     _registered_method=True,  # type: ignore[call-arg]
                 )
+                caller = caller_for(stub, segregated=self._segregated)
                 self._channels[key] = channel
-                self._stubs[key] = stub
-            return stub
+                self._callers[key] = caller
+            return caller
 
     def _open_channel(self, key: _ChannelKey) -> grpc.Channel:
         options: list[tuple[str, Any]] = [

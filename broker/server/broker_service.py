@@ -247,5 +247,9 @@ def _on_termination(context: grpc.ServicerContext, cancel: Callable[[], None]) -
     """Run ``cancel`` when the RPC ends, so a buyer who goes away stops the backend call too.
 
     grpcio calls RPC callbacks on every termination; cancelling a finished call is a no-op.
+    A callback added after the RPC ended is refused (``add_callback`` returns False) and never
+    called: the buyer left before the vendor call started, so it is cancelled at once
+    (``broker.runtimes.base``: "the server should call the canceller at once").
     """
-    context.add_callback(cancel)
+    if not context.add_callback(cancel):
+        cancel()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import sqlalchemy as sa
@@ -56,20 +56,41 @@ ERROR_DOMAIN = "broker.v1"
 Authenticator = Callable[[tuple[tuple[str, str | bytes], ...]], Principal]
 
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_MAX_WRAPPED = 1_000  # methods whose wrapped handler is kept; the broker serves about 50
+
+
 class BoundaryInterceptor(grpc.ServerInterceptor):
-    """Authenticate, map errors to statuses, and log one event per RPC."""
+    """Authenticate, map errors to statuses, and log one event per RPC.
+
+    grpcio asks for the handler of every call (in its polling thread, before the call reaches
+    a worker thread); the servicers' handlers are built once, so the wrapped handler of each is
+    built once too and kept, keyed by method and by the identity of the handler it wraps.
+    """
 
     def __init__(self, authenticate: Authenticator) -> None:
         self._authenticate = authenticate
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
+        if handler is None:
+            return None
         method: str = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
+        kept = self._wrapped.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._wrapped) < _MAX_WRAPPED:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
         # The request reaches the wrapper as raw bytes and is parsed inside the scope: grpcio's
         # own failed parse would answer a bare INTERNAL, unlogged and uncounted.

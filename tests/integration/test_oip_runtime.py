@@ -69,9 +69,18 @@ def model(target: str, mapping: OipMapping, **endpoint: Any) -> ModelVersion:
     )
 
 
+@pytest.fixture(params=[True, False], ids=["segregated", "future"])
+def segregated(request: pytest.FixtureRequest) -> bool:
+    """Every runtime test runs on both outbound paths: grpcio's segregated call and the public
+    future it falls back to (``broker.runtimes.oip_call``)."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def runtime() -> Iterator[OpenInferenceRuntime]:
-    rt = OpenInferenceRuntime(BackendsConfig(max_answer_bytes=64 * 1024))
+def runtime(segregated: bool) -> Iterator[OpenInferenceRuntime]:
+    rt = OpenInferenceRuntime(
+        BackendsConfig(max_answer_bytes=64 * 1024), segregated_calls=segregated
+    )
     try:
         yield rt
     finally:
@@ -250,6 +259,61 @@ def test_buyer_going_away_cancels_the_outbound_call(
     cancellers[0]()  # cancelling a finished call is harmless
 
 
+def test_a_buyer_gone_before_the_call_cancels_it_at_once(
+    fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
+) -> None:
+    # The server runs the canceller inside on_cancel when the buyer has already left
+    # (broker_service._on_termination): the call must not wait for the backend.
+    _, target = fake
+    with pytest.raises(Cancelled, match="cancelled: the caller went away"):
+        runtime.invoke(
+            model(target, PATHS_MAPPING, remote_model="slow"),
+            SETOSA,
+            timeout=120,
+            call_id="c",
+            on_cancel=lambda cancel: cancel(),
+        )
+
+
+def test_a_failing_on_cancel_hook_cancels_the_call(
+    fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
+) -> None:
+    backend, target = fake
+
+    def broken(cancel: Canceller) -> None:
+        backend.started.wait(60)  # the backend holds the call until it is cancelled
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        runtime.invoke(
+            model(target, PATHS_MAPPING, remote_model="slow"),
+            SETOSA,
+            timeout=120,
+            call_id="c",
+            on_cancel=broken,
+        )
+    assert backend.went_inactive.wait(60)  # a call nobody will wait for is cancelled
+
+
+def test_closing_the_runtime_ends_a_call_in_flight(
+    fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
+) -> None:
+    backend, target = fake
+
+    def close_once_backend_is_busy() -> None:
+        backend.started.wait(60)
+        runtime.close()
+
+    closer = threading.Thread(target=close_once_backend_is_busy)
+    closer.start()
+    with pytest.raises(Unavailable, match="shut down"):
+        runtime.invoke(
+            model(target, PATHS_MAPPING, remote_model="slow"), SETOSA, timeout=120, call_id="c"
+        )
+    closer.join()
+    assert backend.went_inactive.wait(60)
+
+
 def test_canceller_after_the_answer_is_harmless(
     fake: tuple[FakeBackend, str], runtime: OpenInferenceRuntime
 ) -> None:
@@ -262,9 +326,11 @@ def test_canceller_after_the_answer_is_harmless(
     assert answer == {"species": 1}
 
 
-def test_answer_over_the_limit_is_a_backend_error(fake: tuple[FakeBackend, str]) -> None:
+def test_answer_over_the_limit_is_a_backend_error(
+    fake: tuple[FakeBackend, str], segregated: bool
+) -> None:
     _, target = fake
-    rt = OpenInferenceRuntime(BackendsConfig(max_answer_bytes=4096))
+    rt = OpenInferenceRuntime(BackendsConfig(max_answer_bytes=4096), segregated_calls=segregated)
     try:
         with pytest.raises(BackendError, match="sent an answer over 4096 bytes"):
             rt.invoke(

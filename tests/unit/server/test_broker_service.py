@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from broker._proto.broker.v1 import broker_pb2
 from broker.enforce.enforcer import EntityDecision, FieldDecision
-from broker.server.broker_service import _decisions_to_proto
+from broker.server.broker_service import _decisions_to_proto, _on_termination
 
 
 def _as_tuple(m: broker_pb2.FieldDecision) -> tuple[object, ...]:
@@ -32,3 +32,31 @@ def test_messages_say_what_each_decision_says_on_every_call() -> None:
         ("request", "/a", ("pii",), "redact", ()),
         ("request", "/a", ("pii",), "hash", ()),
     ]
+
+
+class _Context:
+    """``add_callback`` as grpcio's: refused once the RPC has ended."""
+
+    def __init__(self, *, ended: bool) -> None:
+        self.ended = ended
+        self.callbacks: list[object] = []
+
+    def add_callback(self, callback: object) -> bool:
+        if self.ended:
+            return False
+        self.callbacks.append(callback)
+        return True
+
+
+def test_the_canceller_runs_when_the_rpc_ends() -> None:
+    cancelled: list[bool] = []
+    context = _Context(ended=False)
+    _on_termination(context, lambda: cancelled.append(True))  # type: ignore[arg-type]
+    assert cancelled == []
+    assert len(context.callbacks) == 1
+
+
+def test_a_buyer_already_gone_cancels_the_vendor_call_at_once() -> None:
+    cancelled: list[bool] = []
+    _on_termination(_Context(ended=True), lambda: cancelled.append(True))  # type: ignore[arg-type]
+    assert cancelled == [True]
