@@ -65,3 +65,11 @@ def test_a_grpcio_without_its_internal_modules_falls_back_to_the_future(
 ) -> None:
     monkeypatch.setattr(oip_call, "_cygrpc", None)
     assert oip_call.caller_for(stub).kind == "future"
+
+
+def test_an_untested_grpcio_release_falls_back_to_the_future(
+    stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its internals may keep their names and change their meaning: only tested releases.
+    monkeypatch.setattr(grpc, "__version__", "1.99.0")
+    assert oip_call.caller_for(stub).kind == "future"
