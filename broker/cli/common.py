@@ -22,10 +22,15 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", default=None, help="bearer token (default: env BROKER_TOKEN)")
     parser.add_argument("--token-file", type=Path, default=None, help="read the token from a file")
+    add_tls_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ca`` (connect with TLS) and ``--cert``/``--key`` (mutual TLS)."""
     parser.add_argument("--ca", type=Path, default=None, help="CA bundle: connect with TLS")
     parser.add_argument("--cert", type=Path, default=None, help="client certificate (mTLS)")
     parser.add_argument("--key", type=Path, default=None, help="client private key (mTLS)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
 
 
 def token_from_args(args: argparse.Namespace) -> str:

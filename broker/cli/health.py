@@ -10,11 +10,10 @@ import argparse
 import os
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from broker.cli.common import DEFAULT_TARGET
+from broker.cli.common import DEFAULT_TARGET, add_tls_arguments, channel_from_args
 
 
 def register(sub: Any) -> None:
@@ -25,12 +24,13 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--service", default="", help="service to check (default: the server)")
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    add_tls_arguments(parser)  # a broker serving TLS (and asking for client certificates)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the health status and the services the server offers; 0 only when SERVING."""
-    with grpc.insecure_channel(args.target) as channel:
+    with channel_from_args(args) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(
             health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout

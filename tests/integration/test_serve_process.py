@@ -228,7 +228,13 @@ def test_mutual_tls(tmp_path: Path) -> None:
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
     server_key, server_cert = _issue(ca_key, ca, "broker")
     client_key, client_cert = _issue(ca_key, ca, "buyer-service")
-    files = {"ca.pem": ca_pem, "server.key": server_key, "server.pem": server_cert}
+    files = {
+        "ca.pem": ca_pem,
+        "server.key": server_key,
+        "server.pem": server_cert,
+        "client.key": client_key,
+        "client.pem": client_cert,
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     node = ServeProcess(
@@ -254,5 +260,34 @@ def test_mutual_tls(tmp_path: Path) -> None:
             pytest.raises(grpc.RpcError),
         ):
             list(client.list_models(timeout=5))
+        # The operator's check speaks TLS too, with the client certificate the server asks for.
+        health = [
+            sys.executable,
+            "-m",
+            "broker.cli.main",
+            "health",
+            "--target",
+            f"127.0.0.1:{node.port}",
+        ]
+        tls = ["--ca", str(tmp_path / "ca.pem")]
+        mutual = [
+            *tls,
+            "--cert",
+            str(tmp_path / "client.pem"),
+            "--key",
+            str(tmp_path / "client.key"),
+        ]
+        checked = subprocess.run(
+            [*health, *mutual], check=False, capture_output=True, text=True, timeout=60
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "status: SERVING" in checked.stdout
+        assert "service: broker.v1.Broker" in checked.stdout
+        for refused in ([*health, *tls], health):  # no client certificate; no TLS at all
+            answer = subprocess.run(
+                refused, check=False, capture_output=True, text=True, timeout=60
+            )
+            assert answer.returncode != 0
+            assert "status: SERVING" not in answer.stdout
     finally:
         assert node.terminate() == 0
