@@ -7,7 +7,10 @@
 
 If either cannot be written the call fails with UNAVAILABLE (the log's own error): before the
 intent nothing has been sent; after the answer, the buyer does not get an unaudited answer.
-Every call the buyer is told about (answered, denied, failed) therefore has an outcome entry.
+Every call the buyer is told about (answered, denied, failed) therefore has an outcome entry:
+one that could not be written when the call ended is handed to ``late`` (a
+:class:`~broker.calls.late_outcomes.LateOutcomes`), which writes it, saying UNAVAILABLE as the
+caller was told, once the log accepts writes again.
 
 With the outcome goes the call's usage record (:mod:`broker.metering.records`), in the same
 transaction: billed units, cost, and the outcome's leaf index. So every call has exactly one
@@ -17,7 +20,7 @@ usage record, written exactly when its outcome is, and no record exists without 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,9 +29,10 @@ from broker.audit.entry import FieldAction
 from broker.audit.store import Companion, Receipt
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal
+from broker.calls.late_outcomes import LateOutcomes
 from broker.calls.payload import JsonObject
 from broker.enforce.enforcer import FieldDecision
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Unavailable
 from broker.metering.records import (
     Metered,
     count_scalars,
@@ -69,6 +73,7 @@ class CallRecord:
     intent: Receipt | None = None
     bytes_in: int = 0  # JSON bytes sent to the model (set with the intent)
     elements: int = 0  # scalar values sent to the model (set with the intent)
+    late: LateOutcomes | None = None  # writes an outcome the log refused, once it can
 
     def __post_init__(self) -> None:
         call_cpu_us.set(0)  # the sandbox adds this call's CPU time (broker.runtimes.base)
@@ -150,6 +155,45 @@ class CallRecord:
         stream: Mapping[str, int | bool] | None = None,
         retained: Sequence[str] = (),
     ) -> Receipt:
+        latency_us = int((time.perf_counter() - self.started) * 1_000_000)
+        try:
+            return self._write_outcome(
+                status, answer, error_class, usage, stream, retained, latency_us
+            )
+        except Unavailable:
+            if self.late is not None:
+                self.late.add(
+                    self.call_id, self._late_outcome(answer, usage, stream, retained, latency_us)
+                )
+            raise
+
+    def _late_outcome(
+        self,
+        answer: bytes | None,
+        usage: Mapping[str, int] | None,
+        stream: Mapping[str, int | bool] | None,
+        retained: Sequence[str],
+        latency_us: int,
+    ) -> Callable[[], Receipt]:
+        """The outcome as the caller was told it: UNAVAILABLE; a unary answer withheld, a
+        stream's delivered part kept (the buyer holds it)."""
+        if stream is not None:
+            stream = {**stream, "partial": True}
+        kept = answer if stream is not None else None
+        return lambda: self._write_outcome(
+            "UNAVAILABLE", kept, Unavailable.__name__, usage, stream, retained, latency_us
+        )
+
+    def _write_outcome(  # noqa: PLR0917 - the outcome's fields, as _outcome takes them
+        self,
+        status: str,
+        answer: bytes | None,
+        error_class: str,
+        usage: Mapping[str, int] | None,
+        stream: Mapping[str, int | bool] | None,
+        retained: Sequence[str],
+        latency_us: int,
+    ) -> Receipt:
         model = self.model
         delivered = self.intent is not None and (
             status == "OK" if stream is None else bool(stream["delta_chunks"])
@@ -179,7 +223,7 @@ class CallRecord:
             vendor=model.vendor if model else "",
             intent_index=self.intent.leaf_index if self.intent else None,
             status=status,
-            latency_us=int((time.perf_counter() - self.started) * 1_000_000),
+            latency_us=latency_us,
             response=answer,
             error_class=error_class,
             usage=usage,

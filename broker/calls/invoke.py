@@ -27,6 +27,7 @@ from broker.calls.audited import CallRecord, field_actions
 from broker.calls.chat import close_tool_arguments, open_tool_arguments
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider, labels_of, refuse_if_denied
+from broker.calls.late_outcomes import LateOutcomes
 from broker.calls.payload import JsonObject
 from broker.calls.retain import refuse_unkeepable, retain_call
 from broker.classify.classifier import classify
@@ -118,9 +119,11 @@ class Invoker:
         default_purpose: str = "default",
         retention: RetentionStore | None = None,
         quotas: Quotas | None = None,
+        late_outcomes: LateOutcomes | None = None,
     ) -> None:
         self._retention = retention
         self._quotas = quotas  # rate limits and budgets (broker.metering.limits); None: none
+        self._late = late_outcomes  # outcomes the log refused, written once it can
         self._audit = audit
         self._resolver = resolver
         self._runtimes = dict(runtimes)
@@ -173,7 +176,7 @@ class Invoker:
         require_role(principal, Role.BUYER)
         call_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(call_id=call_id)
-        record = CallRecord(self._audit, principal, call_id, request.model_ref)
+        record = CallRecord(self._audit, principal, call_id, request.model_ref, late=self._late)
         try:
             result = self._invoke(
                 principal, request, record, time_remaining=time_remaining, on_cancel=on_cancel

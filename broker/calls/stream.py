@@ -65,6 +65,7 @@ from broker.calls.chat import OpenedChat, close_tool_arguments, open_tool_argume
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import labels_of, refuse_if_denied
 from broker.calls.invoke import CallRequest, Enforcement, ModelResolver
+from broker.calls.late_outcomes import LateOutcomes
 from broker.calls.payload import JsonObject
 from broker.calls.retain import refuse_unkeepable, retain_call, wants_retention
 from broker.calls.stream_chunks import ChunkRewriter, entity_action
@@ -252,10 +253,12 @@ class Streamer:
         detectors: DetectorSet | None = None,
         retention: RetentionStore | None = None,
         quotas: Quotas | None = None,
+        late_outcomes: LateOutcomes | None = None,
     ) -> None:
         """``retention``: where kept calls go; None means this broker keeps nothing."""
         self._retention = retention
         self._quotas = quotas  # rate limits and budgets (broker.metering.limits); None: none
+        self._late = late_outcomes  # outcomes the log refused, written once it can
         self._resolver = resolver
         self._runtimes = dict(runtimes)
         self._limiter = limiter
@@ -283,7 +286,9 @@ class Streamer:
         require_role(principal, Role.BUYER)
         call_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(call_id=call_id)
-        progress = _Progress(CallRecord(self._audit, principal, call_id, request.model_ref))
+        progress = _Progress(
+            CallRecord(self._audit, principal, call_id, request.model_ref, late=self._late)
+        )
         try:
             yield from self._run(principal, request, progress, time_remaining, on_cancel)
         except BrokerError as exc:

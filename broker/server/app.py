@@ -50,6 +50,7 @@ from broker.auth.tokens import TokenVerifier
 from broker.calls.concurrency import TenantConcurrencyLimiter
 from broker.calls.decide import Decider
 from broker.calls.invoke import Enforcement, Invoker
+from broker.calls.late_outcomes import LateOutcomes, outcome_lookup
 from broker.calls.payload import PayloadLimits
 from broker.calls.stream import Streamer
 from broker.config import Config, ConfigError
@@ -139,6 +140,8 @@ class BrokerServer:
     metrics_page: MetricsPage | None = None
     #: The node's registry change counter (a mapped file), closed once calls have drained.
     changes: ChangeCounter | None = None
+    #: Outcomes the audit log refused, written once it can; a last try before the log closes.
+    late_outcomes: LateOutcomes | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
     # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
@@ -186,6 +189,8 @@ class BrokerServer:
         self.policies.stop_watching()
         if self.retention is not None:
             self.retention.close()
+        if self.late_outcomes is not None:
+            self.late_outcomes.close()
         self.audit.close()
         if self.changes is not None:
             self.changes.close()
@@ -243,6 +248,18 @@ class BrokerServer:
         self.stop()
 
 
+def _start_telemetry(config: Config) -> None:
+    """Record metrics when a page will serve them; export traces when a collector is set."""
+    if config.metrics.listen is not None:
+        metrics.enable()
+    if config.tracing.otlp_endpoint is not None:
+        tracing.configure(
+            config.tracing.otlp_endpoint,
+            service_name=config.tracing.service_name,
+            sample_ratio=config.tracing.sample_ratio,
+        )
+
+
 def build_server(
     config: Config, *, reuse_port: bool = False, metrics_page: bool = True
 ) -> BrokerServer:
@@ -255,14 +272,7 @@ def build_server(
     but leaves the page to its supervisor).
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if config.metrics.listen is not None:
-        metrics.enable()
-    if config.tracing.otlp_endpoint is not None:
-        tracing.configure(
-            config.tracing.otlp_endpoint,
-            service_name=config.tracing.service_name,
-            sample_ratio=config.tracing.sample_ratio,
-        )
+    _start_telemetry(config)
     engine = create_engine_for(config.database_url, echo=config.database.echo)
     if config.database.auto_migrate:
         migrate(engine)
@@ -297,6 +307,7 @@ def build_server(
     )
     limiter = TenantConcurrencyLimiter(config.limits.tenant_concurrency)
     quotas = Quotas(engine, rules_from(config.metering.quotas))
+    late = LateOutcomes(outcome_lookup(engine))
     invoker = Invoker(
         resolver,
         runtimes,
@@ -307,6 +318,7 @@ def build_server(
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
         quotas=quotas,
+        late_outcomes=late,
     )
     streamer = Streamer(
         resolver,
@@ -319,6 +331,7 @@ def build_server(
         default_purpose=config.policy.default_purpose,
         retention=retention.store if retention is not None else None,
         quotas=quotas,
+        late_outcomes=late,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
@@ -404,6 +417,7 @@ def build_server(
         cluster=cluster,
         database_health=database_health,
         changes=resolver.changes,
+        late_outcomes=late,
         metrics_page=(
             MetricsPage(config.metrics.listen)
             if metrics_page and config.metrics.listen is not None

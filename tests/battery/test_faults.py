@@ -219,13 +219,25 @@ def test_a_full_disk_fails_closed_and_service_resumes_when_space_is_freed(
         assert {code for code, _ in calls.failed} == {grpc.StatusCode.UNAVAILABLE}, calls.failed
         filler.unlink()
         wait_until(lambda: calls.invoke() is grpc.StatusCode.OK, "calls are answered again")
+        # The outcomes the full disk refused are written once it has room: every intent gets
+        # its outcome, saying UNAVAILABLE as the caller was told (broker.calls.late_outcomes).
+        wait_until(
+            lambda: audit_gaps(audit_rows(database_url), [])["intent_without_outcome"] == [],
+            "the refused outcomes are written",
+        )
     finally:
         node.terminate()
     assert canary not in node.log_path.read_text(errors="replace")
     assert {message for _, message in calls.failed} == {
         "audit log cannot be written: the database's disk is full"
     }
-    assert_answered_calls_audited(database_url, calls, unwritten=len(calls.failed))
+    assert_answered_calls_audited(database_url, calls)
+    unavailable = [
+        r
+        for r in audit_rows(database_url)
+        if r.kind == "call.outcome" and r.status == "UNAVAILABLE"
+    ]
+    assert len(unavailable) == len(calls.failed)  # one outcome for each refused call, no more
 
 
 # -- the retention root key file removed ------------------------------------------------------
