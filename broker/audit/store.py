@@ -128,23 +128,34 @@ def entry_row(index: int, entry: Entry, digest: bytes) -> dict[str, object]:
 
 
 def _entry_values(index: int, entry: Entry, digest: bytes) -> tuple[object, ...]:
-    """:func:`entry_row` as a tuple in ``audit_entries`` column order, for driver executemany."""
+    """:func:`entry_row` as a tuple in ``audit_entries`` column order, for driver executemany.
+
+    Runs once per entry inside the write turn, so it reads the body directly (no property
+    calls, no list building for entries without fields: every administrative one).
+    """
     body = entry.body
-    fields = body.get("fields", ())
+    get = body.get
+    fields = get("fields")
+    if fields:
+        actions = _csv_list(f["action"] for f in fields)
+        labels = _csv_list(label for f in fields for label in f["labels"])
+    else:
+        actions = labels = ""
+    model = get("model")
     return (
         index,
         entry.data,
         digest,
         body["time_us"],
-        entry.kind,
-        body.get("tenant", ""),
-        body.get("subject", ""),
-        entry.call_id,
-        body.get("model", body.get("target", "")),
-        body.get("vendor", ""),
-        body.get("status", ""),
-        _csv_list(f["action"] for f in fields),
-        _csv_list(label for f in fields for label in f["labels"]),
+        str(body["kind"]),
+        get("tenant", ""),
+        get("subject", ""),
+        str(get("call_id", "")),
+        get("target", "") if model is None else model,
+        get("vendor", ""),
+        get("status", ""),
+        actions,
+        labels,
     )
 
 
