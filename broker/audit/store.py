@@ -165,7 +165,7 @@ def frontier_pairs(size: int) -> list[tuple[int, int]]:
     They are the only old nodes that appending after leaf ``size - 1`` needs: every left
     sibling on the way up from a new leaf is either one of them or itself new.
     """
-    return [(level, (size >> level) - 1) for level in range(64) if (size >> level) & 1]
+    return [(level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1]
 
 
 def integrate(
@@ -185,7 +185,7 @@ def _integrate(
 ) -> tuple[list[tuple[int, int, bytes]], dict[_Pair, bytes]]:
     """:func:`integrate` as ``audit_nodes`` tuples, with every node it knows (new frontier too)."""
     known = dict(frontier)
-    if len(known) != len(frontier_pairs(size)):
+    if len(known) != size.bit_count():  # one perfect subtree per bit of the size
         raise Internal("audit log tree is missing nodes: refusing to append")
     rows: list[tuple[int, int, bytes]] = []
     for offset, digest in enumerate(hashes):
