@@ -86,6 +86,36 @@ def test_a_failed_batch_leaves_the_cache_as_it_was(
     assert store.root(4) == _tree(engine).root()
 
 
+def test_entries_and_nodes_are_stored_as_the_exact_bytes(engine: sa.Engine) -> None:
+    """The append hands SQLite its BLOBs as bytearrays (``_SQLITE_BLOB``): what is stored and
+    read back must still be the entry's bytes and its hashes, as BLOBs, on both engines."""
+    store = AuditStore(engine)
+    entries = [make_intent() for _ in range(3)]
+    receipts = store.append(entries)
+    tree = MerkleTree()
+    tree.extend([leaf_hash(e.data) for e in entries])
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT entry, entry_hash FROM audit_entries ORDER BY leaf_index")
+        ).all()
+        leaves = conn.execute(
+            sa.text("SELECT hash FROM audit_nodes WHERE level = 0 ORDER BY node_index")
+        ).all()
+        if engine.dialect.name == "sqlite":
+            kinds = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT typeof(entry) || typeof(entry_hash) FROM audit_entries"
+                    " UNION ALL SELECT DISTINCT typeof(hash) FROM audit_nodes"
+                )
+            ).all()
+            assert sorted(k for (k,) in kinds) == ["blob", "blobblob"]
+    assert [(bytes(r[0]), bytes(r[1])) for r in rows] == [
+        (e.data, r.entry_hash) for e, r in zip(entries, receipts, strict=True)
+    ]
+    assert [bytes(h) for (h,) in leaves] == [r.entry_hash for r in receipts]
+    assert store.root(3) == tree.root()
+
+
 def test_public_helpers_keep_their_shape() -> None:
     entry = make_intent()
     row = entry_row(5, entry, leaf_hash(entry.data))
