@@ -38,6 +38,8 @@ import grpc
 from bench import workload
 from bench.machine import describe_machine
 from bench.procs import spawn
+from bench.profile_floors import DEFAULT_CALLS as FLOOR_CALLS
+from bench.profile_floors import floor_of, measure_floors
 from bench.profile_stages import STAGES, Row, StageRecorder, installed
 from bench.topology import INVOKE, _broker_env, register_workload
 
@@ -53,6 +55,8 @@ class Serving:
 
     invoke: Callable[[], bytes]
     stop: Callable[[], None]
+    backend_target: str
+    database: Path
 
 
 #: Set by ``--metrics``: the profiled broker serves its Prometheus page (records every series).
@@ -100,7 +104,9 @@ def serve(
         answer: bytes = method(request, timeout=120, metadata=metadata)
         return answer
 
-    return Serving(invoke, lambda: server.stop(1.0))
+    return Serving(
+        invoke, lambda: server.stop(1.0), backend.target, workdir / "broker" / "broker.db"
+    )
 
 
 def measure(calls: int, warmup: int) -> dict[str, Any]:
@@ -127,12 +133,14 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
             totals.append(time.process_time_ns() - before)
             samples.append(recorder.take())
         loop_ns = time.process_time_ns() - started
+        floors = measure_floors(serving.backend_target, serving.database, min(calls, FLOOR_CALLS))
     return {
         "machine": describe_machine(),
         "settings": {"calls": calls, "warmup": warmup},
         "unit": "µs of CPU per call (median over calls; mean beside it)",
         "stages": _stages(samples, totals, clients),
         "total_mean_us": round(loop_ns / calls / 1000, 1),
+        "floors": floors,
     }
 
 
@@ -187,29 +195,36 @@ def _figure(thread: list[int] | None, process: list[int]) -> dict[str, float | N
 
 
 def format_table(document: dict[str, Any]) -> str:
-    """The stages as an aligned table: median thread and process CPU per call, in µs."""
+    """The stages as an aligned table: median thread and process CPU per call, in µs, with the
+    floor of the stages that have one (``bench.profile_floors``), then the floors' summary."""
     calls = document["settings"]["calls"]
+    floors = document.get("floors", {}).get("floors", {})
     lines = [
         f"== profile of one Invoke: µs of CPU per call, median of {calls} calls",
-        f"{'stage / part':<40} {'thread':>9} {'process':>9} {'mean':>9}",
-        "-" * 70,
+        f"{'stage / part':<40} {'thread':>9} {'process':>9} {'mean':>9} {'floor':>9}",
+        "-" * 80,
     ]
 
-    def line(name: str, figure: dict[str, Any]) -> str:
+    def line(name: str, figure: dict[str, Any], floor: float | None) -> str:
         thread = "" if figure["thread_us"] is None else f"{figure['thread_us']:,.1f}"
+        bound = "" if floor is None else f"{floor:,.1f}"
         return (
             f"{name:<40} {thread:>9} {figure['process_us']:>9,.1f}"
-            f" {figure['process_mean_us']:>9,.1f}"
+            f" {figure['process_mean_us']:>9,.1f} {bound:>9}"
         )
 
     for stage, figure in document["stages"].items():
         if stage == "total":
-            lines.append("-" * 70)
-        lines.append(line(stage, figure))
+            lines.append("-" * 80)
+        lines.append(line(stage, figure, floor_of(floors, stage, None)))
         parts = figure.get("parts", {})
         if len(parts) > 1:
-            lines.extend(line(f"    {part}", f) for part, f in parts.items())
+            lines.extend(
+                line(f"    {part}", f, floor_of(floors, stage, part)) for part, f in parts.items()
+            )
     lines.append(f"process CPU of the loop / calls: {document['total_mean_us']:,.1f} µs")
+    if floors:
+        lines.append(_floors_summary(document["floors"]))
     callgrind = document.get("callgrind")
     if callgrind:
         lines.append(
@@ -217,6 +232,23 @@ def format_table(document: dict[str, Any]) -> str:
             f"({callgrind['calls']} calls)"
         )
     return "\n".join(lines)
+
+
+def _floors_summary(floors: dict[str, Any]) -> str:
+    """The floors one call pays, and the CPU ratio to a bare proxy they alone imply."""
+    named = floors["floors"].items()
+    paid = " + ".join(
+        f"{name} {f['us']:,.1f}" + (f" x{f['times_per_call']}" if f["times_per_call"] > 1 else "")
+        for name, f in named
+        if f["times_per_call"]
+    )
+    shown = "; ".join(f"{name} {f['us']:,.1f}" for name, f in named if not f["times_per_call"])
+    return (
+        f"floors paid by one call: {paid} = {floors['sum_per_call_us']:,.1f} µs; a bare proxy's "
+        f"{floors['proxy_floor_us']:,.1f} µs: no broker on this stack goes under "
+        f"{floors['lower_bound_ratio']:.2f}x the proxy's CPU (target 1.25x)"
+        + (f"\nfor comparison, not paid as such: {shown}" if shown else "")
+    )
 
 
 def run(calls: int | None, warmup: int | None, *, callgrind: bool, output: Path) -> int:
