@@ -13,7 +13,15 @@ admit the full rate. Here every process takes from the same rows:
 - **monthly budgets** (spend in micros of one currency, tokens): the sum of the tenant's usage
   records of the current UTC month, which are written with each call's audit outcome. A budget
   is checked before a call starts, so calls already in flight when it is reached still finish:
-  the overshoot is at most what those calls cost.
+  the overshoot is at most what those calls cost. The sum is kept per rule and month in the
+  process (``_Spent``) with the highest ``leaf_index`` it covers, and each check adds only the
+  records written since: usage records take the leaf index of their outcome entry, which is
+  assigned under the log's integrator lock in commit order, so a statement's snapshot holds
+  every record up to some leaf and none after it, and a record not yet seen always comes after
+  the mark, whichever process or replica wrote it. Summing the whole month on every call (as
+  before) cost a call of a tenant with a budget time in proportion to the month's calls. When
+  more than ``catch_up_leaves`` leaves were written since the mark (a tenant that calls rarely
+  on a busy broker), the month is summed again instead, as the cheaper of the two.
 
 A refused call gets :class:`~broker.errors.QuotaExceeded` (RESOURCE_EXHAUSTED with QuotaFailure
 and RetryInfo details) and, like every refused call, an audit outcome and a usage record that
@@ -23,6 +31,7 @@ bills nothing. A tenant with no rule costs one dictionary lookup per call: no qu
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,13 +63,28 @@ ON CONFLICT (key) DO UPDATE SET
   updated_us = {greatest}(rate_buckets.updated_us, :now)
 RETURNING tokens, granted
 """
+#: The whole month of a rule, and the log's last usage leaf in the same snapshot.
 _SPENT_SQL: Final = """
 SELECT coalesce(sum(CASE WHEN currency = :currency THEN cost_micros ELSE 0 END), 0),
-       coalesce(sum(input_tokens + output_tokens), 0)
+       coalesce(sum(input_tokens + output_tokens), 0),
+       (SELECT max(leaf_index) FROM usage_records)
 FROM usage_records
 WHERE tenant = :tenant AND month = :month {model}
 """
+#: What a rule's month gained in ``(after, after + gap]``, and the log's last usage leaf (if it
+#: is beyond ``after + gap`` the scan did not reach it and the month is summed again).
+_SPENT_SINCE_SQL: Final = """
+SELECT coalesce(sum(CASE WHEN tenant = :tenant AND month = :month {model}
+                          AND currency = :currency THEN cost_micros ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN tenant = :tenant AND month = :month {model}
+                         THEN input_tokens + output_tokens ELSE 0 END), 0),
+       (SELECT max(leaf_index) FROM usage_records)
+FROM usage_records
+WHERE leaf_index > :after AND leaf_index <= :after + :gap
+"""
 _MODEL_FILTER: Final = "AND vendor = :vendor AND substr(model, 1, :prefix_length) = :prefix"
+#: Leaves after the mark beyond which a check sums the month again rather than the new rows.
+CATCH_UP_LEAVES: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +120,27 @@ class Quotas:
         rules: Iterable[QuotaRule],
         *,
         clock: Callable[[], float] = time.time,
+        catch_up_leaves: int = CATCH_UP_LEAVES,
     ) -> None:
         self._engine = for_writes(engine)
         self._clock = clock
+        self._catch_up = catch_up_leaves
+        self._spent: dict[tuple[QuotaRule, str], _Spent] = {}
+        self._spent_lock = threading.Lock()
         self._by_tenant: dict[str, list[QuotaRule]] = {}
         for rule in rules:
             self._by_tenant.setdefault(rule.tenant, []).append(rule)
         postgres = engine.dialect.name == "postgresql"
         least, greatest = ("LEAST", "GREATEST") if postgres else ("min", "max")
         self._take = sa.text(_TAKE_SQL.format(least=least, greatest=greatest))
-        self._spent_all = sa.text(_SPENT_SQL.format(model=""))
-        self._spent_model = sa.text(_SPENT_SQL.format(model=_MODEL_FILTER))
+        self._month_sql = {
+            False: sa.text(_SPENT_SQL.format(model="")),
+            True: sa.text(_SPENT_SQL.format(model=_MODEL_FILTER)),
+        }
+        self._since_sql = {
+            False: sa.text(_SPENT_SINCE_SQL.format(model="")),
+            True: sa.text(_SPENT_SINCE_SQL.format(model=_MODEL_FILTER)),
+        }
 
     def __bool__(self) -> bool:
         return bool(self._by_tenant)
@@ -137,13 +171,10 @@ class Quotas:
         month = month_of(int(now * 1_000_000))
         params: dict[str, object] = {"tenant": rule.tenant, "month": month}
         params["currency"] = rule.currency
-        query = self._spent_all
         if rule.model:
             prefix = f"{model.vendor}/{model.name}@"
             params.update(vendor=model.vendor, prefix=prefix, prefix_length=len(prefix))
-            query = self._spent_model
-        with self._engine.connect() as conn:
-            spent, tokens = (int(v) for v in conn.execute(query, params).one())
+        spent, tokens = self._spent_in(rule, month, params)
         wait = _until_next_month(now)
         if rule.monthly_spend_micros is not None and spent >= rule.monthly_spend_micros:
             limit = f"{rule.currency} {format_micros(rule.monthly_spend_micros)}"
@@ -163,6 +194,36 @@ class Quotas:
                 retry_after=wait,
             )
 
+    def _spent_in(self, rule: QuotaRule, month: str, params: dict[str, object]) -> tuple[int, int]:
+        """(spend in micros, tokens) of ``rule`` in ``month``: the kept sum plus what is new."""
+        key = (rule, month)
+        with self._spent_lock:
+            kept = self._spent.get(key)
+        by_model = bool(rule.model)
+        with self._engine.connect() as conn:
+            if kept is not None:
+                gained = conn.execute(
+                    self._since_sql[by_model],
+                    {**params, "after": kept.mark, "gap": self._catch_up},
+                ).one()
+                last = _leaf(gained[2])
+                if last <= kept.mark + self._catch_up:
+                    spent = _Spent(kept.micros + int(gained[0]), kept.tokens + int(gained[1]), last)
+                    return self._keep(key, spent)
+            whole = conn.execute(self._month_sql[by_model], params).one()
+        return self._keep(key, _Spent(int(whole[0]), int(whole[1]), _leaf(whole[2])))
+
+    def _keep(self, key: tuple[QuotaRule, str], spent: _Spent) -> tuple[int, int]:
+        """Keep ``spent`` unless a concurrent check kept a later one; drop other months."""
+        with self._spent_lock:
+            kept = self._spent.get(key)
+            if kept is None or kept.mark < spent.mark:
+                if kept is None:  # a new month (or rule): the months before are over
+                    for stale in [k for k in self._spent if k[0] == key[0]]:
+                        del self._spent[stale]
+                self._spent[key] = spent
+        return spent.micros, spent.tokens
+
     def _take_token(self, rule: QuotaRule, now: float) -> None:
         rate = rule.calls_per_second
         assert rate is not None  # checked by the caller
@@ -179,6 +240,20 @@ class Quotas:
             subject=rule.subject,
             retry_after=wait,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Spent:
+    """A rule's month as summed: spend in micros, tokens, and the last usage leaf it covers."""
+
+    micros: int
+    tokens: int
+    mark: int
+
+
+def _leaf(value: object) -> int:
+    """A ``max(leaf_index)`` as an int; -1 when there is no usage record at all."""
+    return -1 if value is None else int(value)  # type: ignore[call-overload]
 
 
 def rules_from(configs: Sequence[object]) -> list[QuotaRule]:

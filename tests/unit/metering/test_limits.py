@@ -160,3 +160,56 @@ def test_quota_settings_say_what_to_fix() -> None:
         {QUOTAS: '[{"tenant": "a", "model": "v/m", "calls_per_second": 2}]'},
     )
     assert rules_from(config.metering.quotas) == [QuotaRule("a", "v/m", calls_per_second=2)]
+
+
+def _spent_in_message(quotas: Quotas, model: ModelVersion) -> tuple[int, int]:
+    """(USD micros, tokens) a check found, read from the refusal of 1-micro/1-token budgets."""
+    with pytest.raises(QuotaExceeded) as refused:
+        quotas.admit("acme", model)
+    text = str(refused.value)
+    if "tokens on" in text:
+        return -1, int(text.split("(")[1].split(" used", maxsplit=1)[0])
+    dollars = text.split("(USD ")[1].split(" spent", maxsplit=1)[0]
+    return round(float(dollars) * 1_000_000), -1
+
+
+@pytest.mark.parametrize("catch_up_leaves", [10_000, 2])
+def test_budget_sums_kept_between_checks_match_the_whole_month(
+    engine: sa.Engine, catch_up_leaves: int
+) -> None:
+    """Each check adds only what was written since the last one (or sums the month again when
+    more than ``catch_up_leaves`` leaves went by); either way the figure is the month's sum,
+    whoever wrote the records, and other tenants, models and currencies never count."""
+    clock = Clock()
+    spend = Quotas(
+        engine,
+        [QuotaRule("acme", monthly_spend_micros=1, currency="USD")],
+        clock=clock,
+        catch_up_leaves=catch_up_leaves,
+    )
+    tokens = Quotas(
+        engine,
+        [QuotaRule("acme", "demo-vendor/chat", monthly_tokens=1)],
+        clock=clock,
+        catch_up_leaves=catch_up_leaves,
+    )
+    micros_total = tokens_total = 0
+    leaf = 0
+    writes = [
+        ("acme", "demo-vendor/chat@2.0.0", 250_000, 7, True, True),
+        ("bank", "demo-vendor/chat@2.0.0", 9_000_000, 500, False, False),
+        ("acme", "demo-vendor/chatter@1.0.0", 125_000, 900, True, False),
+        ("acme", "demo-vendor/iris@1.0.0", 500_000, 0, True, False),
+    ]
+    for step in range(12):
+        for _ in range(step % 4):  # 0 to 3 records between two checks
+            tenant, model, cost, used, counts_spend, counts_tokens = writes[leaf % len(writes)]
+            leaf += 1
+            _usage(engine, tenant, model, cost, used, leaf)
+            micros_total += cost if counts_spend else 0
+            tokens_total += used if counts_tokens else 0
+        if micros_total:
+            assert _spent_in_message(spend, IRIS)[0] == micros_total
+        if tokens_total:
+            assert _spent_in_message(tokens, CHAT)[1] == tokens_total
+    assert micros_total and tokens_total  # the loop did check something
