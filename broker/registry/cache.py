@@ -81,8 +81,7 @@ class CachedResolver:
     (0 disables the cache); ``negative_ttl_seconds`` does the same for NotFound (at most
     ``ttl_seconds``). ``changes`` is the node's shared change counter (default: this process
     only). ``clock`` is monotonic seconds, injected so tests need no sleeping.
-    Thread-safe (see :class:`~broker.registry.counted_cache.CountedCache`); the store is called
-    outside its lock.
+    Thread-safe (see :mod:`broker.registry.counted_cache`); the store is called outside any lock.
     """
 
     def __init__(

@@ -22,8 +22,12 @@ The scheme
 - A TTL or ``max_entries`` of 0 turns the cache off: every ``get`` misses (without reading the
   clock or the counter) and ``put`` stores nothing.
 
-Thread-safe: one lock guards the dictionary; it is never held while the caller reads the
-database.
+Thread-safe: ``put``, ``forget`` and ``clear`` hold one lock, so a refill and its evictions are
+one step and the bound holds; it is never held while the caller reads the database. ``get``, on
+every call, reads without it: a single ``dict.get`` is atomic in CPython (and thread-safe in
+free-threaded builds) and entries are immutable tuples, so a read racing a write sees the
+dictionary before or after each of its steps: at worst a miss, which costs one database read.
+Taking the lock there cost about a fifth of a hit.
 """
 
 from __future__ import annotations
@@ -99,8 +103,7 @@ class CountedCache(Generic[K, V]):
             return Miss(key, 0.0, 0)
         now = self._clock()
         changes = self._changes.current(slot)
-        with self._lock:
-            entry = self._entries.get(key)
+        entry = self._entries.get(key)  # no lock: see the module docstring
         if entry is not None and entry.expires > now and entry.changes == changes:
             return entry.value
         return Miss(key, now, changes)

@@ -165,13 +165,19 @@ def test_negative_settings_are_refused() -> None:
         CountedCache(ttl_seconds=1, max_entries=-1)
 
 
-def test_concurrent_fills_keep_the_bound() -> None:
+def test_concurrent_fills_keep_the_bound_and_reads_see_only_their_own_values() -> None:
+    """Fills evict while other threads read without the lock: a read is a hit or a miss."""
     cache: CountedCache[str, str] = CountedCache(ttl_seconds=60.0, max_entries=50, clock=Clock())
+    wrong: list[object] = []
 
     def fill(worker: int) -> None:
         for i in range(500):
-            filled(cache, f"{worker}-{i % 80}", "v")
-            cache.get(f"{worker}-{i % 7}", SLOT)
+            key = f"{worker}-{i % 80}"
+            found = cache.get(key, SLOT)
+            if isinstance(found, Miss):
+                cache.put(found, key)
+            elif found != key:
+                wrong.append(found)
 
     threads = [threading.Thread(target=fill, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -179,3 +185,4 @@ def test_concurrent_fills_keep_the_bound() -> None:
     for thread in threads:
         thread.join()
     assert len(cache) == 50
+    assert wrong == []
