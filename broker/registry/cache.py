@@ -32,21 +32,20 @@ cannot accept that window set ``ttl_seconds`` to 0, which turns the cache off.
 Races: invalidation bumps the model's change counter instead of deleting entries, and a lookup
 that missed stores its answer under the count it saw *before* reading the database. An answer
 read before a change but stored after its invalidation is thus already stale, and is never
-served.
-
-Bound: at most ``max_entries`` entries; when full, the oldest inserted entry is dropped, so
-junk references can neither grow memory nor evict more than one entry each.
+served. That scheme, and the bound (at most ``max_entries`` entries, the oldest fill dropped
+first, so junk references can neither grow memory nor evict more than one entry each), is
+:class:`~broker.registry.counted_cache.CountedCache`, shared with the endpoint keys' cache.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from broker.errors import BrokerError, FailedPrecondition, NotFound
-from broker.registry.generation import ChangeCounter, LocalChangeCounter, slot_of
+from broker.registry.counted_cache import CountedCache, Miss
+from broker.registry.generation import ChangeCounter, slot_of
 from broker.registry.model import ModelVersion
 from broker.registry.refs import ModelRef
 
@@ -65,11 +64,11 @@ class Resolver(Protocol):
         ...
 
 
-class _Entry(NamedTuple):
-    expires: float
-    changes: int
-    model: ModelVersion | None
-    error: tuple[type[BrokerError], str] | None
+class _Refusal(NamedTuple):
+    """A cached NotFound or FailedPrecondition: raised afresh from these at each hit."""
+
+    error_type: type[BrokerError]
+    message: str
 
 
 _Key = tuple[ModelRef, bool]
@@ -82,7 +81,7 @@ class CachedResolver:
     (0 disables the cache); ``negative_ttl_seconds`` does the same for NotFound (at most
     ``ttl_seconds``). ``changes`` is the node's shared change counter (default: this process
     only). ``clock`` is monotonic seconds, injected so tests need no sleeping.
-    Thread-safe: one lock guards the dictionaries; the store is called outside it.
+    Thread-safe (see :mod:`broker.registry.counted_cache`); the store is called outside any lock.
     """
 
     def __init__(
@@ -98,44 +97,26 @@ class CachedResolver:
         if ttl_seconds < 0 or negative_ttl_seconds < 0 or max_entries < 0:
             raise ValueError("cache TTLs and max_entries must not be negative")
         self._store = store
-        self._ttl = ttl_seconds
         self._negative_ttl = min(negative_ttl_seconds, ttl_seconds)
-        self._max = max_entries if ttl_seconds > 0 else 0
-        self._clock = clock
-        self._changes: ChangeCounter = changes if changes is not None else LocalChangeCounter()
-        self._lock = threading.Lock()
-        self._entries: dict[_Key, _Entry] = {}
+        self._cache: CountedCache[_Key, ModelVersion | _Refusal] = CountedCache(
+            ttl_seconds=ttl_seconds, max_entries=max_entries, changes=changes, clock=clock
+        )
 
     def resolve(self, ref: ModelRef, *, callable_only: bool) -> ModelVersion:
         """What ``store.resolve(ref, callable_only=...)`` answered at most a TTL ago."""
-        if self._max == 0:
-            return self._store.resolve(ref, callable_only=callable_only)
-        key = (ref, callable_only)
-        now = self._clock()
-        changes = self._changes.current(slot_of(ref.vendor, ref.name))
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry.expires > now and entry.changes == changes:
-            if entry.error is not None:
-                error_type, message = entry.error
-                raise error_type(message)
-            assert entry.model is not None  # one of the two is always set
-            return entry.model
-        try:
-            model = self._store.resolve(ref, callable_only=callable_only)
-        except _CACHEABLE_ERRORS as exc:
-            ttl = self._negative_ttl if isinstance(exc, NotFound) else self._ttl
-            if ttl > 0:
-                error = (type(exc), exc.message)
-                self._put(key, _Entry(now + ttl, changes, None, error))
-            raise
-        self._put(key, _Entry(now + self._ttl, changes, model, None))
-        return model
+        found = self._cache.get((ref, callable_only), slot_of(ref.vendor, ref.name))
+        if type(found) is ModelVersion:  # the common case, by the cheapest test (every call)
+            return found
+        if isinstance(found, Miss):
+            return self._resolve(found)
+        if isinstance(found, _Refusal):
+            raise found.error_type(found.message)
+        return found  # what a store answered that is not exactly a ModelVersion (a subclass)
 
     @property
     def changes(self) -> ChangeCounter:
         """The change counter this cache checks (caches of other facts about a model share it)."""
-        return self._changes
+        return self._cache.changes
 
     def invalidate(self, vendor: str, name: str) -> None:
         """Forget every cached answer about ``vendor/name`` (any version, unversioned too).
@@ -144,22 +125,24 @@ class CachedResolver:
         store what they read before it (see the module docstring). The node's other processes
         drop theirs too (the counter is shared).
         """
-        self._changes.bump(slot_of(vendor, name))
+        self._cache.changes.bump(slot_of(vendor, name))
 
     def clear(self) -> None:
         """Forget every cached answer of this process (after change notices may have been lost)."""
-        with self._lock:
-            self._entries.clear()
+        self._cache.clear()
 
     def __len__(self) -> int:
         """Entries held, expired ones included until they are replaced or evicted."""
-        with self._lock:
-            return len(self._entries)
+        return len(self._cache)
 
-    def _put(self, key: _Key, entry: _Entry) -> None:
-        with self._lock:
-            # Re-inserting moves the key to the end, so eviction drops the oldest fill first.
-            self._entries.pop(key, None)
-            while len(self._entries) >= self._max:
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = entry
+    def _resolve(self, miss: Miss[_Key]) -> ModelVersion:
+        """Ask the store, and cache its answer or its refusal under what ``miss`` saw."""
+        ref, callable_only = miss.key
+        try:
+            model = self._store.resolve(ref, callable_only=callable_only)
+        except _CACHEABLE_ERRORS as exc:
+            ttl = self._negative_ttl if isinstance(exc, NotFound) else None
+            self._cache.put(miss, _Refusal(type(exc), exc.message), ttl_seconds=ttl)
+            raise
+        self._cache.put(miss, model)
+        return model

@@ -19,7 +19,8 @@ vendor on every call and nowhere else, so:
   every process of the node, and within that TTL on replicas elsewhere, exactly as a changed
   endpoint address is. Without the cache, each streamed answer paid a database read (about
   0.8 ms under load) before the vendor was even called. ``resolve_cache_seconds = 0`` reads the
-  row at each call.
+  row at each call. The scheme (and why a key read while a change commits is never served) is
+  :class:`~broker.registry.counted_cache.CountedCache`, shared with the resolution cache.
 
 A key is at most ``MAX_API_KEY_CHARS`` printable ASCII characters without spaces, since it goes
 into an HTTP header: anything else (a newline would split the header) is refused at
@@ -29,10 +30,9 @@ registration with a message that does not repeat it.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple
+from typing import Final
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
@@ -42,7 +42,8 @@ from sqlmodel import SQLModel
 from broker.enforce.keys import TenantKeys
 from broker.errors import InvalidArgument, Unavailable
 from broker.logging import get_logger
-from broker.registry.generation import ChangeCounter, LocalChangeCounter, slot_of
+from broker.registry.counted_cache import CountedCache, Miss
+from broker.registry.generation import ChangeCounter, slot_of
 from broker.registry.model import ModelVersion
 
 _log = get_logger(__name__)
@@ -76,14 +77,6 @@ def check_api_key(value: str) -> None:
         )
 
 
-class _Opened(NamedTuple):
-    """A lookup's answer as cached: valid until ``expires`` while the counter is ``changes``."""
-
-    expires: float
-    changes: int
-    api_key: str | None
-
-
 class EndpointSecrets:
     """Sealed API keys by model reference, on the broker's database.
 
@@ -101,15 +94,12 @@ class EndpointSecrets:
         changes: ChangeCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl_seconds < 0:
-            raise ValueError("ttl_seconds must not be negative")
         self._engine = engine
         self._keys = keys
-        self._ttl = ttl_seconds
-        self._changes: ChangeCounter = changes if changes is not None else LocalChangeCounter()
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._opened: dict[str, _Opened] = {}
+        # By reference; None (no key stored) is an answer too.
+        self._opened: CountedCache[str, str | None] = CountedCache(
+            ttl_seconds=ttl_seconds, max_entries=MAX_CACHED_KEYS, changes=changes, clock=clock
+        )
 
     def put(self, model: ModelVersion, api_key: str) -> None:
         """Store (or replace) the key of ``model``; an empty key removes it."""
@@ -154,33 +144,20 @@ class EndpointSecrets:
         Unavailable (not a silent None) when a stored key cannot be opened: calling the vendor
         without its key would only turn into a confusing 401 later. Never cached, that one.
         """
-        if self._ttl <= 0:
-            return self._read(model)
-        now = self._clock()
-        # Read before the database: a key read before a change and stored after the change's
-        # bump is stored under the old count, so it is never served (as in CachedResolver).
-        changes = self._changes.current(slot_of(model.vendor, model.name))
-        with self._lock:
-            cached = self._opened.get(model.ref)
-        if cached is not None and cached.expires > now and cached.changes == changes:
-            return cached.api_key
-        api_key = self._read(model)
-        with self._lock:
-            self._opened.pop(model.ref, None)  # re-inserted last: the oldest fill goes first
-            while len(self._opened) >= MAX_CACHED_KEYS:
-                del self._opened[next(iter(self._opened))]
-            self._opened[model.ref] = _Opened(now + self._ttl, changes, api_key)
+        found = self._opened.get(model.ref, slot_of(model.vendor, model.name))
+        if type(found) is not Miss:
+            return found
+        api_key = self._read(model)  # Unavailable propagates: nothing is stored
+        self._opened.put(found, api_key)
         return api_key
 
     def clear(self) -> None:
         """Forget every opened key of this process (after change notices may have been lost)."""
-        with self._lock:
-            self._opened.clear()
+        self._opened.clear()
 
     def _forget(self, model: ModelVersion) -> None:
         """Drop this process's opened key of ``model`` (the registry bumps the counter too)."""
-        with self._lock:
-            self._opened.pop(model.ref, None)
+        self._opened.forget(model.ref)
 
     def _read(self, model: ModelVersion) -> str | None:
         """The key from its row, opened; None when there is no row."""
