@@ -53,6 +53,11 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None, argparse.
         action="store_true",
         help="with --profile: the broker serves its Prometheus page (the cost of recording)",
     )
+    parser.add_argument(
+        "--aio",
+        action="store_true",
+        help="the broker serves with [server] aio (grpc.aio; experimental)",
+    )
     parser.add_argument("--calls", type=int, help="with --profile: calls to profile")
     parser.add_argument("--warmup", type=int, help="with --profile: calls before measuring")
     args = parser.parse_args(argv)
@@ -60,6 +65,8 @@ def _parse(argv: list[str] | None) -> tuple[Settings, set[str] | None, argparse.
         parser.error("--callgrind and --metrics go with --profile")
     if args.metrics:
         os.environ["BENCH_BROKER_METRICS"] = "1"  # bench.profile.METRICS_ENV, for the children
+    if args.aio:  # the sections' broker reads os.environ; --profile's reads bench.profile's
+        os.environ["BROKER__SERVER__AIO"] = "true"
     if args.broker_workers is not None:  # the broker reads its config from the environment
         os.environ["BROKER__SERVER__WORKERS"] = str(args.broker_workers)
     settings = Settings.quick_settings() if args.quick else Settings()

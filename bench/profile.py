@@ -64,11 +64,14 @@ METRICS_ENV = "BENCH_BROKER_METRICS"
 
 
 def observed_settings() -> dict[str, str]:
-    """The broker settings ``--metrics`` adds (read from the environment: the callgrind child
-    is another process)."""
+    """The broker settings ``--metrics`` and ``--aio`` add (read from the environment: the
+    callgrind child is another process)."""
+    settings = {}
     if os.environ.get(METRICS_ENV) == "1":
-        return {"BROKER__METRICS__LISTEN": "127.0.0.1:0"}
-    return {}
+        settings["BROKER__METRICS__LISTEN"] = "127.0.0.1:0"
+    if os.environ.get("BROKER__SERVER__AIO") is not None:  # set by --aio
+        settings["BROKER__SERVER__AIO"] = os.environ["BROKER__SERVER__AIO"]
+    return settings
 
 
 def serve(

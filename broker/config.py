@@ -55,6 +55,11 @@ class ServerConfig(_Section):
         description="broker processes behind the one listening port (default: one per core)",
     )
     max_workers: int = Field(default=16, ge=1, le=1024)
+    aio: bool = Field(
+        default=False,
+        description="serve from a grpc.aio event loop (experimental): a call waiting for its "
+        "request message holds no thread; the servicers still run in max_workers threads",
+    )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -11,6 +11,8 @@ machines the 16-thread sync server answered 1.05x the calls/s of ``grpc.aio`` on
 machine and 1.68x on a busy one (2026-11-27), never less. The broker's outbound calls are
 blocking gRPC/HTTP calls that release the GIL, so threads suit them, and regorus engines are
 bound to the thread that made them, which an event loop would funnel into one thread.
+``[server] aio`` (experimental) serves the same synchronous servicers from a grpc.aio event loop
+instead (``broker.server.aio``), so that calls waiting for their request hold no thread.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ from broker.runtimes.sandbox.launcher import SandboxLauncher
 from broker.runtimes.sandbox.runtime import SandboxRuntime
 from broker.runtimes.sandbox.uids import WorkerIds
 from broker.server import audit_hooks
+from broker.server.aio import LoopServer
 from broker.server.audit_service import AuditServicer
 from broker.server.broker_service import BrokerServicer
 from broker.server.cluster import ClusterSync
@@ -333,17 +336,7 @@ def build_server(
         quotas=quotas,
         late_outcomes=late,
     )
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
-        interceptors=[BoundaryInterceptor(verifier.authenticate)],
-        options=[
-            ("grpc.max_receive_message_length", config.server.max_message_bytes),
-            ("grpc.max_send_message_length", config.server.max_message_bytes),
-            ("grpc.max_metadata_size", config.server.max_metadata_bytes),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
-        maximum_concurrent_rpcs=config.server.max_workers * 8,
-    )
+    server = _grpc_server(config, BoundaryInterceptor(verifier.authenticate), reuse_port)
     record_change = audit_hooks.registry_changes(audit)
     cluster = (
         ClusterSync(
@@ -394,9 +387,7 @@ def build_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.server.reflection:
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        _enable_reflection(server)
     port = _bind(server, config)
     probe_s = config.server.database_probe_seconds
     database_health = (
@@ -424,6 +415,41 @@ def build_server(
             else None
         ),
     )
+
+
+def _grpc_server(config: Config, boundary: BoundaryInterceptor, reuse_port: bool) -> grpc.Server:
+    """grpcio's sync server, or with ``[server] aio`` the same servicers behind a grpc.aio loop."""
+    pool = ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc")
+    options = [
+        ("grpc.max_receive_message_length", config.server.max_message_bytes),
+        ("grpc.max_send_message_length", config.server.max_message_bytes),
+        ("grpc.max_metadata_size", config.server.max_metadata_bytes),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    if config.server.aio:
+        # Stalled calls hold no thread here, only memory (a few KB each): the limit on open
+        # calls is 8x the limit on running ones, which stays the sync server's.
+        return LoopServer(
+            pool,
+            boundary,
+            options=options,
+            max_running=config.server.max_workers * 8,
+            max_open=config.server.max_workers * 64,
+        )
+    return grpc.server(
+        pool,
+        interceptors=[boundary],
+        options=options,
+        maximum_concurrent_rpcs=config.server.max_workers * 8,
+    )
+
+
+def _enable_reflection(server: grpc.Server) -> None:
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    if isinstance(server, LoopServer):  # grpc's asynchronous reflection: no thread per stream
+        server.call_in_loop(lambda: reflection.enable_server_reflection(names, server.aio))
+    else:
+        reflection.enable_server_reflection(names, server)
 
 
 def build_runtimes(

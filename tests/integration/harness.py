@@ -8,6 +8,7 @@ stopped the outbound call. Real inference is tested against MLServer separately.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -138,9 +139,15 @@ class BrokerHarness:
             client.close()
 
 
+#: ``BROKER_TEST_SERVER_AIO=1`` runs every harness broker with ``[server] aio`` on, so the same
+#: integration tests cover both server models.
+SERVER_AIO = os.environ.get("BROKER_TEST_SERVER_AIO", "") == "1"
+
+
 def start_broker(data_dir: Path, database_url: str, **env: str) -> BrokerHarness:
     """Build and start a broker with the development issuer enabled, on a free port."""
     environ = {
+        **({"BROKER__SERVER__AIO": "true"} if SERVER_AIO else {}),
         "BROKER__DATA_DIR": str(data_dir),
         "BROKER__SERVER__LISTEN": "127.0.0.1:0",
         "BROKER__DATABASE__URL": database_url,

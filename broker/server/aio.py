@@ -1,0 +1,372 @@
+"""Serve the broker's synchronous servicers from a ``grpc.aio`` event loop (``[server] aio``).
+
+Why: grpcio's synchronous server waits for a unary call's request message inside a pool thread,
+so a client that opens ``max_workers`` calls and never sends their message holds every thread
+and the process stops answering, health checks included (SECURITY.md, "Known gaps"). grpc.aio
+waits for messages on its event loop, which holds no thread: only a handler's own work runs in
+the pool.
+
+The servicers stay synchronous. grpc.aio can run a sync handler itself in its migration pool,
+but the context it gives such a handler lacks what the boundary and the servicers rely on: it
+has no ``abort_with_status`` nor ``is_active``; its ``add_callback`` returns None and its
+callbacks run only after a unary handler has returned, never when the client cancels (so a
+departed buyer would not stop the vendor call); and a streaming handler's steps run in whichever
+pool threads are free, without the call's context variables (the principal, the log's bound
+fields). So :class:`AioBridge` turns each synchronous handler into a coroutine that runs the
+handler's steps in the pool itself, one ``contextvars.Context`` per call, with a
+:class:`SyncContext`: ``grpc.ServicerContext`` mapped onto grpc.aio's context.
+
+:class:`LoopServer` runs the grpc.aio server on an event loop of its own thread behind the
+``grpc.Server`` interface, so ``BrokerServer.start/stop/serve_forever`` keep their contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import inspect
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import grpc.aio
+
+from broker.logging import get_logger
+from broker.server.interceptors import PUBLIC_SERVICE_PREFIXES, BoundaryInterceptor, Handler
+
+_log = get_logger(__name__)
+
+_T = TypeVar("_T")
+_END = object()
+_MAX_BRIDGED = 1_000  # methods whose bridged handler is kept; the broker serves about 50
+
+
+class _Aborted(Exception):
+    """Raised in the pool thread by ``abort``; the bridge sends the status from the loop."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        super().__init__("the RPC was aborted")
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+
+
+class SyncContext(grpc.ServicerContext):
+    """The synchronous servicer context, for one call served by grpc.aio.
+
+    Its callbacks run once when the call ends on the loop (answered, aborted or cancelled by the
+    client); after that ``is_active`` is False and ``add_callback`` refuses, as grpcio's sync
+    server does. ``abort`` raises in the handler's thread and the bridge sends the status from
+    the loop, so no pool thread waits on the loop.
+    """
+
+    def __init__(
+        self, context: grpc.aio.ServicerContext[Any, Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._context = context
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] | None = []
+        self._vars = contextvars.copy_context()
+        self._step: concurrent.futures.Future[Any] | None = None
+
+    # -- used by the bridge, on the loop ---------------------------------------------------
+
+    def run(
+        self, executor: concurrent.futures.Executor, fn: Callable[..., _T], *args: Any
+    ) -> Awaitable[_T]:
+        """Run one step of the handler in the pool, in this call's context variables."""
+        self._step = executor.submit(self._vars.run, fn, *args)
+        return asyncio.wrap_future(self._step, loop=self._loop)
+
+    def terminate(self) -> None:
+        """The call has ended: run its callbacks (once); later ones are refused."""
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one failing callback must not skip the others
+                _log.exception("rpc_callback_failed")
+
+    def close_after_step(self, executor: concurrent.futures.Executor, iterator: Any) -> None:
+        """Close a streaming handler's generator in the pool once its running step is over.
+
+        Its ``finally`` blocks then run (a stream's outcome is recorded, its ``rpc`` event
+        logged as CANCELLED); a generator cannot be closed while another thread runs it.
+        """
+
+        def close(_: object = None) -> None:
+            with contextlib.suppress(RuntimeError):  # the pool has shut down
+                executor.submit(self._vars.run, iterator.close)
+
+        step = self._step
+        if step is None or step.done():
+            close()
+        else:
+            step.add_done_callback(close)
+
+    # -- grpc.ServicerContext, called from the handler's thread -----------------------------
+
+    def is_active(self) -> bool:
+        return self._callbacks is not None and not self._context.done()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._callbacks is None:
+                return False
+            self._callbacks.append(callback)
+            return True
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Aborted(code, details, ())
+
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        raise _Aborted(status.code, status.details, tuple(status.trailing_metadata))
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline
+        return self._context.time_remaining()
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def peer_identities(self) -> Any:
+        return self._context.peer_identities()
+
+    def peer_identity_key(self) -> str | None:
+        return self._context.peer_identity_key()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._context.set_trailing_metadata(trailing_metadata)
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        self._context.set_compression(compression)
+
+    def send_initial_metadata(self, initial_metadata: Any) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self._context.send_initial_metadata(initial_metadata), self._loop
+        ).result()
+
+    def cancel(self) -> bool:
+        raise NotImplementedError("grpc.aio has no server-side cancel; the broker never uses it")
+
+
+def _is_async(behavior: object) -> bool:
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+class AioBridge(grpc.aio.ServerInterceptor):
+    """The boundary (:class:`BoundaryInterceptor`) for grpc.aio, and sync handlers run in a pool.
+
+    At most ``max_running`` of the broker's calls run (or wait for a thread) at once; more are
+    refused with RESOURCE_EXHAUSTED, as grpcio's ``maximum_concurrent_rpcs`` did for the sync
+    server. Counted here, once a call's request has arrived, and not by grpc.aio, whose limit
+    also counts calls still waiting for their request: stalled calls would fill it instead.
+    Health checks and reflection are not counted, so they answer under load.
+
+    Each method's bridged handler is built once and kept, as the boundary keeps its own.
+    Client-streaming methods (only reflection, which is asynchronous here) pass through.
+    """
+
+    def __init__(
+        self,
+        boundary: BoundaryInterceptor,
+        executor: concurrent.futures.Executor,
+        *,
+        max_running: int | None = None,
+    ) -> None:
+        self._boundary = boundary
+        self._executor = executor
+        self._max_running = max_running
+        self._running = 0  # read and written on the loop only
+        self._bridged: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        kept = self._bridged.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        bounded = self._boundary.intercept_service(lambda _: handler, handler_call_details)
+        counted = not method.startswith(PUBLIC_SERVICE_PREFIXES)
+        bridged = self._bridge(bounded, counted) if bounded is not None else handler
+        if len(self._bridged) < _MAX_BRIDGED:
+            self._bridged[method] = (handler, bridged)
+        return bridged
+
+    def _bridge(self, handler: Handler, counted: bool) -> Handler:
+        if handler.unary_unary is not None and not _is_async(handler.unary_unary):
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, counted),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and not _is_async(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, counted),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], counted: bool) -> bool:
+        """Count a call in (True), or refuse it when ``max_running`` are running already."""
+        if not counted:
+            return False
+        if self._max_running is not None and self._running >= self._max_running:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"
+            )
+        self._running += 1
+        return True
+
+    def _unary(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], counted: bool
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        executor = self._executor
+
+        async def bridged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            admitted = await self._admit(context, counted)
+            call = SyncContext(context, asyncio.get_running_loop())
+            try:
+                return await call.run(executor, behavior, request, call)
+            except _Aborted as aborted:
+                await context.abort(aborted.code, aborted.details, aborted.trailing)
+            finally:
+                self._running -= admitted
+                call.terminate()
+
+        return bridged
+
+    def _stream(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], counted: bool
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        executor = self._executor
+
+        async def bridged(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            admitted = await self._admit(context, counted)
+            call = SyncContext(context, asyncio.get_running_loop())
+            iterator: Iterator[Any] | None = None
+            try:
+                iterator = await call.run(executor, lambda: iter(behavior(request, call)))
+                while True:
+                    item = await call.run(executor, next, iterator, _END)
+                    if item is _END:
+                        return
+                    yield item
+            except _Aborted as aborted:
+                await context.abort(aborted.code, aborted.details, aborted.trailing)
+            finally:
+                self._running -= admitted
+                call.terminate()
+                if iterator is not None:
+                    call.close_after_step(executor, iterator)
+
+        return bridged
+
+
+class LoopServer(grpc.Server):
+    """A grpc.aio server on an event loop in its own thread, behind ``grpc.Server``'s interface.
+
+    ``max_running``: calls that have their request and run or wait for a thread (the bridge's
+    limit); ``max_open``: every open call, those still waiting for their request included
+    (grpc.aio's ``maximum_concurrent_rpcs``), which bounds the memory that stalled calls hold.
+    Every call into the aio server is made on the loop's thread; ``stop`` returns an event that
+    is set once the server has stopped and the loop has ended, as grpcio's sync server does.
+    """
+
+    def __init__(
+        self,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        boundary: BoundaryInterceptor,
+        *,
+        options: Sequence[tuple[str, Any]],
+        max_running: int | None,
+        max_open: int | None,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, name="rpc-loop", daemon=True)
+        self._thread.start()
+        self.aio: grpc.aio.Server = self.call_in_loop(
+            lambda: grpc.aio.server(
+                migration_thread_pool=executor,
+                interceptors=[AioBridge(boundary, executor, max_running=max_running)],
+                options=options,
+                maximum_concurrent_rpcs=max_open,
+            )
+        )
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+            self._stopped.set()
+
+    def call_in_loop(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the loop's thread and return its result."""
+
+        async def call() -> _T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def _await(self, awaitable: Awaitable[_T]) -> _T:
+        async def call() -> _T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self.call_in_loop(lambda: self.aio.add_generic_rpc_handlers(generic_rpc_handlers))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self.call_in_loop(
+            lambda: self.aio.add_registered_method_handlers(service_name, method_handlers)
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return self.call_in_loop(lambda: self.aio.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self.call_in_loop(lambda: self.aio.add_secure_port(address, server_credentials))
+
+    def start(self) -> None:
+        self._await(self.aio.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        if self._loop.is_closed():
+            return self._stopped
+        future = asyncio.run_coroutine_threadsafe(self.aio.stop(grace), self._loop)
+        # Runs on the loop's thread, or on this one if the server stopped already: thread-safe.
+        future.add_done_callback(lambda _: self._loop.call_soon_threadsafe(self._loop.stop))
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
