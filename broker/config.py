@@ -60,6 +60,20 @@ class ServerConfig(_Section):
         description="serve from a grpc.aio event loop (experimental): a call waiting for its "
         "request message holds no thread; the servicers still run in max_workers threads",
     )
+    request_message_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="with aio: a call whose request message has not arrived this long after "
+        "the call started is ended (DEADLINE_EXCEEDED)",
+    )
+    max_waiting_per_client: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="with aio: calls of one client address that may wait for their request "
+        "message at once; more are refused (RESOURCE_EXHAUSTED)",
+    )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -42,6 +42,11 @@ _log = get_logger(__name__)
 _T = TypeVar("_T")
 _END = object()
 _MAX_BRIDGED = 1_000  # methods whose bridged handler is kept; the broker serves about 50
+#: Defaults of ``[server] request_message_timeout_seconds`` and ``max_waiting_per_client``.
+REQUEST_MESSAGE_TIMEOUT_SECONDS = 30.0
+MAX_WAITING_PER_CLIENT = 64
+#: A call whose request message is not in this soon after the bridge starts counts as waiting.
+WAITING_GRACE_SECONDS = 0.25
 
 
 class _Aborted(Exception):
@@ -166,6 +171,39 @@ class SyncContext(grpc.ServicerContext):
         raise NotImplementedError("grpc.aio has no server-side cancel; the broker never uses it")
 
 
+class _Wait:
+    """One call waiting for its request message (``AioBridge._request``); used on the loop only."""
+
+    __slots__ = ("client", "counted", "ended", "task", "timer")
+
+    def __init__(self, client: str, task: asyncio.Task[Any] | None) -> None:
+        self.client = client
+        self.task = task
+        self.counted = False
+        self.ended: tuple[grpc.StatusCode, str] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def end(self, code: grpc.StatusCode, details: str) -> None:
+        """Stop the wait: the read is cancelled, and the call then ends with this status."""
+        self.ended = (code, details)
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _client_of(peer: str) -> str:
+    """A call's client as the limits count it: its address without the port.
+
+    ``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``, ``ipv6:[::1]:51234`` -> ``ipv6:[::1]``; any
+    other form (a Unix socket) is kept whole.
+    """
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, sep, port = rest.rpartition(":")
+        if sep and port.isdigit():
+            return f"{kind}:{host}"
+    return peer
+
+
 def _is_async(behavior: object) -> bool:
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
@@ -179,6 +217,11 @@ class AioBridge(grpc.aio.ServerInterceptor):
     also counts calls still waiting for their request: stalled calls would fill it instead.
     Health checks and reflection are not counted, so they answer under load.
 
+    The bridge reads each call's request message itself (``_request``): within
+    ``message_timeout`` seconds, and with at most ``max_waiting_per_client`` calls of one client
+    address waiting at once, so stalled calls can neither stay open for ever nor, from one
+    client, fill grpc.aio's limit on open calls.
+
     Each method's bridged handler is built once and kept, as the boundary keeps its own.
     Client-streaming methods (only reflection, which is asynchronous here) pass through.
     """
@@ -189,11 +232,16 @@ class AioBridge(grpc.aio.ServerInterceptor):
         executor: concurrent.futures.Executor,
         *,
         max_running: int | None = None,
+        message_timeout: float = REQUEST_MESSAGE_TIMEOUT_SECONDS,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
     ) -> None:
         self._boundary = boundary
         self._executor = executor
         self._max_running = max_running
         self._running = 0  # read and written on the loop only
+        self._message_timeout = message_timeout
+        self._max_waiting = max_waiting_per_client
+        self._waiting: dict[str, int] = {}  # calls waiting for their message, by client; loop only
         self._bridged: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -216,19 +264,75 @@ class AioBridge(grpc.aio.ServerInterceptor):
         return bridged
 
     def _bridge(self, handler: Handler, counted: bool) -> Handler:
+        # Registered as request-streaming: grpc.aio then starts the bridge before the request
+        # message arrives, and the bridge reads it itself, bounded in time and per client.
         if handler.unary_unary is not None and not _is_async(handler.unary_unary):
-            return grpc.unary_unary_rpc_method_handler(
+            return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, counted),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None and not _is_async(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
+            return grpc.stream_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, counted),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    async def _request(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """The call's one request message, read within ``message_timeout`` seconds.
+
+        A call whose message is not in ``WAITING_GRACE_SECONDS`` after the bridge starts counts
+        as waiting for it: one client address may have at most ``max_waiting_per_client`` such
+        calls (a client that sends its message with the call never counts, so stalled calls
+        cannot crowd out the calls of others at the same address); one more is refused at once,
+        and a call whose message has not come ``message_timeout`` seconds after the call is
+        ended. Both get a status that says why, and their slot is free again. A call that ends
+        without any message is INVALID_ARGUMENT, as grpcio's own unary handling refuses it.
+        """
+        wait = _Wait(_client_of(context.peer()), asyncio.current_task())
+        loop = asyncio.get_running_loop()
+        wait.timer = loop.call_later(WAITING_GRACE_SECONDS, self._still_waiting, wait, loop)
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if wait.ended is None:
+                raise  # the client went away, or the server is stopping
+            await context.abort(*wait.ended)
+        finally:
+            wait.timer.cancel()
+            if wait.counted:
+                left = self._waiting[wait.client] - 1
+                if left:
+                    self._waiting[wait.client] = left
+                else:
+                    del self._waiting[wait.client]
+        if request is grpc.aio.EOF:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message"
+            )
+        return request
+
+    def _still_waiting(self, wait: _Wait, loop: asyncio.AbstractEventLoop) -> None:
+        """The grace is over and the message is not in: count the call, or refuse it."""
+        waiting = self._waiting.get(wait.client, 0)
+        if waiting >= self._max_waiting:
+            wait.end(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{waiting} calls from this client are already waiting for their request "
+                "message; send each call's request with it",
+            )
+            return
+        self._waiting[wait.client] = waiting + 1
+        wait.counted = True
+        wait.timer = loop.call_later(
+            max(0.0, self._message_timeout - WAITING_GRACE_SECONDS),
+            wait.end,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the call's request message did not arrive within {self._message_timeout:g} s "
+            "of the call; send the request with the call",
+        )
 
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], counted: bool) -> bool:
         """Count a call in (True), or refuse it when ``max_running`` are running already."""
@@ -246,7 +350,8 @@ class AioBridge(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         executor = self._executor
 
-        async def bridged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def bridged(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request = await self._request(context)
             admitted = await self._admit(context, counted)
             call = SyncContext(context, asyncio.get_running_loop())
             try:
@@ -265,8 +370,9 @@ class AioBridge(grpc.aio.ServerInterceptor):
         executor = self._executor
 
         async def bridged(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            request = await self._request(context)
             admitted = await self._admit(context, counted)
             call = SyncContext(context, asyncio.get_running_loop())
             iterator: Iterator[Any] | None = None
@@ -293,7 +399,8 @@ class LoopServer(grpc.Server):
 
     ``max_running``: calls that have their request and run or wait for a thread (the bridge's
     limit); ``max_open``: every open call, those still waiting for their request included
-    (grpc.aio's ``maximum_concurrent_rpcs``), which bounds the memory that stalled calls hold.
+    (grpc.aio's ``maximum_concurrent_rpcs``), which bounds the memory that stalled calls hold;
+    ``message_timeout`` and ``max_waiting_per_client``: see :class:`AioBridge`.
     Every call into the aio server is made on the loop's thread; ``stop`` returns an event that
     is set once the server has stopped and the loop has ended, as grpcio's sync server does.
     """
@@ -306,6 +413,8 @@ class LoopServer(grpc.Server):
         options: Sequence[tuple[str, Any]],
         max_running: int | None,
         max_open: int | None,
+        message_timeout: float = REQUEST_MESSAGE_TIMEOUT_SECONDS,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._stopped = threading.Event()
@@ -314,7 +423,15 @@ class LoopServer(grpc.Server):
         self.aio: grpc.aio.Server = self.call_in_loop(
             lambda: grpc.aio.server(
                 migration_thread_pool=executor,
-                interceptors=[AioBridge(boundary, executor, max_running=max_running)],
+                interceptors=[
+                    AioBridge(
+                        boundary,
+                        executor,
+                        max_running=max_running,
+                        message_timeout=message_timeout,
+                        max_waiting_per_client=max_waiting_per_client,
+                    )
+                ],
                 options=options,
                 maximum_concurrent_rpcs=max_open,
             )

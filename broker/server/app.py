@@ -435,6 +435,8 @@ def _grpc_server(config: Config, boundary: BoundaryInterceptor, reuse_port: bool
             options=options,
             max_running=config.server.max_workers * 8,
             max_open=config.server.max_workers * 64,
+            message_timeout=config.server.request_message_timeout_seconds,
+            max_waiting_per_client=config.server.max_waiting_per_client,
         )
     return grpc.server(
         pool,

@@ -2,13 +2,16 @@
 
 grpcio's synchronous server waits for a unary call's request inside a pool thread, so as many
 stalled calls as the pool has threads stop the process, health checks included (SECURITY.md,
-"Known gaps"). With ``[server] aio`` the wait happens on the event loop and holds no thread.
+"Known gaps"). With ``[server] aio`` the wait happens on the event loop and holds no thread,
+one client address may have at most ``max_waiting_per_client`` calls waiting at once, and a
+call's message must arrive within ``request_message_timeout_seconds``.
 The stalled calls carry no token: the wait comes before authentication.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +25,27 @@ INVOKE = "/broker.v1.Broker/Invoke"
 # More than the pool's 16 threads, and than the 128 calls that may run at once: a stalled call
 # has no request yet, so it is not running (the limit on open calls is 1024).
 STALLED = 160
+WAITING = 100  # [server] max_waiting_per_client here: the rest of STALLED are refused at once
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerHarness]:
     harness = start_broker(
-        tmp_path / "var", f"sqlite:///{tmp_path / 'broker.db'}", BROKER__SERVER__AIO="true"
+        tmp_path / "var",
+        f"sqlite:///{tmp_path / 'broker.db'}",
+        BROKER__SERVER__AIO="true",
+        BROKER__SERVER__MAX_WAITING_PER_CLIENT=str(WAITING),
     )
     yield harness
     harness.stop()
+
+
+def _wait_until_done(calls: list[grpc.Future], count: int) -> list[grpc.Future]:
+    """The calls that are done once ``count`` of them are (bounded: 30 s)."""
+    deadline = time.monotonic() + 30
+    while sum(call.done() for call in calls) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [call for call in calls if call.done()]
 
 
 def _health(channel: grpc.Channel) -> int:
@@ -53,15 +68,54 @@ def test_stalled_calls_leave_health_and_invoke_answering(
     stall = stalled_channel.stream_unary(INVOKE)
     calls = [stall.future(never_sent(), timeout=60) for _ in range(STALLED)]
     try:
-        # On the stalled calls' own connection, after them: the server has seen every one.
+        # Beyond this client's share, stalled calls are refused once they count as waiting.
+        refused = _wait_until_done(calls, STALLED - WAITING)
+        for call in refused:
+            assert call.exception().code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "waiting for their request message" in call.exception().details()
+        # With the share full: the same connection, another one, and a real call still answer.
         assert _health(stalled_channel) == health_pb2.HealthCheckResponse.SERVING
         with broker.channel() as other:
             assert _health(other) == health_pb2.HealthCheckResponse.SERVING
         answer = buyer.invoke("acme-models/echo@1.0.0", {"text": "hello"}, timeout=10)
         assert answer.answer == {"echo": "hello"}
-        assert not any(call.done() for call in calls)  # still stalled, not refused
+        assert sum(call.done() for call in calls) == STALLED - WAITING  # the rest still wait
     finally:
         release.set()
         for call in calls:
             call.cancel()
         stalled_channel.close()
+
+
+def test_a_request_message_that_never_comes_ends_the_call_in_time(tmp_path: Path) -> None:
+    harness = start_broker(
+        tmp_path / "var",
+        f"sqlite:///{tmp_path / 'broker.db'}",
+        BROKER__SERVER__AIO="true",
+        BROKER__SERVER__REQUEST_MESSAGE_TIMEOUT_SECONDS="0.5",
+    )
+    release = threading.Event()
+
+    def never_sent() -> Iterator[bytes]:
+        release.wait()
+        yield from ()
+
+    try:
+        with harness.channel() as channel:
+            stall = channel.stream_unary(INVOKE)
+            with pytest.raises(grpc.RpcError) as ended:
+                stall(never_sent(), timeout=60)  # the broker ends it long before this deadline
+            assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not arrive within 0.5 s" in ended.value.details()
+            # The stalled call's slot is free again: health still answers on this connection.
+            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        release.set()
+        harness.stop()
+
+
+def test_a_call_without_a_request_message_is_invalid_argument(broker: BrokerHarness) -> None:
+    with broker.channel() as channel, pytest.raises(grpc.RpcError) as ended:
+        channel.stream_unary(INVOKE)(iter(()), timeout=10)
+    assert ended.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert ended.value.details() == "the call ended without its request message"
