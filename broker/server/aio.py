@@ -35,13 +35,17 @@ import grpc
 import grpc.aio
 
 from broker.logging import get_logger
-from broker.server.interceptors import PUBLIC_SERVICE_PREFIXES, BoundaryInterceptor, Handler
+from broker.server.interceptors import (
+    PUBLIC_SERVICE_PREFIXES,
+    BoundaryInterceptor,
+    Handler,
+    WrappedHandlers,
+)
 
 _log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _END = object()
-_MAX_BRIDGED = 1_000  # methods whose bridged handler is kept; the broker serves about 50
 #: Defaults of ``[server] request_message_timeout_seconds`` and ``max_waiting_per_client``.
 REQUEST_MESSAGE_TIMEOUT_SECONDS = 30.0
 MAX_WAITING_PER_CLIENT = 64
@@ -242,7 +246,7 @@ class AioBridge(grpc.aio.ServerInterceptor):
         self._message_timeout = message_timeout
         self._max_waiting = max_waiting_per_client
         self._waiting: dict[str, int] = {}  # calls waiting for their message, by client; loop only
-        self._bridged: dict[str, tuple[Handler, Handler]] = {}
+        self._bridged = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -253,15 +257,13 @@ class AioBridge(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        kept = self._bridged.get(method)
-        if kept is not None and kept[0] is handler:
-            return kept[1]
+        kept = self._bridged.get(method, handler)
+        if kept is not None:
+            return kept
         bounded = self._boundary.intercept_service(lambda _: handler, handler_call_details)
         counted = not method.startswith(PUBLIC_SERVICE_PREFIXES)
         bridged = self._bridge(bounded, counted) if bounded is not None else handler
-        if len(self._bridged) < _MAX_BRIDGED:
-            self._bridged[method] = (handler, bridged)
-        return bridged
+        return self._bridged.keep(method, handler, bridged)
 
     def _bridge(self, handler: Handler, counted: bool) -> Handler:
         # Registered as request-streaming: grpc.aio then starts the bridge before the request

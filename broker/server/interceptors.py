@@ -60,6 +60,32 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _MAX_WRAPPED = 1_000  # methods whose wrapped handler is kept; the broker serves about 50
 
 
+class WrappedHandlers:
+    """Each method's wrapped handler, kept while the handler it wraps is the same object.
+
+    grpc asks for a method's handler on every call; the servicers' handlers are built once, so
+    a wrapper built from one can be kept too, keyed by method and by the identity of the handler
+    it wraps. At most ``_MAX_WRAPPED`` methods are kept (the broker serves about 50).
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, handler: Handler) -> Handler | None:
+        """The wrapper kept for ``handler`` of ``method``, or None."""
+        kept = self._kept.get(method)
+        return kept[1] if kept is not None and kept[0] is handler else None
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def keep(self, method: str, handler: Handler, wrapped: Handler) -> Handler:
+        """Keep ``wrapped`` for ``handler`` of ``method`` (while there is room); return it."""
+        if len(self._kept) < _MAX_WRAPPED:
+            self._kept[method] = (handler, wrapped)
+        return wrapped
+
+
 class BoundaryInterceptor(grpc.ServerInterceptor):
     """Authenticate, map errors to statuses, and log one event per RPC.
 
@@ -70,7 +96,7 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, authenticate: Authenticator) -> None:
         self._authenticate = authenticate
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._wrapped = WrappedHandlers()
 
     def intercept_service(
         self,
@@ -81,13 +107,10 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        kept = self._wrapped.get(method)
-        if kept is not None and kept[0] is handler:
-            return kept[1]
-        wrapped = self._wrap(method, handler)
-        if len(self._wrapped) < _MAX_WRAPPED:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        kept = self._wrapped.get(method, handler)
+        if kept is not None:
+            return kept
+        return self._wrapped.keep(method, handler, self._wrap(method, handler))
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         if method.startswith(PUBLIC_SERVICE_PREFIXES):

@@ -9,6 +9,7 @@ stopped the outbound call. Real inference is tested against MLServer separately.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -142,6 +143,13 @@ class BrokerHarness:
 #: ``BROKER_TEST_SERVER_AIO=1`` runs every harness broker with ``[server] aio`` on, so the same
 #: integration tests cover both server models.
 SERVER_AIO = os.environ.get("BROKER_TEST_SERVER_AIO", "") == "1"
+
+
+@pytest.fixture
+def serve_with_aio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every broker the test starts serves with ``[server] aio`` (a module's ``usefixtures``)."""
+    monkeypatch.setattr(sys.modules[__name__], "SERVER_AIO", True)
+    yield
 
 
 def start_broker(data_dir: Path, database_url: str, **env: str) -> BrokerHarness:

@@ -8,19 +8,14 @@ reflection through grpc.aio's event loop and the bridged synchronous servicers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from broker.server.aio import LoopServer
 from tests.integration import harness
+from tests.integration.harness import serve_with_aio  # noqa: F401 - the fixture below
 from tests.integration.test_broker_api import *  # noqa: F403 - collected again here, under aio
 
-
-@pytest.fixture(autouse=True)
-def _serve_with_aio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(harness, "SERVER_AIO", True)
-    yield
+pytestmark = pytest.mark.usefixtures("serve_with_aio")
 
 
 def test_the_broker_here_serves_with_grpc_aio(broker: harness.BrokerHarness) -> None:

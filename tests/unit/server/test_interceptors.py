@@ -72,7 +72,7 @@ def test_unknown_methods_are_not_kept() -> None:
     interceptor = BoundaryInterceptor(lambda metadata: PRINCIPAL)
     for i in range(3):
         assert interceptor.intercept_service(lambda d: None, Details(f"/x.Y/M{i}")) is None
-    assert interceptor._wrapped == {}
+    assert len(interceptor._wrapped) == 0
 
 
 def test_public_services_are_passed_through_unwrapped() -> None:
