@@ -52,7 +52,7 @@ _MODULES = (
     "retention",
     "llm",
     "cluster",
-    "stages",  # last: its in-process broker configures structlog into a file it then closes
+    "stages",  # last: its in-process broker points the process's structlog at /dev/null
 )
 _EXTRA = ("SECTION", "DURABLE_SECTION")  # the names a section module may export
 
