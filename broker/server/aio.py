@@ -46,9 +46,6 @@ _log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _END = object()
-#: Defaults of ``[server] request_message_timeout_seconds`` and ``max_waiting_per_client``.
-REQUEST_MESSAGE_TIMEOUT_SECONDS = 30.0
-MAX_WAITING_PER_CLIENT = 64
 #: A call whose request message is not in this soon after the bridge starts counts as waiting.
 WAITING_GRACE_SECONDS = 0.25
 
@@ -236,8 +233,8 @@ class AioBridge(grpc.aio.ServerInterceptor):
         executor: concurrent.futures.Executor,
         *,
         max_running: int | None = None,
-        message_timeout: float = REQUEST_MESSAGE_TIMEOUT_SECONDS,
-        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
+        message_timeout: float,
+        max_waiting_per_client: int,
     ) -> None:
         self._boundary = boundary
         self._executor = executor
@@ -415,8 +412,8 @@ class LoopServer(grpc.Server):
         options: Sequence[tuple[str, Any]],
         max_running: int | None,
         max_open: int | None,
-        message_timeout: float = REQUEST_MESSAGE_TIMEOUT_SECONDS,
-        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
+        message_timeout: float,
+        max_waiting_per_client: int,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._stopped = threading.Event()
