@@ -58,22 +58,19 @@ from broker.audit.merkle import HASH_SIZE, leaf_hash, node_hash
 from broker.audit.tables import audit_checkpoints, audit_entries, audit_nodes
 from broker.audit.turn import WriterConnection, WriteTurn, lock_path
 from broker.errors import Internal, InvalidArgument
-from broker.storage.db import for_writes
 
 #: Names the PostgreSQL advisory lock held by the one integrator (arbitrary, fixed constant).
 INTEGRATOR_LOCK_ID: Final = 0x61756469746C6F67
 _Range = tuple[int, int]
 _Pair = tuple[int, int]
 
-# Statements built once (see the module docstring): SQLAlchemy then only looks them up in its
-# compiled cache on each execution instead of constructing and keying a new expression.
-_LOCK_PG: Final = sa.select(sa.func.pg_advisory_xact_lock(INTEGRATOR_LOCK_ID))
-# The append's statements as driver text (see ``AuditStore._append_in_driver``).
+# The writers' statements as driver text (see ``AuditStore._append_in_driver``).
 _LOCK_PG_SQL: Final = "SELECT pg_advisory_xact_lock(%s)"
 _LAST_LEAF_SQL: Final = (
     "SELECT leaf_index, entry_hash FROM audit_entries ORDER BY leaf_index DESC LIMIT 1"
 )
 _SIZE_SQL: Final = "SELECT max(leaf_index) FROM audit_entries"
+_LATEST_CHECKPOINT_SQL: Final = "SELECT max(size) FROM audit_checkpoints"
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
 #: What the append hands SQLite its BLOBs as. Python's sqlite3 binds ``bytearray`` (like
 #: int, float and str) directly, but looks every ``bytes`` value up in its adapter registry
@@ -221,7 +218,6 @@ class AuditStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._writer = for_writes(engine)
         self._paramstyle: str = engine.dialect.paramstyle
         self._postgres = engine.dialect.name == "postgresql"
         # (size, last leaf hash, frontier of that tree) as this store last committed it; one
@@ -373,37 +369,55 @@ class AuditStore:
                     cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     cursor.fetchall()
 
-    def _lock(self, conn: sa.Connection) -> None:
-        if conn.dialect.name == "postgresql":
-            conn.execute(_LOCK_PG)
-
     def add_checkpoint(
         self, sign: Callable[[int, bytes], str], time_us: int
     ) -> StoredCheckpoint | None:
         """Sign and store a checkpoint of the current tree if it grew; None if it did not.
 
         Runs under the integrator lock so two replicas never sign two notes for one size.
-        ``sign(size, root)`` returns the signed note text.
+        ``sign(size, root)`` returns the signed note text. Spoken to the driver on the writer's
+        connection, as the append is: the checkpointer runs up to ten times a second in every
+        broker process and holds the write turn meanwhile, and SQLAlchemy's execution layer
+        (begin hook, pool checkout, expression compile and cache key, result objects) cost
+        more than the transaction's database work.
         """
-        with self._write_turn, self._writer.begin() as conn:
-            self._lock(conn)
-            last = conn.exec_driver_sql(_LAST_LEAF_SQL).first()
+        with self._write_turn, self._connection.driver() as driver:
+            return self._checkpoint_in_driver(driver, sign, time_us)
+
+    def _checkpoint_in_driver(
+        self, driver: Any, sign: Callable[[int, bytes], str], time_us: int
+    ) -> StoredCheckpoint | None:
+        """:meth:`add_checkpoint`'s one transaction; driver errors propagate (rolled back)."""
+        postgres, paramstyle = self._postgres, self._paramstyle
+        cursor = driver.cursor()
+        try:
+            if postgres:
+                cursor.execute(_LOCK_PG_SQL, (INTEGRATOR_LOCK_ID,))
+            else:
+                cursor.execute("BEGIN IMMEDIATE")  # the connection runs in driver autocommit
+            cursor.execute(_LAST_LEAF_SQL)
+            last = cursor.fetchone()
+            cursor.execute(_LATEST_CHECKPOINT_SQL)
+            latest = cursor.fetchone()[0]
             size = 0 if last is None else int(last[0]) + 1
-            latest = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.size))).scalar()
             if last is None or (latest is not None and latest >= size):
+                driver.rollback()
                 return None
             root = self._tip_root(size, bytes(last[1]))
             if root is None:
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    root = _root_from_db(cursor, size, self._paramstyle)
-                finally:
-                    cursor.close()
+                root = _root_from_db(cursor, size, paramstyle)
             stored = StoredCheckpoint(size, root, sign(size, root), time_us)
-            conn.execute(
-                audit_checkpoints.insert(),
-                {"size": size, "root_hash": root, "note": stored.note, "time_us": time_us},
+            blob = bytes if postgres else _SQLITE_BLOB
+            cursor.execute(
+                _insert_sql(audit_checkpoints, paramstyle),
+                (size, blob(root), stored.note, time_us),
             )
+            driver.commit()
+        except BaseException:
+            driver.rollback()
+            raise
+        finally:
+            cursor.close()
         return stored
 
     def _tip_root(self, size: int, last_hash: bytes) -> bytes | None:
