@@ -378,8 +378,9 @@ class AuditStore:
         ``sign(size, root)`` returns the signed note text. Spoken to the driver on the writer's
         connection, as the append is: the checkpointer runs up to ten times a second in every
         broker process and holds the write turn meanwhile, and SQLAlchemy's execution layer
-        (begin hook, pool checkout, expression compile and cache key, result objects) cost
-        more than the transaction's database work.
+        (begin hook, expression compile and cache key, result objects) cost more than the
+        transaction's database work. On a SQLite file that connection also has SQLite's WAL
+        auto-checkpoint off, so no commit here copies the WAL with the turn held.
         """
         with self._write_turn, self._connection.driver() as driver:
             return self._checkpoint_in_driver(driver, sign, time_us)
