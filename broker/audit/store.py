@@ -70,6 +70,13 @@ _LAST_LEAF_SQL: Final = (
     "SELECT leaf_index, entry_hash FROM audit_entries ORDER BY leaf_index DESC LIMIT 1"
 )
 _SIZE_SQL: Final = "SELECT max(leaf_index) FROM audit_entries"
+# ``Unless`` checks, in qmark style (``_in_style`` gives PostgreSQL's). Both read the index on
+# (kind, model): the entries of one administrative kind are few whatever the log's size.
+_ANY_RECORDED_SQL: Final = "SELECT 1 FROM audit_entries WHERE kind = ? AND model = ? LIMIT 1"
+_LATEST_RECORDED_SQL: Final = (
+    "SELECT model FROM audit_entries WHERE leaf_index = "
+    "(SELECT max(leaf_index) FROM audit_entries WHERE kind = ?)"
+)
 _LATEST_CHECKPOINT_SQL: Final = "SELECT max(size) FROM audit_checkpoints"
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
 #: What the append hands SQLite its BLOBs as. Python's sqlite3 binds ``bytearray`` (like
@@ -107,6 +114,35 @@ class Companion:
     #: That entry's position in the batch given to :meth:`AuditStore.append` (set by the
     #: writer for companions of queued entries; a direct caller of ``append`` sets it).
     entry_position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unless:
+    """Skip an append when the log already records the same thing (checked under the lock).
+
+    ``latest`` False: when any entry of ``kind`` names ``target`` (a deletion is recorded once);
+    True: when the newest entry of ``kind`` names it (a policy revision activated by several
+    processes at once is recorded once, and again when it comes back after another). Checked in
+    the append's own transaction, after the integrator lock, so exactly one of several processes
+    or replicas racing to record the same thing writes it.
+    """
+
+    kind: str
+    target: str
+    latest: bool = False
+
+    def recorded(self, cursor: Any, paramstyle: str) -> bool:
+        """Whether the log already records it (``cursor`` inside the append's transaction)."""
+        if self.latest:
+            cursor.execute(_in_style(_LATEST_RECORDED_SQL, paramstyle), (self.kind,))
+            row = cursor.fetchone()
+            return row is not None and row[0] == self.target
+        cursor.execute(_in_style(_ANY_RECORDED_SQL, paramstyle), (self.kind, self.target))
+        return cursor.fetchone() is not None
+
+
+def _in_style(sql: str, paramstyle: str) -> str:
+    return sql if paramstyle == "qmark" else sql.replace("?", "%s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,15 +293,36 @@ class AuditStore:
         with self._write_turn:
             return self.append_in_turn(entries, companions)
 
+    def append_unless(self, entry: Entry, unless: Unless) -> Receipt | None:
+        """Append ``entry`` unless the log already records what ``unless`` says; its receipt.
+
+        None when it was already recorded (nothing is written). For rare administrative
+        entries: it takes the write turn itself, outside the group commit.
+        """
+        with self._write_turn:
+            receipts = self.append_in_turn([entry], unless=unless)
+        return receipts[0] if receipts else None
+
     def append_in_turn(
-        self, entries: Sequence[Entry], companions: Sequence[Companion] = ()
+        self,
+        entries: Sequence[Entry],
+        companions: Sequence[Companion] = (),
+        *,
+        unless: Unless | None = None,
     ) -> list[Receipt]:
-        """:meth:`append` for a caller that already holds :attr:`write_turn`."""
+        """:meth:`append` for a caller that already holds :attr:`write_turn`.
+
+        With ``unless``: nothing is written, and no receipt returned, if the log already
+        records it (see :class:`Unless`).
+        """
         if not entries:
             return []
         hashes = [leaf_hash(e.data) for e in entries]
         with self._connection.driver() as driver:
-            size, known = self._append_in_driver(driver, entries, hashes, companions)
+            appended = self._append_in_driver(driver, entries, hashes, companions, unless)
+        if appended is None:
+            return []
+        size, known = appended
         # Only after the commit: a rolled-back batch must leave no trace in the cache.
         end = size + len(hashes)
         self._tip = (end, hashes[-1], {pair: known[pair] for pair in frontier_pairs(end)})
@@ -280,8 +337,11 @@ class AuditStore:
         entries: Sequence[Entry],
         hashes: list[bytes],
         companions: Sequence[Companion],
-    ) -> tuple[int, dict[_Pair, bytes]]:
+        unless: Unless | None = None,
+    ) -> tuple[int, dict[_Pair, bytes]] | None:
         """The append's one transaction, spoken to the driver directly; (old size, nodes).
+
+        None, rolled back, when ``unless`` finds the entry already recorded.
 
         Every statement here is fixed text with bind parameters, so SQLAlchemy has nothing to
         compile; going around its execution layer (begin hook, execution contexts, result
@@ -304,6 +364,9 @@ class AuditStore:
                 cursor.execute("BEGIN IMMEDIATE")  # the connection runs in driver autocommit
                 cursor.execute(_LAST_LEAF_SQL)
             size, frontier = self._frontier(cursor, cursor.fetchone(), paramstyle)
+            if unless is not None and unless.recorded(cursor, paramstyle):
+                driver.rollback()
+                return None
             nodes, known = _integrate(size, hashes, frontier)
             blob = bytes if postgres else _SQLITE_BLOB
             rows = [

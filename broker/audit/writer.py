@@ -50,7 +50,7 @@ from broker.audit.checkpoint import Checkpoint, sign_checkpoint
 from broker.audit.entry import Entry, FieldAction
 from broker.audit.keys import DigestKeys
 from broker.audit.note import Signer, Verifier
-from broker.audit.store import AuditStore, Companion, Receipt, StoredCheckpoint
+from broker.audit.store import AuditStore, Companion, Receipt, StoredCheckpoint, Unless
 from broker.errors import Unavailable
 from broker.logging import get_logger
 from broker.observability import metrics
@@ -443,6 +443,45 @@ class AuditLog:
                 details=details,
             )
         )
+
+    def record_admin_once(
+        self,
+        *,
+        kind: str,
+        tenant: str,
+        actor: str,
+        target: str,
+        details: Mapping[str, str] | None = None,
+        latest: bool = False,
+    ) -> Receipt | None:
+        """:meth:`record_admin`, unless the log already records ``kind`` for ``target``.
+
+        ``latest`` False: unless any ``kind`` entry names ``target``; True: unless the newest
+        one does. The check and the append are one transaction under the integrator lock, so
+        of several processes or replicas recording the same event at once, exactly one writes
+        it (see :class:`~broker.audit.store.Unless`). None when it was recorded already.
+        """
+        with self._cond:
+            if not self._running or self._closing:
+                raise Unavailable("audit log cannot be written: it is not running")
+        entry = entries.admin_event(
+            kind=kind,
+            time_us=self._now_us(),
+            tenant=tenant,
+            actor=actor,
+            target=target,
+            details=details,
+        )
+        try:
+            receipt = self.store.append_unless(entry, Unless(kind, target, latest))
+        except Exception as exc:  # fail closed, as a failed batch does
+            log.exception("audit_append_failed", error=type(exc).__name__, entries=1)
+            raise Unavailable(
+                f"audit log cannot be written: {why_not_written(exc)}", log_reason=str(exc)
+            ) from exc
+        if receipt is not None:
+            self._grew.set()
+        return receipt
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Write ``batch`` in one transaction (turn held) and record each receipt or error."""

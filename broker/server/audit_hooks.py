@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlalchemy as sa
-
 from broker.audit.query import StoredEntry
-from broker.audit.tables import audit_entries
 from broker.audit.writer import AuditLog
 from broker.auth.principal import Principal
 from broker.logging import get_logger
@@ -28,6 +25,7 @@ from broker.server.retention_service import RetentionEvent, RetentionEventHook
 
 _log = get_logger(__name__)
 DELETED = "admin.retention.deleted"
+ACTIVATED = "admin.policy.activated"
 _PAST_TENSE = {"hold": "held", "release": "released", "erase": "erased"}
 
 
@@ -47,16 +45,26 @@ def registry_changes(log: AuditLog) -> ChangeHook:
 
 
 def policy_activations(log: AuditLog) -> Callable[[str, str | None], None]:
-    """``admin.policy.activated`` whenever a new policy revision is swapped in."""
+    """``admin.policy.activated`` whenever a policy revision other than the last one recorded
+    is swapped in.
+
+    Every broker process swaps the revision in by itself (each worker of a node and each replica,
+    at start, on SIGHUP, on an edit of the bundle, on adopting the cluster's), so the entry is
+    written only if the log's newest activation names another revision: one activation is one
+    entry however many processes make it, and a restart on the same revision adds none.
+    """
 
     def record(revision: str, previous: str | None) -> None:
-        log.record_admin(
-            kind="admin.policy.activated",
+        receipt = log.record_admin_once(
+            kind=ACTIVATED,
             tenant="",
             actor="broker",
             target=revision,
             details={"previous": previous or ""},
+            latest=True,
         )
+        if receipt is None:
+            _log.info("policy_activation_already_audited", revision=revision)
 
     return record
 
@@ -113,23 +121,15 @@ def sandbox_violations(log: AuditLog) -> ViolationHook:
 def deletions(log: AuditLog) -> DeletionHook:
     """``admin.retention.deleted``: record id, due time, time done, key destroyed, reason.
 
-    The scheduler delivers a deletion at least once; an entry already on the log for the same
-    record is not written twice.
+    The scheduler delivers a deletion at least once (and several replicas may deliver the same
+    one): an entry already on the log for the same record is not written twice, checked in the
+    append's own transaction.
     """
 
     def record(
         record_id: str, due: datetime, done: datetime, key_id: str, reason: DeletionReason
     ) -> None:
-        with log.store.engine.connect() as conn:
-            seen = conn.execute(
-                sa.select(audit_entries.c.leaf_index)
-                .where(audit_entries.c.kind == DELETED, audit_entries.c.model == record_id)
-                .limit(1)
-            ).first()
-        if seen is not None:
-            _log.info("deletion_already_audited", record_id=record_id)
-            return
-        log.record_admin(
+        receipt = log.record_admin_once(
             kind=DELETED,
             tenant=_tenant_of(key_id),
             actor="retention-scheduler" if reason.value == "ttl" else "erasure",
@@ -141,6 +141,8 @@ def deletions(log: AuditLog) -> DeletionHook:
                 "reason": reason.value,
             },
         )
+        if receipt is None:
+            _log.info("deletion_already_audited", record_id=record_id)
 
     return record
 

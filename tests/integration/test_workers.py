@@ -20,9 +20,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from broker._proto.broker.v1 import policies_pb2, policies_pb2_grpc
+from broker.audit.tables import audit_entries
 from broker.client import BrokerClient
 from broker.config import ConfigError, load_config
 from broker.server.workers import CRASH_LOOP_LIMIT, WorkerSupervisor
@@ -155,8 +157,23 @@ def edit_bundle(bundle: Path, marker: str) -> None:
     rego.write_text(rego.read_text() + f"\n# {marker}\n")
 
 
+def activations_on_the_log(database_url: str) -> list[str]:
+    """The revisions of the log's ``admin.policy.activated`` entries, oldest first."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_entries.c.model)
+                .where(audit_entries.c.kind == "admin.policy.activated")
+                .order_by(audit_entries.c.leaf_index)
+            )
+            return [str(row.model) for row in rows]
+    finally:
+        engine.dispose()
+
+
 def test_a_policy_reload_on_one_worker_or_a_sighup_reaches_every_worker(
-    tmp_path: Path, two_workers: Callable[..., ServeProcess]
+    tmp_path: Path, two_workers: Callable[..., ServeProcess], database_url: str
 ) -> None:
     bundle = tmp_path / "policies"
     shutil.copytree(REPO_POLICIES, bundle)
@@ -188,8 +205,11 @@ def test_a_policy_reload_on_one_worker_or_a_sighup_reaches_every_worker(
             ),
             "every worker reloaded on SIGHUP",
         )
+        (third,) = active_revisions(node)
     finally:
         assert node.terminate() == 0
+    # Two workers swapped each revision in, at once on SIGHUP: each activation is one entry.
+    assert activations_on_the_log(database_url) == [first, reloaded.revision, third]
 
 
 def test_sigkill_of_a_worker_under_load_loses_no_answered_call(
