@@ -64,15 +64,16 @@ class ServerConfig(_Section):
         default=30.0,
         gt=0,
         le=3600,
-        description="with aio: a call whose request message has not arrived this long after "
-        "the call started is ended (DEADLINE_EXCEEDED)",
+        description="a call whose request message has not arrived this long after the call "
+        "started is ended (DEADLINE_EXCEEDED)",
     )
     max_waiting_per_client: int = Field(
         default=64,
         ge=1,
         le=100_000,
-        description="with aio: calls of one client address that may wait for their request "
-        "message at once; more are refused (RESOURCE_EXHAUSTED)",
+        description="calls of one client address that may wait for their request message at "
+        "once (after 0.25 s); more are refused (RESOURCE_EXHAUSTED). Without aio each such call "
+        "holds a thread, so the limit is also at most a quarter of max_workers",
     )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
@@ -84,6 +85,15 @@ class ServerConfig(_Section):
         description="health turns NOT_SERVING while a probe of the database fails; 0: no probe",
     )
     tls: TlsConfig | None = None
+
+    @property
+    def sync_waiting_share(self) -> int:
+        """Waiting calls one client may hold on the sync server, where each holds a thread.
+
+        At most a quarter of ``max_workers``, so that one client address cannot hold the
+        threads that every other client's calls need.
+        """
+        return max(1, min(self.max_waiting_per_client, self.max_workers // 4))
 
     @property
     def worker_count(self) -> int:

@@ -41,13 +41,18 @@ from broker.server.interceptors import (
     Handler,
     WrappedHandlers,
 )
+from broker.server.message_wait import (
+    NO_MESSAGE,
+    WAITING_GRACE_SECONDS,
+    client_address,
+    message_too_late,
+    too_many_waiting,
+)
 
 _log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _END = object()
-#: A call whose request message is not in this soon after the bridge starts counts as waiting.
-WAITING_GRACE_SECONDS = 0.25
 
 
 class _Aborted(Exception):
@@ -191,20 +196,6 @@ class _Wait:
             self.task.cancel()
 
 
-def _client_of(peer: str) -> str:
-    """A call's client as the limits count it: its address without the port.
-
-    ``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``, ``ipv6:[::1]:51234`` -> ``ipv6:[::1]``; any
-    other form (a Unix socket) is kept whole.
-    """
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit():
-            return f"{kind}:{host}"
-    return peer
-
-
 def _is_async(behavior: object) -> bool:
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
@@ -290,7 +281,7 @@ class AioBridge(grpc.aio.ServerInterceptor):
         ended. Both get a status that says why, and their slot is free again. A call that ends
         without any message is INVALID_ARGUMENT, as grpcio's own unary handling refuses it.
         """
-        wait = _Wait(_client_of(context.peer()), asyncio.current_task())
+        wait = _Wait(client_address(context.peer()), asyncio.current_task())
         loop = asyncio.get_running_loop()
         wait.timer = loop.call_later(WAITING_GRACE_SECONDS, self._still_waiting, wait, loop)
         try:
@@ -308,20 +299,14 @@ class AioBridge(grpc.aio.ServerInterceptor):
                 else:
                     del self._waiting[wait.client]
         if request is grpc.aio.EOF:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message"
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_MESSAGE)
         return request
 
     def _still_waiting(self, wait: _Wait, loop: asyncio.AbstractEventLoop) -> None:
         """The grace is over and the message is not in: count the call, or refuse it."""
         waiting = self._waiting.get(wait.client, 0)
         if waiting >= self._max_waiting:
-            wait.end(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{waiting} calls from this client are already waiting for their request "
-                "message; send each call's request with it",
-            )
+            wait.end(grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
             return
         self._waiting[wait.client] = waiting + 1
         wait.counted = True
@@ -329,8 +314,7 @@ class AioBridge(grpc.aio.ServerInterceptor):
             max(0.0, self._message_timeout - WAITING_GRACE_SECONDS),
             wait.end,
             grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"the call's request message did not arrive within {self._message_timeout:g} s "
-            "of the call; send the request with the call",
+            message_too_late(self._message_timeout),
         )
 
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], counted: bool) -> bool:

@@ -11,8 +11,11 @@ machines the 16-thread sync server answered 1.05x the calls/s of ``grpc.aio`` on
 machine and 1.68x on a busy one (2026-11-27), never less. The broker's outbound calls are
 blocking gRPC/HTTP calls that release the GIL, so threads suit them, and regorus engines are
 bound to the thread that made them, which an event loop would funnel into one thread.
-``[server] aio`` (experimental) serves the same synchronous servicers from a grpc.aio event loop
-instead (``broker.server.aio``), so that calls waiting for their request hold no thread.
+The sync server waits for a call's request message in a pool thread; ``SyncBridge``
+(``broker.server.message_wait``) bounds that wait in time and per client address, so stalled
+calls cannot hold every thread. ``[server] aio`` (experimental) serves the same synchronous
+servicers from a grpc.aio event loop instead (``broker.server.aio``), so that calls waiting for
+their request hold no thread at all.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ from broker.server.broker_service import BrokerServicer
 from broker.server.cluster import ClusterSync
 from broker.server.db_health import DatabaseHealth
 from broker.server.interceptors import BoundaryInterceptor
+from broker.server.message_wait import MessageWaits, SyncBridge
 from broker.server.policies_service import PoliciesServicer
 from broker.server.registry_service import ChangeKind, RegistryServicer
 from broker.server.retention_service import RetentionServicer
@@ -145,6 +149,8 @@ class BrokerServer:
     changes: ChangeCounter | None = None
     #: Outcomes the audit log refused, written once it can; a last try before the log closes.
     late_outcomes: LateOutcomes | None = None
+    #: The sync server's bounds on calls waiting for their request message (none with aio).
+    message_waits: MessageWaits | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     # serve_forever sleeps reading this pipe; request_stop and signals write a byte to it.
     # Not an Event, and no logging in a signal handler: a Python handler runs on the main thread
@@ -162,6 +168,8 @@ class BrokerServer:
         """
         if self.cluster is not None:
             self.cluster.start()
+        if self.message_waits is not None:
+            self.message_waits.start()
         self.server.start()
         if self.retention is not None:
             self.retention.scheduler.start()
@@ -181,6 +189,8 @@ class BrokerServer:
         self.health.enter_graceful_shutdown()
         _log.info("server_draining", grace_seconds=self.grace_seconds if grace is None else grace)
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
+        if self.message_waits is not None:
+            self.message_waits.close()
         if self.database_health is not None:
             self.database_health.stop()
         if self.metrics_page is not None:
@@ -336,7 +346,9 @@ def build_server(
         quotas=quotas,
         late_outcomes=late,
     )
-    server = _grpc_server(config, BoundaryInterceptor(verifier.authenticate), reuse_port)
+    server, message_waits = _grpc_server(
+        config, BoundaryInterceptor(verifier.authenticate), reuse_port
+    )
     record_change = audit_hooks.registry_changes(audit)
     cluster = (
         ClusterSync(
@@ -409,6 +421,7 @@ def build_server(
         database_health=database_health,
         changes=resolver.changes,
         late_outcomes=late,
+        message_waits=message_waits,
         metrics_page=(
             MetricsPage(config.metrics.listen)
             if metrics_page and config.metrics.listen is not None
@@ -417,8 +430,14 @@ def build_server(
     )
 
 
-def _grpc_server(config: Config, boundary: BoundaryInterceptor, reuse_port: bool) -> grpc.Server:
-    """grpcio's sync server, or with ``[server] aio`` the same servicers behind a grpc.aio loop."""
+def _grpc_server(
+    config: Config, boundary: BoundaryInterceptor, reuse_port: bool
+) -> tuple[grpc.Server, MessageWaits | None]:
+    """grpcio's sync server, or with ``[server] aio`` the same servicers behind a grpc.aio loop.
+
+    The sync server reads every request message through :class:`MessageWaits` (returned, to be
+    started and closed with the server): a call waiting for its message holds a thread there.
+    """
     pool = ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc")
     options = [
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
@@ -429,7 +448,7 @@ def _grpc_server(config: Config, boundary: BoundaryInterceptor, reuse_port: bool
     if config.server.aio:
         # Stalled calls hold no thread here, only memory (a few KB each): the limit on open
         # calls is 8x the limit on running ones, which stays the sync server's.
-        return LoopServer(
+        aio = LoopServer(
             pool,
             boundary,
             options=options,
@@ -438,12 +457,18 @@ def _grpc_server(config: Config, boundary: BoundaryInterceptor, reuse_port: bool
             message_timeout=config.server.request_message_timeout_seconds,
             max_waiting_per_client=config.server.max_waiting_per_client,
         )
-    return grpc.server(
+        return aio, None
+    waits = MessageWaits(
+        share=config.server.sync_waiting_share,
+        timeout=config.server.request_message_timeout_seconds,
+    )
+    server = grpc.server(
         pool,
-        interceptors=[boundary],
+        interceptors=[SyncBridge(boundary, waits)],
         options=options,
         maximum_concurrent_rpcs=config.server.max_workers * 8,
     )
+    return server, waits
 
 
 def _enable_reflection(server: grpc.Server) -> None:

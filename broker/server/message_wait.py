@@ -1,0 +1,337 @@
+"""Bound how long, and how many at once, the sync server's calls may wait for a request message.
+
+grpcio's synchronous server starts a unary call's handling in a pool thread, which then waits
+there for the call's request message. A client that opens ``max_workers`` calls and never sends
+their message would hold every thread, and the process would stop answering, health checks
+included. :class:`SyncBridge` registers each unary-request method as request-streaming instead,
+so the handler starts before the message and reads it itself, through :class:`MessageWaits`:
+
+- a call whose message is not in ``WAITING_GRACE_SECONDS`` after the read started counts as
+  waiting; one client address may have at most ``share`` such calls (a quarter of the threads
+  by default), and while it has them its new calls are refused at once (RESOURCE_EXHAUSTED):
+  with this server every waiting call holds a thread, so a client at its share gets none more;
+- a call whose message has not come ``timeout`` seconds after the read started is ended
+  (DEADLINE_EXCEEDED); a call that ends without a message is INVALID_ARGUMENT, as the grpc.aio
+  bridge answers (:mod:`broker.server.aio`, which does the same on its event loop).
+
+A client that sends its message with the call (every gRPC client does) never counts: its read
+returns as soon as the pool thread starts, and costs two dictionary operations under a lock.
+
+One watcher thread looks at the waiting calls every ``_SWEEP_SECONDS``. To end a call it hands
+the waiting thread a sentinel through grpcio's own request slot and condition (``_RPCState``):
+the thread wakes as if a message had come, and ends the call with a status that says why.
+grpcio has no public way to wake a thread blocked on a request; where those internals are
+missing (another grpcio), the watcher cancels the call instead, which still frees the thread,
+and ``tests/unit/server/test_message_wait.py`` fails so that the upgrade is noticed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from broker.logging import get_logger
+from broker.server.interceptors import (
+    BoundaryInterceptor,
+    Handler,
+    WrappedHandlers,
+)
+
+_log = get_logger(__name__)
+
+#: A call whose request message is not in this soon after its read started counts as waiting.
+WAITING_GRACE_SECONDS = 0.25
+#: How often the watcher looks at the waiting calls: the resolution of the grace and timeout.
+_SWEEP_SECONDS = 0.1
+#: Handed to a waiting thread in place of a message: its wait has been ended.
+_ENDED = object()
+
+
+def client_address(peer: str) -> str:
+    """A call's client as the limits count it: its address without the port.
+
+    ``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``, ``ipv6:[::1]:51234`` -> ``ipv6:[::1]``; any
+    other form (a Unix socket) is kept whole.
+    """
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, sep, port = rest.rpartition(":")
+        if sep and port.isdigit():
+            return f"{kind}:{host}"
+    return peer
+
+
+def too_many_waiting(waiting: int) -> str:
+    """The RESOURCE_EXHAUSTED text for a client whose share of waiting calls is full."""
+    return (
+        f"{waiting} calls from this client are already waiting for their request message; "
+        "send each call's request with it"
+    )
+
+
+def message_too_late(timeout: float) -> str:
+    """The DEADLINE_EXCEEDED text for a call whose request message did not come in time."""
+    return (
+        f"the call's request message did not arrive within {timeout:g} s of the call; "
+        "send the request with the call"
+    )
+
+
+NO_MESSAGE = "the call ended without its request message"
+
+
+class _Wait:
+    """One read of a request message in progress (guarded by ``MessageWaits._lock``)."""
+
+    __slots__ = ("client", "context", "counted", "ended", "started")
+
+    def __init__(self, context: grpc.ServicerContext, started: float) -> None:
+        self.context = context
+        self.started = started
+        self.client = ""
+        self.counted = False
+        self.ended: tuple[grpc.StatusCode, str] | None = None
+
+
+class MessageWaits:
+    """The calls of one server waiting for their request message, and the watcher bounding them.
+
+    ``share``: calls of one client address that may count as waiting at once; ``timeout``:
+    seconds a read may wait in all. ``start`` the watcher with the server and ``close`` it after.
+    """
+
+    def __init__(self, *, share: int, timeout: float) -> None:
+        self._share = share
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._open: dict[int, _Wait] = {}  # reads in progress, by id()
+        self._counted: dict[str, int] = {}  # reads counted as waiting, by client address
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the watcher thread (once)."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="message-waits", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher; reads still in progress then wait only for their call to end."""
+        self._closed.set()
+        if self._watcher is not None:
+            self._watcher.join()
+
+    def waiting_clients(self) -> dict[str, int]:
+        """Client addresses with calls counted as waiting, and how many each (a copy)."""
+        with self._lock:
+            return dict(self._counted)
+
+    def read(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """The call's next request message; StopIteration when the client sent its last.
+
+        Refused at once (RESOURCE_EXHAUSTED) while the call's client has its share of waiting
+        calls; ended (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) when the watcher says so.
+        """
+        if self._counted:  # some client has a call waiting: is it this one's, at its share?
+            waiting = self._counted.get(client_address(context.peer()), 0)
+            if waiting >= self._share:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
+        wait = _Wait(context, time.monotonic())
+        ticket = id(wait)
+        with self._lock:
+            self._open[ticket] = wait
+        try:
+            request = next(requests, None)
+        finally:
+            with self._lock:
+                del self._open[ticket]
+                if wait.counted:
+                    self._uncount(wait.client)
+        if request is None:
+            raise StopIteration
+        ended = wait.ended
+        if ended is not None:
+            if request is _ENDED:
+                context.abort(*ended)
+            _clear_sentinel(context)  # the message won the race: no sentinel may stay behind
+        return request
+
+    def _uncount(self, client: str) -> None:
+        left = self._counted[client] - 1
+        if left:
+            self._counted[client] = left
+        else:
+            del self._counted[client]
+
+    def _watch(self) -> None:
+        while not self._closed.wait(_SWEEP_SECONDS):
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # noqa: BLE001 - the watcher must outlive one bad sweep
+                _log.exception("message_wait_sweep_failed")
+
+    def sweep(self, now: float) -> None:
+        """Count the reads past their grace, end those over the share or past the timeout."""
+        with self._lock:
+            for wait in self._open.values():
+                if wait.ended is None:
+                    self._judge(wait, now - wait.started)
+                if wait.ended is not None:
+                    _wake(wait.context)  # again on every sweep until the thread has woken
+
+    def _judge(self, wait: _Wait, waited: float) -> None:
+        if waited >= self._timeout:
+            wait.ended = (grpc.StatusCode.DEADLINE_EXCEEDED, message_too_late(self._timeout))
+        elif not wait.counted and waited >= WAITING_GRACE_SECONDS:
+            wait.client = client_address(wait.context.peer())
+            waiting = self._counted.get(wait.client, 0)
+            if waiting >= self._share:
+                wait.ended = (grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
+            else:
+                self._counted[wait.client] = waiting + 1
+                wait.counted = True
+
+
+def _wake(context: grpc.ServicerContext) -> None:
+    """Wake the thread reading ``context``'s request with the sentinel, or cancel the call."""
+    state = getattr(context, "_state", None)
+    condition = getattr(state, "condition", None)
+    if state is None or condition is None or not hasattr(state, "request"):
+        context.cancel()  # grpcio without the internals this relies on: end it all the same
+        return
+    with condition:
+        if state.request is None or state.request is _ENDED:
+            state.request = _ENDED
+            condition.notify_all()
+
+
+def _clear_sentinel(context: grpc.ServicerContext) -> None:
+    state = getattr(context, "_state", None)
+    if state is not None:
+        with state.condition:
+            if state.request is _ENDED:
+                state.request = None
+
+
+class SyncBridge(grpc.ServerInterceptor):
+    """The boundary (:class:`BoundaryInterceptor`), with every request read through the waits.
+
+    Unary-request methods are registered as request-streaming, so that grpcio starts their
+    handler before the message arrives and the handler reads it with :meth:`MessageWaits.read`;
+    request-streaming methods (reflection) read each message the same way. Health checks and
+    reflection are bounded too: they are the calls an unauthenticated client reaches first.
+    """
+
+    def __init__(self, boundary: BoundaryInterceptor, waits: MessageWaits) -> None:
+        self._boundary = boundary
+        self._waits = waits
+        self._bridged = WrappedHandlers()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        kept = self._bridged.get(method, handler)
+        if kept is not None:
+            return kept
+        bounded = self._boundary.intercept_service(lambda _: handler, handler_call_details)
+        bridged = self._bridge(bounded) if bounded is not None else handler
+        return self._bridged.keep(method, handler, bridged)
+
+    def _bridge(self, handler: Handler) -> Handler:
+        read = self._waits.read
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            def unary_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return unary(_one(read, requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            streaming = handler.unary_stream
+
+            def unary_stream(
+                requests: Iterator[Any], context: grpc.ServicerContext, *callback: Any
+            ) -> Any:
+                return streaming(_one(read, requests, context), context, *callback)
+
+            return grpc.stream_stream_rpc_method_handler(
+                _as_sent_by(streaming, unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            duplex = handler.stream_stream
+
+            def stream_stream(
+                requests: Iterator[Any], context: grpc.ServicerContext, *callback: Any
+            ) -> Any:
+                return duplex(_each(read, requests, context), context, *callback)
+
+            return grpc.stream_stream_rpc_method_handler(
+                _as_sent_by(duplex, stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            collect = handler.stream_unary
+
+            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return collect(_each(read, requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+Read = Callable[[Iterator[Any], grpc.ServicerContext], Any]
+_T = TypeVar("_T")
+
+
+def _as_sent_by(behavior: object, bridged: _T) -> _T:
+    """Give ``bridged`` the streaming mode and pool that grpcio reads off ``behavior``.
+
+    grpcio's sync server lets a response-streaming handler send through a callback instead of
+    returning an iterator (``experimental_non_blocking``, which the broker's health ``Watch``
+    uses: a watching client then holds no thread), and run in a pool of its own
+    (``experimental_thread_pool``); both are attributes of the handler function. The bridged
+    handler passes the callback on (``*callback``), so it must carry them too.
+    """
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, name):
+            setattr(bridged, name, getattr(behavior, name))
+    return bridged
+
+
+def _one(read: Read, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """A unary call's one request message, or INVALID_ARGUMENT when the call had none."""
+    try:
+        return read(requests, context)
+    except StopIteration:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_MESSAGE)
+
+
+def _each(read: Read, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    """A streaming call's request messages, each read within the waits' bounds."""
+    while True:
+        try:
+            request = read(requests, context)
+        except StopIteration:
+            return
+        yield request

@@ -1,0 +1,283 @@
+"""``MessageWaits`` and ``SyncBridge``: the sync server's bounds on calls waiting for their message.
+
+The server here is a real grpcio sync server on loopback with the real health and reflection
+services behind the bridge (the public services an unauthenticated client reaches first), and
+a thread pool as small as a test can stall. Stalled calls are made with ``stream_unary`` from a
+generator that never yields, so the call is open but its request message never comes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from broker.auth.principal import Principal
+from broker.errors import Unauthenticated
+from broker.server.interceptors import BoundaryInterceptor
+from broker.server.message_wait import (
+    WAITING_GRACE_SECONDS,
+    MessageWaits,
+    SyncBridge,
+    client_address,
+)
+
+CHECK = "/grpc.health.v1.Health/Check"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+THREADS = 8
+SHARE = 2  # a quarter of the threads, as [server] sync_waiting_share makes it
+
+
+def _no_token(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
+    raise Unauthenticated("no broker method is called here")
+
+
+class Served:
+    """A sync server with the bridge on ``[::]``: reached as 127.0.0.1 and as ::1."""
+
+    def __init__(self, *, timeout: float = 30.0) -> None:
+        self.waits = MessageWaits(share=SHARE, timeout=timeout)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=THREADS),
+            interceptors=[SyncBridge(BoundaryInterceptor(_no_token), self.waits)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), self.server)
+        reflection.enable_server_reflection((health.SERVICE_NAME,), self.server)
+        self.port = self.server.add_insecure_port("[::]:0")
+        self.waits.start()
+        self.server.start()
+
+    def channel(self, host: str) -> grpc.Channel:
+        return grpc.insecure_channel(f"{host}:{self.port}")
+
+    def stop(self) -> None:
+        self.server.stop(0).wait()
+        self.waits.close()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    server = Served()
+    yield server
+    server.stop()
+
+
+class Stalled:
+    """Calls that never send their request message until ``release``."""
+
+    def __init__(self, channel: grpc.Channel, method: str = CHECK) -> None:
+        self._released = threading.Event()
+        self._call = channel.stream_unary(method)
+
+    def _never(self) -> Iterator[bytes]:
+        self._released.wait()
+        yield from ()
+
+    def open(self, count: int) -> list[grpc.Future]:
+        return [self._call.future(self._never(), timeout=60) for _ in range(count)]
+
+    def release(self, calls: list[grpc.Future]) -> None:
+        self._released.set()
+        for call in calls:
+            call.cancel()
+
+
+def _done_when(calls: list[grpc.Future], count: int) -> list[grpc.Future]:
+    deadline = time.monotonic() + 30
+    while sum(call.done() for call in calls) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [call for call in calls if call.done()]
+
+
+def _check(channel: grpc.Channel) -> Any:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+
+def test_one_client_cannot_hold_the_threads_that_others_need(served: Served) -> None:
+    stalling = served.channel("127.0.0.1")
+    stalled = Stalled(stalling)
+    calls = stalled.open(THREADS * 3)  # every thread, and more calls queued behind them
+    try:
+        refused = _done_when(calls, len(calls) - SHARE)
+        assert len(refused) == len(calls) - SHARE  # the rest still wait, each with a thread
+        for call in refused:
+            assert call.exception().code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "already waiting for their request message" in call.exception().details()
+        # Another client address is answered by the threads the stalled client could not keep.
+        with served.channel("[::1]") as other:
+            assert _check(other).status == health_pb2.HealthCheckResponse.SERVING
+        # The client at its share is refused at once, not given one more thread to hold.
+        with pytest.raises(grpc.RpcError) as refused_at_once:
+            _check(stalling)
+        assert refused_at_once.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 calls from this client are already waiting" in refused_at_once.value.details()
+    finally:
+        stalled.release(calls)
+    # Its waiting calls gone, the same client is answered again.
+    deadline = time.monotonic() + 10
+    while served.waits.waiting_clients() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _check(stalling).status == health_pb2.HealthCheckResponse.SERVING
+    stalling.close()
+
+
+def test_the_same_server_without_the_bridge_is_stalled_by_one_client() -> None:
+    """The attack above, without the bridge: the negative control that the test can fail."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("[::]:0")
+    server.start()
+    stalling = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stalled = Stalled(stalling)
+    calls = stalled.open(THREADS)
+    try:
+        time.sleep(WAITING_GRACE_SECONDS * 2)
+        with grpc.insecure_channel(f"[::1]:{port}") as other, pytest.raises(grpc.RpcError) as hung:
+            health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        assert hung.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        stalled.release(calls)
+        stalling.close()
+        server.stop(0).wait()
+
+
+def test_a_message_that_never_comes_ends_the_call_with_a_status_that_says_why() -> None:
+    served = Served(timeout=0.5)
+    try:
+        with served.channel("127.0.0.1") as channel:
+            stalled = Stalled(channel)
+            [call] = stalled.open(1)
+            try:
+                error = call.exception(timeout=10)  # long before the call's own 60 s deadline
+            finally:
+                stalled.release([call])
+            assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error.details() == (
+                "the call's request message did not arrive within 0.5 s of the call; "
+                "send the request with the call"
+            )
+            assert _check(channel).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        served.stop()
+
+
+def test_an_idle_reflection_stream_is_ended_too() -> None:
+    served = Served(timeout=0.5)
+    try:
+        with served.channel("127.0.0.1") as channel:
+            stalled = Stalled(channel, REFLECTION)
+            stream = channel.stream_stream(
+                REFLECTION, response_deserializer=reflection_pb2.ServerReflectionResponse.FromString
+            )
+            sent = threading.Event()
+
+            def one_then_silence() -> Iterator[bytes]:
+                yield reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+                sent.wait()
+
+            replies = stream(one_then_silence(), timeout=60)
+            first = next(replies)  # a request that comes is answered
+            assert [s.name for s in first.list_services_response.service] == [health.SERVICE_NAME]
+            with pytest.raises(grpc.RpcError) as ended:
+                next(replies)  # the next request never comes
+            sent.set()
+            assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            stalled.release([])
+    finally:
+        served.stop()
+
+
+def test_a_call_without_its_message_is_invalid_argument(served: Served) -> None:
+    with served.channel("127.0.0.1") as channel, pytest.raises(grpc.RpcError) as ended:
+        channel.stream_unary(CHECK)(iter(()), timeout=10)
+    assert ended.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert ended.value.details() == "the call ended without its request message"
+
+
+def test_calls_that_send_their_message_never_count(served: Served) -> None:
+    """Many prompt calls at once from one address: none is refused, nothing stays counted."""
+    with served.channel("127.0.0.1") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        calls = [stub.Check.future(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(200)]
+        assert all(c.result().status == health_pb2.HealthCheckResponse.SERVING for c in calls)
+    assert served.waits.waiting_clients() == {}
+
+
+def test_grpcio_still_has_the_request_slot_the_watcher_wakes_a_thread_through() -> None:
+    """If grpcio renames these, the watcher falls back to cancelling: this says to look."""
+    seen: dict[str, Any] = {}
+
+    def behavior(request: bytes, context: grpc.ServicerContext) -> bytes:
+        state = getattr(context, "_state", None)
+        seen["request"] = hasattr(state, "request")
+        seen["condition"] = isinstance(getattr(state, "condition", None), threading.Condition)
+        return b""
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t", {"m": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            channel.unary_unary("/t/m")(b"", timeout=5)
+    finally:
+        server.stop(0).wait()
+    assert seen == {"request": True, "condition": True}
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.7:51234", "ipv4:10.0.0.7"),
+        ("ipv6:[::1]:51234", "ipv6:[::1]"),
+        ("ipv6:%5B::1%5D:51234", "ipv6:%5B::1%5D"),
+        ("unix:/run/broker.sock", "unix:/run/broker.sock"),
+    ],
+)
+def test_client_address_drops_only_the_port(peer: str, address: str) -> None:
+    assert client_address(peer) == address
+
+
+def test_health_watch_streams_stay_non_blocking_behind_the_bridge() -> None:
+    """The broker's health servicer streams Watch without a thread; the bridge must keep that."""
+    waits = MessageWaits(share=SHARE, timeout=30.0)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=THREADS),
+        interceptors=[SyncBridge(BoundaryInterceptor(_no_token), waits)],
+    )
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("[::]:0")
+    waits.start()
+    server.start()
+    watching = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = health_pb2_grpc.HealthStub(watching)
+        streams = [
+            stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(THREADS * 2)
+        ]
+        for stream in streams:  # each got its first status: its request was read and answered
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(f"[::1]:{port}") as other:
+            reply = health_pb2_grpc.HealthStub(other).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert all(
+            next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING for stream in streams
+        )
+        for stream in streams:
+            stream.cancel()
+    finally:
+        watching.close()
+        server.stop(0).wait()
+        waits.close()
