@@ -73,7 +73,8 @@ class ServerConfig(_Section):
         le=100_000,
         description="calls of one client address that may wait for their request message at "
         "once (after 0.25 s); more are refused (RESOURCE_EXHAUSTED). Without aio each such call "
-        "holds a thread, so the limit is also at most a quarter of max_workers",
+        "holds a thread, so the limit is also at most a quarter of max_workers, and all "
+        "addresses together may have half of max_workers waiting",
     )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)
@@ -94,6 +95,11 @@ class ServerConfig(_Section):
         threads that every other client's calls need.
         """
         return max(1, min(self.max_waiting_per_client, self.max_workers // 4))
+
+    @property
+    def sync_waiting_total(self) -> int:
+        """Waiting calls all clients together may hold on the sync server: half the threads."""
+        return max(1, self.max_workers // 2)
 
     @property
     def worker_count(self) -> int:

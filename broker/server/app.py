@@ -460,6 +460,7 @@ def _grpc_server(
         return aio, None
     waits = MessageWaits(
         share=config.server.sync_waiting_share,
+        total=config.server.sync_waiting_total,
         timeout=config.server.request_message_timeout_seconds,
     )
     server = grpc.server(

@@ -10,6 +10,9 @@ so the handler starts before the message and reads it itself, through :class:`Me
   waiting; one client address may have at most ``share`` such calls (a quarter of the threads
   by default), and while it has them its new calls are refused at once (RESOURCE_EXHAUSTED):
   with this server every waiting call holds a thread, so a client at its share gets none more;
+- all clients together may have at most ``total`` waiting calls (half the threads by default):
+  a call past its grace beyond that is refused too, so stalling from many addresses at once
+  cannot hold every thread for the whole timeout, only the one grace each call gets;
 - a call whose message has not come ``timeout`` seconds after the read started is ended
   (DEADLINE_EXCEEDED); a call that ends without a message is INVALID_ARGUMENT, as the grpc.aio
   bridge answers (:mod:`broker.server.aio`, which does the same on its event loop).
@@ -73,6 +76,14 @@ def too_many_waiting(waiting: int) -> str:
     )
 
 
+def too_many_waiting_in_all(waiting: int) -> str:
+    """The RESOURCE_EXHAUSTED text for a call past the server's limit on waiting calls."""
+    return (
+        f"{waiting} calls are already waiting for their request message on this server; "
+        "send each call's request with it"
+    )
+
+
 def message_too_late(timeout: float) -> str:
     """The DEADLINE_EXCEEDED text for a call whose request message did not come in time."""
     return (
@@ -100,16 +111,19 @@ class _Wait:
 class MessageWaits:
     """The calls of one server waiting for their request message, and the watcher bounding them.
 
-    ``share``: calls of one client address that may count as waiting at once; ``timeout``:
-    seconds a read may wait in all. ``start`` the watcher with the server and ``close`` it after.
+    ``share``: calls of one client address that may count as waiting at once; ``total``: calls
+    of all clients together; ``timeout``: seconds a read may wait in all. ``start`` the watcher
+    with the server and ``close`` it after.
     """
 
-    def __init__(self, *, share: int, timeout: float) -> None:
+    def __init__(self, *, share: int, total: int, timeout: float) -> None:
         self._share = share
+        self._total = total
         self._timeout = timeout
         self._lock = threading.Lock()
         self._open: dict[int, _Wait] = {}  # reads in progress, by id()
         self._counted: dict[str, int] = {}  # reads counted as waiting, by client address
+        self._counted_in_all = 0
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -161,6 +175,7 @@ class MessageWaits:
         return request
 
     def _uncount(self, client: str) -> None:
+        self._counted_in_all -= 1
         left = self._counted[client] - 1
         if left:
             self._counted[client] = left
@@ -191,8 +206,14 @@ class MessageWaits:
             waiting = self._counted.get(wait.client, 0)
             if waiting >= self._share:
                 wait.ended = (grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
+            elif self._counted_in_all >= self._total:
+                wait.ended = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    too_many_waiting_in_all(self._counted_in_all),
+                )
             else:
                 self._counted[wait.client] = waiting + 1
+                self._counted_in_all += 1
                 wait.counted = True
 
 

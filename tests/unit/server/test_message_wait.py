@@ -33,6 +33,7 @@ CHECK = "/grpc.health.v1.Health/Check"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 THREADS = 8
 SHARE = 2  # a quarter of the threads, as [server] sync_waiting_share makes it
+TOTAL = 3  # fewer than half the threads, so that two addresses can reach it here
 
 
 def _no_token(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
@@ -43,7 +44,7 @@ class Served:
     """A sync server with the bridge on ``[::]``: reached as 127.0.0.1 and as ::1."""
 
     def __init__(self, *, timeout: float = 30.0) -> None:
-        self.waits = MessageWaits(share=SHARE, timeout=timeout)
+        self.waits = MessageWaits(share=SHARE, total=TOTAL, timeout=timeout)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=THREADS),
             interceptors=[SyncBridge(BoundaryInterceptor(_no_token), self.waits)],
@@ -126,6 +127,38 @@ def test_one_client_cannot_hold_the_threads_that_others_need(served: Served) -> 
         time.sleep(0.02)
     assert _check(stalling).status == health_pb2.HealthCheckResponse.SERVING
     stalling.close()
+
+
+def test_several_addresses_together_hold_at_most_the_total(served: Served) -> None:
+    first, second = served.channel("127.0.0.1"), served.channel("[::1]")
+    stalled = [Stalled(first), Stalled(second)]
+    calls_first = stalled[0].open(SHARE)
+    try:
+        _wait_counted(served, SHARE)
+        calls_second = stalled[1].open(SHARE + 2)
+        refused = _done_when(calls_second, SHARE + 2 - (TOTAL - SHARE))
+        assert len(refused) == SHARE + 2 - (TOTAL - SHARE)
+        for call in refused:
+            assert call.exception().code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert call.exception().details() == (
+                "3 calls are already waiting for their request message on this server; "
+                "send each call's request with it"
+            )
+        assert served.waits.waiting_clients() == {"ipv4:127.0.0.1": SHARE, "ipv6:%5B::1%5D": 1}
+        # The threads the total leaves free answer an address below its share.
+        assert _check(second).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stalled[0].release(calls_first)
+        stalled[1].release(calls_second)
+        first.close()
+        second.close()
+
+
+def _wait_counted(served: Served, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while sum(served.waits.waiting_clients().values()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sum(served.waits.waiting_clients().values()) == count
 
 
 def test_the_same_server_without_the_bridge_is_stalled_by_one_client() -> None:
@@ -248,7 +281,7 @@ def test_client_address_drops_only_the_port(peer: str, address: str) -> None:
 
 def test_health_watch_streams_stay_non_blocking_behind_the_bridge() -> None:
     """The broker's health servicer streams Watch without a thread; the bridge must keep that."""
-    waits = MessageWaits(share=SHARE, timeout=30.0)
+    waits = MessageWaits(share=SHARE, total=TOTAL, timeout=30.0)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS),
         interceptors=[SyncBridge(BoundaryInterceptor(_no_token), waits)],
