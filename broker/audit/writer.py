@@ -433,15 +433,18 @@ class AuditLog:
         details: Mapping[str, str] | None = None,
     ) -> Receipt:
         """Record an administrative event (``kind`` one of ``entry.ADMIN_KINDS``)."""
-        return self.append(
-            entries.admin_event(
-                kind=kind,
-                time_us=self._now_us(),
-                tenant=tenant,
-                actor=actor,
-                target=target,
-                details=details,
-            )
+        return self.append(self._admin_entry(kind, tenant, actor, target, details))
+
+    def _admin_entry(
+        self, kind: str, tenant: str, actor: str, target: str, details: Mapping[str, str] | None
+    ) -> Entry:
+        return entries.admin_event(
+            kind=kind,
+            time_us=self._now_us(),
+            tenant=tenant,
+            actor=actor,
+            target=target,
+            details=details,
         )
 
     def record_admin_once(
@@ -464,14 +467,7 @@ class AuditLog:
         with self._cond:
             if not self._running or self._closing:
                 raise Unavailable("audit log cannot be written: it is not running")
-        entry = entries.admin_event(
-            kind=kind,
-            time_us=self._now_us(),
-            tenant=tenant,
-            actor=actor,
-            target=target,
-            details=details,
-        )
+        entry = self._admin_entry(kind, tenant, actor, target, details)
         try:
             receipt = self.store.append_unless(entry, Unless(kind, target, latest))
         except Exception as exc:  # fail closed, as a failed batch does

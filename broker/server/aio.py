@@ -244,16 +244,11 @@ class AioBridge(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        kept = self._bridged.get(method, handler)
-        if kept is not None:
-            return kept
-        bounded = self._boundary.intercept_service(lambda _: handler, handler_call_details)
-        counted = not method.startswith(PUBLIC_SERVICE_PREFIXES)
-        bridged = self._bridge(bounded, counted) if bounded is not None else handler
-        return self._bridged.keep(method, handler, bridged)
+        return self._bridged.wrapped(handler_call_details.method, handler, self._bridge)
 
-    def _bridge(self, handler: Handler, counted: bool) -> Handler:
+    def _bridge(self, method: str, handler: Handler) -> Handler:
+        handler = self._boundary.wrap(method, handler)
+        counted = not method.startswith(PUBLIC_SERVICE_PREFIXES)
         # Registered as request-streaming: grpc.aio then starts the bridge before the request
         # message arrives, and the bridge reads it itself, bounded in time and per client.
         if handler.unary_unary is not None and not _is_async(handler.unary_unary):

@@ -71,16 +71,20 @@ class WrappedHandlers:
     def __init__(self) -> None:
         self._kept: dict[str, tuple[Handler, Handler]] = {}
 
-    def get(self, method: str, handler: Handler) -> Handler | None:
-        """The wrapper kept for ``handler`` of ``method``, or None."""
-        kept = self._kept.get(method)
-        return kept[1] if kept is not None and kept[0] is handler else None
-
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(self, method: str, handler: Handler, wrapped: Handler) -> Handler:
-        """Keep ``wrapped`` for ``handler`` of ``method`` (while there is room); return it."""
+    def wrapped(
+        self, method: str, handler: Handler, wrap: Callable[[str, Handler], Handler]
+    ) -> Handler:
+        """The wrapper of ``handler`` of ``method``: the one kept, or ``wrap``'s, then kept.
+
+        Kept while there is room (``_MAX_WRAPPED`` methods).
+        """
+        kept = self._kept.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        wrapped = wrap(method, handler)
         if len(self._kept) < _MAX_WRAPPED:
             self._kept[method] = (handler, wrapped)
         return wrapped
@@ -106,11 +110,15 @@ class BoundaryInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        kept = self._wrapped.get(method, handler)
-        if kept is not None:
-            return kept
-        return self._wrapped.keep(method, handler, self._wrap(method, handler))
+        return self.wrap(handler_call_details.method, handler)
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """``handler`` of ``method`` inside the boundary (built once per handler, then kept).
+
+        The bridges (:mod:`broker.server.message_wait`, :mod:`broker.server.aio`) put their own
+        handling around what this returns.
+        """
+        return self._wrapped.wrapped(method, handler, self._wrap)
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         if method.startswith(PUBLIC_SERVICE_PREFIXES):

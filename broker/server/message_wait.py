@@ -260,68 +260,24 @@ class SyncBridge(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        kept = self._bridged.get(method, handler)
-        if kept is not None:
-            return kept
-        bounded = self._boundary.intercept_service(lambda _: handler, handler_call_details)
-        bridged = self._bridge(bounded) if bounded is not None else handler
-        return self._bridged.keep(method, handler, bridged)
+        return self._bridged.wrapped(handler_call_details.method, handler, self._bridge)
 
-    def _bridge(self, handler: Handler) -> Handler:
-        read = self._waits.read
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            def unary_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return unary(_one(read, requests, context), context)
-
-            return grpc.stream_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            streaming = handler.unary_stream
-
-            def unary_stream(
-                requests: Iterator[Any], context: grpc.ServicerContext, *callback: Any
-            ) -> Any:
-                return streaming(_one(read, requests, context), context, *callback)
-
-            return grpc.stream_stream_rpc_method_handler(
-                _as_sent_by(streaming, unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            duplex = handler.stream_stream
-
-            def stream_stream(
-                requests: Iterator[Any], context: grpc.ServicerContext, *callback: Any
-            ) -> Any:
-                return duplex(_each(read, requests, context), context, *callback)
-
-            return grpc.stream_stream_rpc_method_handler(
-                _as_sent_by(duplex, stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            collect = handler.stream_unary
-
-            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return collect(_each(read, requests, context), context)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+    def _bridge(self, method: str, handler: Handler) -> Handler:
+        handler = self._boundary.wrap(method, handler)
+        for kind, requests_of, request_streaming in _KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return request_streaming(
+                    _as_sent_by(behavior, _reading(behavior, requests_of, self._waits.read)),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
 
 
+#: :meth:`MessageWaits.read`, and what gives a behavior its requests through it (_one, _each).
 Read = Callable[[Iterator[Any], grpc.ServicerContext], Any]
+RequestsOf = Callable[[Read, Iterator[Any], grpc.ServicerContext], Any]
 _T = TypeVar("_T")
 
 
@@ -337,6 +293,21 @@ def _as_sent_by(behavior: object, bridged: _T) -> _T:
     for name in ("experimental_non_blocking", "experimental_thread_pool"):
         if hasattr(behavior, name):
             setattr(bridged, name, getattr(behavior, name))
+    return bridged
+
+
+def _reading(
+    behavior: Callable[..., Any], requests_of: RequestsOf, read: Read
+) -> Callable[..., Any]:
+    """``behavior`` as a request-streaming handler that reads its requests through ``read``.
+
+    ``*callback`` is grpcio's ``send_response_callback`` for a non-blocking streaming handler
+    (see :func:`_as_sent_by`), passed on as grpcio passes it.
+    """
+
+    def bridged(requests: Iterator[Any], context: grpc.ServicerContext, *callback: Any) -> Any:
+        return behavior(requests_of(read, requests, context), context, *callback)
+
     return bridged
 
 
@@ -356,3 +327,13 @@ def _each(read: Read, requests: Iterator[Any], context: grpc.ServicerContext) ->
         except StopIteration:
             return
         yield request
+
+
+#: Each kind of handler grpcio may hold: the requests its behavior takes (one message, or a
+#: stream of them), and the request-streaming handler that starts it before the first arrives.
+_KINDS: tuple[tuple[str, RequestsOf, Callable[..., Handler]], ...] = (
+    ("unary_unary", _one, grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", _one, grpc.stream_stream_rpc_method_handler),
+    ("stream_unary", _each, grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", _each, grpc.stream_stream_rpc_method_handler),
+)
