@@ -70,12 +70,19 @@ _LAST_LEAF_SQL: Final = (
     "SELECT leaf_index, entry_hash FROM audit_entries ORDER BY leaf_index DESC LIMIT 1"
 )
 _SIZE_SQL: Final = "SELECT max(leaf_index) FROM audit_entries"
-# ``Unless`` checks, in qmark style (``_in_style`` gives PostgreSQL's). Both read the index on
-# (kind, model): the entries of one administrative kind are few whatever the log's size.
+# ``Unless`` checks, in qmark style (``_in_style`` gives PostgreSQL's). Both must read the index
+# on (kind, model): the entries of one administrative kind are few whatever the log's size,
+# while max(leaf_index) answered by walking the primary key backwards (what SQLite's planner
+# picks once ANALYZE has run) reads the whole log under the write lock. SQLite is told the
+# index; on PostgreSQL ``+ 0`` takes the primary key out of the max() (no backward scan).
 _ANY_RECORDED_SQL: Final = "SELECT 1 FROM audit_entries WHERE kind = ? AND model = ? LIMIT 1"
-_LATEST_RECORDED_SQL: Final = (
+_LATEST_RECORDED_SQLITE: Final = (
+    "SELECT model FROM audit_entries WHERE leaf_index = (SELECT max(leaf_index) FROM "
+    "audit_entries INDEXED BY ix_audit_entries_kind_model WHERE kind = ?)"
+)
+_LATEST_RECORDED_PG: Final = (
     "SELECT model FROM audit_entries WHERE leaf_index = "
-    "(SELECT max(leaf_index) FROM audit_entries WHERE kind = ?)"
+    "(SELECT max(leaf_index + 0) FROM audit_entries WHERE kind = %s)"
 )
 _LATEST_CHECKPOINT_SQL: Final = "SELECT max(size) FROM audit_checkpoints"
 _ENTRY_COLUMNS: Final = tuple(c.name for c in audit_entries.columns)
@@ -134,7 +141,8 @@ class Unless:
     def recorded(self, cursor: Any, paramstyle: str) -> bool:
         """Whether the log already records it (``cursor`` inside the append's transaction)."""
         if self.latest:
-            cursor.execute(_in_style(_LATEST_RECORDED_SQL, paramstyle), (self.kind,))
+            latest = _LATEST_RECORDED_SQLITE if paramstyle == "qmark" else _LATEST_RECORDED_PG
+            cursor.execute(latest, (self.kind,))
             row = cursor.fetchone()
             return row is not None and row[0] == self.target
         cursor.execute(_in_style(_ANY_RECORDED_SQL, paramstyle), (self.kind, self.target))

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from broker.audit import store as store_module
 from broker.audit.entry import admin_event
 from broker.audit.merkle import MerkleTree
 from broker.audit.store import AuditStore, Unless
@@ -135,3 +136,27 @@ def test_processes_racing_to_record_the_same_event_write_it_once(
     hashes = _leaf_hashes(engine)
     assert len(hashes) == 2 + 2 * RACERS
     assert AuditStore(engine).root(len(hashes)) == MerkleTree(hashes).root()
+
+
+def test_the_newest_activation_is_found_through_the_kind_index_after_analyze(
+    engine: sa.Engine,
+) -> None:
+    """Checked under the write lock: it must not walk the log (the planner would, after ANALYZE,
+    answer max(leaf_index) from the primary key backwards, reading every entry)."""
+    store = AuditStore(engine)
+    store.append_unless(_event(ACTIVATED, "rev-a"), Unless(ACTIVATED, "rev-a", latest=True))
+    for batch in range(20):
+        store.append([make_intent(call_id=f"plan-{batch}-{i}") for i in range(500)])
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+        if postgres:
+            sql = store_module._LATEST_RECORDED_PG.replace("%s", "'admin.policy.activated'")
+            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+            assert "Backward" not in plan, plan
+        else:
+            sql = store_module._LATEST_RECORDED_SQLITE.replace("?", "'admin.policy.activated'")
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "ix_audit_entries_kind_model" in plan, plan
+    assert store.append_unless(_event(ACTIVATED, "rev-a"), Unless(ACTIVATED, "rev-a", True)) is None
