@@ -72,9 +72,9 @@ class ServerConfig(_Section):
         ge=1,
         le=100_000,
         description="calls of one client address that may wait for their request message at "
-        "once (after 0.25 s); more are refused (RESOURCE_EXHAUSTED). Without aio each such call "
-        "holds a thread, so the limit is also at most a quarter of max_workers, and all "
-        "addresses together may have half of max_workers waiting",
+        "once (after 0.25 s); more stalled calls are refused (RESOURCE_EXHAUSTED). Without aio "
+        "each such call holds a thread, so the limit is also at most a quarter of max_workers, "
+        "and all addresses together may have half of max_workers waiting",
     )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024)

@@ -8,17 +8,21 @@ so the handler starts before the message and reads it itself, through :class:`Me
 
 - a call whose message is not in ``WAITING_GRACE_SECONDS`` after the read started counts as
   waiting; one client address may have at most ``share`` such calls (a quarter of the threads
-  by default), and while it has them its new calls are refused at once (RESOURCE_EXHAUSTED):
-  with this server every waiting call holds a thread, so a client at its share gets none more;
-- all clients together may have at most ``total`` waiting calls (half the threads by default):
-  a call past its grace beyond that is refused too, so stalling from many addresses at once
-  cannot hold every thread for the whole timeout, only the one grace each call gets;
+  by default), and all addresses together ``total`` (half the threads);
+- a call that would go beyond either is refused (RESOURCE_EXHAUSTED) once it has waited
+  ``CROWDED_GRACE_SECONDS``, a fifth of the normal grace: with this server every waiting call
+  holds a thread, so each stalled call past the limits holds one only that long. Calls that
+  send their message are never refused, whatever their address has waiting (several clients
+  behind one proxy share an address);
 - a call whose message has not come ``timeout`` seconds after the read started is ended
   (DEADLINE_EXCEEDED); a call that ends without a message is INVALID_ARGUMENT, as the grpc.aio
   bridge answers (:mod:`broker.server.aio`, which does the same on its event loop).
 
 A client that sends its message with the call (every gRPC client does) never counts: its read
 returns as soon as the pool thread starts, and costs two dictionary operations under a lock.
+What this cannot stop: stalled calls sent faster than the crowded grace turns them away still
+keep the threads busy, each for that grace (a flood, which a front proxy's rate limits or
+``[server] aio`` answer; SECURITY.md).
 
 One watcher thread looks at the waiting calls every ``_SWEEP_SECONDS``. To end a call it hands
 the waiting thread a sentinel through grpcio's own request slot and condition (``_RPCState``):
@@ -48,8 +52,13 @@ _log = get_logger(__name__)
 
 #: A call whose request message is not in this soon after its read started counts as waiting.
 WAITING_GRACE_SECONDS = 0.25
-#: How often the watcher looks at the waiting calls: the resolution of the grace and timeout.
+#: A call whose address has its share waiting, or any call while the server has its total, is
+#: refused once it has waited this long for its message.
+CROWDED_GRACE_SECONDS = 0.05
+#: How often the watcher looks at the waiting calls: the resolution of the graces and timeout;
+#: more often while some call counts as waiting (only then can a call be crowded out).
 _SWEEP_SECONDS = 0.1
+_CROWDED_SWEEP_SECONDS = 0.02
 #: Handed to a waiting thread in place of a message: its wait has been ended.
 _ENDED = object()
 
@@ -147,13 +156,8 @@ class MessageWaits:
     def read(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         """The call's next request message; StopIteration when the client sent its last.
 
-        Refused at once (RESOURCE_EXHAUSTED) while the call's client has its share of waiting
-        calls; ended (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) when the watcher says so.
+        Ended (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) when the watcher says so.
         """
-        if self._counted:  # some client has a call waiting: is it this one's, at its share?
-            waiting = self._counted.get(client_address(context.peer()), 0)
-            if waiting >= self._share:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
         wait = _Wait(context, time.monotonic())
         ticket = id(wait)
         with self._lock:
@@ -183,14 +187,14 @@ class MessageWaits:
             del self._counted[client]
 
     def _watch(self) -> None:
-        while not self._closed.wait(_SWEEP_SECONDS):
+        while not self._closed.wait(_CROWDED_SWEEP_SECONDS if self._counted else _SWEEP_SECONDS):
             try:
                 self.sweep(time.monotonic())
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad sweep
                 _log.exception("message_wait_sweep_failed")
 
     def sweep(self, now: float) -> None:
-        """Count the reads past their grace, end those over the share or past the timeout."""
+        """Count the reads past their grace, end those crowded out or past the timeout."""
         with self._lock:
             for wait in self._open.values():
                 if wait.ended is None:
@@ -201,8 +205,9 @@ class MessageWaits:
     def _judge(self, wait: _Wait, waited: float) -> None:
         if waited >= self._timeout:
             wait.ended = (grpc.StatusCode.DEADLINE_EXCEEDED, message_too_late(self._timeout))
-        elif not wait.counted and waited >= WAITING_GRACE_SECONDS:
-            wait.client = client_address(wait.context.peer())
+        elif not wait.counted and waited >= CROWDED_GRACE_SECONDS:
+            if not wait.client:
+                wait.client = client_address(wait.context.peer())
             waiting = self._counted.get(wait.client, 0)
             if waiting >= self._share:
                 wait.ended = (grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
@@ -211,7 +216,7 @@ class MessageWaits:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     too_many_waiting_in_all(self._counted_in_all),
                 )
-            else:
+            elif waited >= WAITING_GRACE_SECONDS:
                 self._counted[wait.client] = waiting + 1
                 self._counted_in_all += 1
                 wait.counted = True
@@ -232,7 +237,7 @@ def _wake(context: grpc.ServicerContext) -> None:
 
 def _clear_sentinel(context: grpc.ServicerContext) -> None:
     state = getattr(context, "_state", None)
-    if state is not None:
+    if state is not None and getattr(state, "condition", None) is not None:
         with state.condition:
             if state.request is _ENDED:
                 state.request = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -114,18 +114,21 @@ def test_one_client_cannot_hold_the_threads_that_others_need(served: Served) -> 
         # Another client address is answered by the threads the stalled client could not keep.
         with served.channel("[::1]") as other:
             assert _check(other).status == health_pb2.HealthCheckResponse.SERVING
-        # The client at its share is refused at once, not given one more thread to hold.
-        with pytest.raises(grpc.RpcError) as refused_at_once:
-            _check(stalling)
-        assert refused_at_once.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "2 calls from this client are already waiting" in refused_at_once.value.details()
+        # Calls that send their message are answered whatever their address has waiting (all
+        # clients behind one proxy share an address), on the stalling connection too ...
+        assert _check(stalling).status == health_pb2.HealthCheckResponse.SERVING
+        # ... while one more stalled call from it is turned away after the short grace.
+        [extra] = stalled.open(1)
+        assert extra.exception(timeout=10).code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 calls from this client are already waiting" in extra.exception().details()
+        calls.append(extra)
+        assert served.waits.waiting_clients() == {"ipv4:127.0.0.1": SHARE}
     finally:
         stalled.release(calls)
-    # Its waiting calls gone, the same client is answered again.
     deadline = time.monotonic() + 10
     while served.waits.waiting_clients() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _check(stalling).status == health_pb2.HealthCheckResponse.SERVING
+    assert served.waits.waiting_clients() == {}  # released calls are uncounted
     stalling.close()
 
 
@@ -314,3 +317,152 @@ def test_health_watch_streams_stay_non_blocking_behind_the_bridge() -> None:
         watching.close()
         server.stop(0).wait()
         waits.close()
+
+
+class FakeState:
+    """grpcio's ``_RPCState`` as the watcher sees it: the request slot and its condition."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.request: Any = None
+
+
+class FakeRequests:
+    """grpcio's ``_RequestIterator``: start the receive, then wait (first) for the slot.
+
+    ``before_wait`` runs before the reader waits (the thread is between registering its read
+    and waiting); ``after_take`` after it took a message (before ``read`` deregisters it).
+    """
+
+    def __init__(
+        self,
+        state: FakeState,
+        before_wait: Callable[[], None] = lambda: None,
+        after_take: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._state = state
+        self._before_wait = before_wait
+        self._after_take = after_take
+
+    def __iter__(self) -> FakeRequests:
+        return self
+
+    def __next__(self) -> Any:
+        self._before_wait()
+        with self._state.condition:
+            while True:
+                self._state.condition.wait()
+                request, self._state.request = self._state.request, None
+                if request is not None:
+                    break
+        self._after_take()
+        return request
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self, state: FakeState) -> None:
+        self._state = state
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def peer(self) -> str:
+        return "ipv4:10.0.0.7:40000"
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise Aborted
+
+
+def _read_in_thread(waits: MessageWaits, requests: FakeRequests, context: FakeContext) -> Any:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["request"] = waits.read(requests, context)  # type: ignore[arg-type]
+        except Aborted:
+            result["aborted"] = context.aborted
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _wait_open(waits: MessageWaits, count: int) -> None:
+    """Until ``count`` reads are registered (their threads are in ``next``, or about to be)."""
+    deadline = time.monotonic() + 10
+    while len(waits._open) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(waits._open) == count
+
+
+def _sweep_until_done(waits: MessageWaits, thread: threading.Thread, when: float) -> None:
+    """Sweep as the watcher does (again and again) until the reader has returned."""
+    deadline = time.monotonic() + 10
+    while thread.is_alive() and time.monotonic() < deadline:
+        waits.sweep(when)
+        thread.join(0.01)
+    assert not thread.is_alive()
+
+
+def test_an_ending_handed_over_before_the_reader_waits_still_wakes_it() -> None:
+    """The sentinel lands while the reader is not yet waiting: the next sweep wakes it."""
+    waits = MessageWaits(share=1, total=1, timeout=1.0)
+    state = FakeState()
+    entered, go = threading.Event(), threading.Event()
+
+    def pause() -> None:
+        entered.set()
+        go.wait(10)
+
+    thread, result = _read_in_thread(
+        waits, FakeRequests(state, before_wait=pause), FakeContext(state)
+    )
+    assert entered.wait(10)
+    waits.sweep(time.monotonic() + 5)  # past the timeout: ended, sentinel in the slot
+    go.set()
+    _sweep_until_done(waits, thread, time.monotonic() + 5)
+    code, details = result["aborted"]
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert details.startswith("the call's request message did not arrive within 1 s")
+    assert waits.waiting_clients() == {}
+
+
+def test_a_message_taken_as_its_wait_ends_is_served_and_leaves_no_sentinel() -> None:
+    """The watcher ends the wait just after the reader took its message: the call goes on,
+    and the sentinel put in the slot meanwhile is taken out (a stream's next read would
+    otherwise find it)."""
+    waits = MessageWaits(share=1, total=1, timeout=1.0)
+    state = FakeState()
+    requests = FakeRequests(state, after_take=lambda: waits.sweep(time.monotonic() + 5))
+    thread, result = _read_in_thread(waits, requests, FakeContext(state))
+    _wait_open(waits, 1)
+    with state.condition:
+        state.request = b"the message"
+        state.condition.notify_all()
+    thread.join(10)
+    assert result == {"request": b"the message"}
+    assert state.request is None
+
+
+def test_a_crowded_out_call_is_told_which_limit() -> None:
+    waits = MessageWaits(share=1, total=5, timeout=30.0)
+    first, second = FakeState(), FakeState()
+    holder, _ = _read_in_thread(waits, FakeRequests(first), FakeContext(first))
+    _wait_open(waits, 1)  # registered first, so swept first
+    crowded, result = _read_in_thread(waits, FakeRequests(second), FakeContext(second))
+    _wait_open(waits, 2)
+    start = time.monotonic()
+    waits.sweep(start + WAITING_GRACE_SECONDS + 0.01)  # the first read counts; so would the
+    _sweep_until_done(waits, crowded, start + WAITING_GRACE_SECONDS + 0.01)  # second: crowded
+    code, details = result["aborted"]
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("1 calls from this client are already waiting")
+    assert waits.waiting_clients() == {"ipv4:10.0.0.7": 1}
+    with first.condition:
+        first.request = b"late but welcome"
+        first.condition.notify_all()
+    holder.join(10)
+    assert waits.waiting_clients() == {}
