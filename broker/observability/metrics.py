@@ -147,6 +147,12 @@ SANDBOX_LIMIT_KILLS: Final = Counter(
 SANDBOX_VIOLATIONS: Final = Counter(
     "broker_sandbox_violations", "Sandbox confinement violations seen", ["kind"]
 )
+REQUEST_WAITS_ENDED: Final = Counter(
+    "broker_request_waits_ended",
+    "Calls ended by the sync server for a request message that did not come (stalled calls), "
+    "by reason: client_share, server_total, timeout",
+    ["reason"],
+)
 
 
 class BoundedValues:
@@ -304,6 +310,12 @@ def count_sandbox_violation(kind: str) -> None:
     """A confinement violation of kind ``kind``."""
     if _state.enabled:
         SANDBOX_VIOLATIONS.labels(kind).inc()
+
+
+def count_request_wait_ended(reason: str) -> None:
+    """A call ended because its request message did not come (``reason``: which bound)."""
+    if _state.enabled:
+        REQUEST_WAITS_ENDED.labels(reason).inc()
 
 
 _REFUSED: Final = frozenset(

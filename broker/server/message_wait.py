@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import grpc
 
 from broker.logging import get_logger
+from broker.observability import metrics
 from broker.server.interceptors import (
     BoundaryInterceptor,
     Handler,
@@ -61,6 +62,8 @@ _SWEEP_SECONDS = 0.1
 _CROWDED_SWEEP_SECONDS = 0.02
 #: Handed to a waiting thread in place of a message: its wait has been ended.
 _ENDED = object()
+#: Calls ended are logged as one summary at most this often (a flood must not flood the log).
+_LOG_EVERY_SECONDS = 1.0
 
 
 def client_address(peer: str) -> str:
@@ -135,6 +138,8 @@ class MessageWaits:
         self._counted_in_all = 0
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._ended: dict[str, int] = {}  # calls ended since the last summary, by reason
+        self._summarised = time.monotonic()
 
     def start(self) -> None:
         """Start the watcher thread (once)."""
@@ -178,6 +183,11 @@ class MessageWaits:
             _clear_sentinel(context)  # the message won the race: no sentinel may stay behind
         return request
 
+    def _count_ended(self, reason: str) -> None:
+        """One call ended by the watcher (``_lock`` held): for the summary and the metric."""
+        self._ended[reason] = self._ended.get(reason, 0) + 1
+        metrics.count_request_wait_ended(reason)
+
     def _uncount(self, client: str) -> None:
         self._counted_in_all -= 1
         left = self._counted[client] - 1
@@ -189,9 +199,20 @@ class MessageWaits:
     def _watch(self) -> None:
         while not self._closed.wait(_CROWDED_SWEEP_SECONDS if self._counted else _SWEEP_SECONDS):
             try:
-                self.sweep(time.monotonic())
+                now = time.monotonic()
+                self.sweep(now)
+                if self._ended and now - self._summarised >= _LOG_EVERY_SECONDS:
+                    self.summarise(now)
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad sweep
                 _log.exception("message_wait_sweep_failed")
+
+    def summarise(self, now: float) -> None:
+        """Log the calls ended since the last summary, by reason (one event, then reset)."""
+        with self._lock:
+            ended, self._ended = self._ended, {}
+        self._summarised = now
+        if ended:
+            _log.warning("request_waits_ended", **ended)
 
     def sweep(self, now: float) -> None:
         """Count the reads past their grace, end those crowded out or past the timeout."""
@@ -205,17 +226,20 @@ class MessageWaits:
     def _judge(self, wait: _Wait, waited: float) -> None:
         if waited >= self._timeout:
             wait.ended = (grpc.StatusCode.DEADLINE_EXCEEDED, message_too_late(self._timeout))
+            self._count_ended("timeout")
         elif not wait.counted and waited >= CROWDED_GRACE_SECONDS:
             if not wait.client:
                 wait.client = client_address(wait.context.peer())
             waiting = self._counted.get(wait.client, 0)
             if waiting >= self._share:
                 wait.ended = (grpc.StatusCode.RESOURCE_EXHAUSTED, too_many_waiting(waiting))
+                self._count_ended("client_share")
             elif self._counted_in_all >= self._total:
                 wait.ended = (
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     too_many_waiting_in_all(self._counted_in_all),
                 )
+                self._count_ended("server_total")
             elif waited >= WAITING_GRACE_SECONDS:
                 self._counted[wait.client] = waiting + 1
                 self._counted_in_all += 1

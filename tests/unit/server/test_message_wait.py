@@ -18,9 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from broker.auth.principal import Principal
 from broker.errors import Unauthenticated
+from broker.observability import metrics
 from broker.server.interceptors import BoundaryInterceptor
 from broker.server.message_wait import (
     WAITING_GRACE_SECONDS,
@@ -447,7 +450,25 @@ def test_a_message_taken_as_its_wait_ends_is_served_and_leaves_no_sentinel() -> 
     assert state.request is None
 
 
-def test_a_crowded_out_call_is_told_which_limit() -> None:
+def test_a_crowded_out_call_is_told_which_limit_and_counted_for_the_operator() -> None:
+    metrics.enable(True)
+    before = _ended_metric("client_share")
+    try:
+        with capture_logs() as logs:
+            _crowd_out_one()
+    finally:
+        metrics.enable(False)
+    assert _ended_metric("client_share") == before + 1
+    summaries = [e for e in logs if e["event"] == "request_waits_ended"]
+    assert [(e["log_level"], e["client_share"]) for e in summaries] == [("warning", 1)]
+
+
+def _ended_metric(reason: str) -> float:
+    sample = REGISTRY.get_sample_value("broker_request_waits_ended_total", {"reason": reason})
+    return sample or 0.0
+
+
+def _crowd_out_one() -> None:
     waits = MessageWaits(share=1, total=5, timeout=30.0)
     first, second = FakeState(), FakeState()
     holder, _ = _read_in_thread(waits, FakeRequests(first), FakeContext(first))
@@ -466,3 +487,5 @@ def test_a_crowded_out_call_is_told_which_limit() -> None:
         first.condition.notify_all()
     holder.join(10)
     assert waits.waiting_clients() == {}
+    waits.summarise(time.monotonic())
+    waits.summarise(time.monotonic())  # nothing new: no second event
