@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from broker.audit.entry import KIND_INTENT, KIND_OUTCOME
 from broker.audit.tables import audit_entries
 from broker.errors import InvalidArgument
 
@@ -71,6 +72,9 @@ class AuditFilter:
 
     ``tenant`` is forced by the service for callers who may see only their own tenant.
     ``below_size`` keeps only leaves ``< below_size`` (an export pinned to a checkpoint).
+    ``without_outcome`` keeps only ``call.intent`` entries whose call has no ``call.outcome``
+    entry (within ``below_size`` when that is set): calls in flight, or left without an outcome
+    by a process that stopped or died.
     """
 
     tenant: str | None = None
@@ -87,6 +91,7 @@ class AuditFilter:
     policy_revision: str | None = None
     leaf_index: int | None = None
     below_size: int | None = None
+    without_outcome: bool | None = None
 
     def is_empty(self) -> bool:
         """True if nothing is filtered out (apart from ``below_size``)."""
@@ -144,7 +149,18 @@ def _where(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
         clauses.append(c.leaf_index == flt.leaf_index)
     if flt.below_size is not None:
         clauses.append(c.leaf_index < flt.below_size)
+    if flt.without_outcome:
+        clauses.extend(_without_outcome(flt.below_size))
     return clauses
+
+
+def _without_outcome(below_size: int | None) -> list[sa.ColumnElement[bool]]:
+    """Intents with no outcome of the same call (looked up by ``ix_audit_entries_call_id``)."""
+    outcome = audit_entries.alias("outcome")
+    found = [outcome.c.call_id == audit_entries.c.call_id, outcome.c.kind == KIND_OUTCOME]
+    if below_size is not None:
+        found.append(outcome.c.leaf_index < below_size)
+    return [audit_entries.c.kind == KIND_INTENT, ~sa.exists().where(*found)]
 
 
 def filter_clauses(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:

@@ -127,6 +127,12 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", default="", help=f"only this {name}")
     parser.add_argument("--since", default="", help="ISO 8601 time, inclusive")
     parser.add_argument("--until", default="", help="ISO 8601 time, exclusive")
+    parser.add_argument(
+        "--without-outcome",
+        action="store_true",
+        help="only call intents with no outcome entry: calls in flight, or whose result is "
+        "unknown because their serving process stopped or died",
+    )
 
 
 def _time_us(text: str) -> int:
@@ -142,7 +148,10 @@ def _time_us(text: str) -> int:
 def _filter(args: argparse.Namespace) -> audit_pb2.AuditFilter:
     values = {name: getattr(args, name) for name in _FILTERS}
     return audit_pb2.AuditFilter(
-        **values, time_from_us=_time_us(args.since), time_to_us=_time_us(args.until)
+        **values,
+        time_from_us=_time_us(args.since),
+        time_to_us=_time_us(args.until),
+        without_outcome=args.without_outcome,
     )
 
 

@@ -28,6 +28,9 @@ TEXT_FILTERS: Final = {
     "action": "action",
     "call_id": "call_id",
 }
+#: Query-string name of the "calls without an outcome" filter (``AuditFilter.without_outcome``):
+#: call intents whose outcome is not on the log, e.g. after a serving process died.
+NO_OUTCOME: Final = "no_outcome"
 SORT_KEYS: Final = ("leaf", "time", "tenant", "subject", "model", "kind", "status")
 #: Sorts the broker does across every page (``QueryEntriesRequest.order``); the other columns
 #: are sorted within the page shown.
@@ -78,6 +81,11 @@ class Search:
                 raise SearchError(f"{name} is longer than {_MAX_TEXT} characters")
             if value:
                 values[name] = value
+        no_outcome = query.get(NO_OUTCOME, "")
+        if no_outcome not in ("", "1"):
+            raise SearchError(f"{NO_OUTCOME} is 1 (calls without an outcome) or absent")
+        if no_outcome:
+            values[NO_OUTCOME] = no_outcome
         size_text = query.get("size", "50")
         if not size_text.isdigit() or int(size_text) not in PAGE_SIZES:
             raise SearchError(f"size must be one of {', '.join(map(str, PAGE_SIZES))}")
@@ -99,6 +107,7 @@ class Search:
             flt.time_from_us = _parse_time(self.values["from"], end=False)
         if "to" in self.values:
             flt.time_to_us = _parse_time(self.values["to"], end=True)
+        flt.without_outcome = NO_OUTCOME in self.values
         return flt
 
     def server_order(self) -> audit_pb2.QueryOrder.ValueType:

@@ -283,4 +283,5 @@ def _filter(msg: audit_pb2.AuditFilter, principal: Principal) -> AuditFilter:
         time_from_us=msg.time_from_us or None,
         time_to_us=msg.time_to_us or None,
         policy_revision=msg.policy_revision or None,
+        without_outcome=msg.without_outcome or None,
     )

@@ -273,6 +273,15 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_call(
         intents = {str(e["call_id"]) for e in entries if e.get("kind") == "call.intent"}
         assert [c for c in answered if c not in outcomes] == []
         assert [c for c in answered if c not in intents] == []
+        # The calls the killed worker was serving have an intent and no outcome: an officer
+        # finds exactly those, and no answered call among them.
+        with_outcome = {str(e["call_id"]) for e in entries if e.get("kind") == "call.outcome"}
+        unknown = _cli(node, token, "audit", "query", "--all", "--json", "--without-outcome")
+        assert unknown.returncode == 0, unknown.stderr
+        listed = [json.loads(line) for line in unknown.stdout.splitlines() if line.strip()]
+        assert {str(e["kind"]) for e in listed} <= {"call.intent"}
+        assert {str(e["call_id"]) for e in listed} == intents - with_outcome
+        assert not {str(e["call_id"]) for e in listed} & set(answered)
 
         assert_exported_log_verifies(node, token, tmp_path)
     finally:

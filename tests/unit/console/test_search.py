@@ -39,6 +39,15 @@ def test_every_filter_reaches_the_broker_filter() -> None:
     assert flt.time_to_us - flt.time_from_us == 86_400_000_000  # a bare "to" date is inclusive
 
 
+def test_calls_without_an_outcome_is_a_flag_kept_in_links() -> None:
+    search = Search.from_query({"no_outcome": "1", "tenant": "acme"})
+    assert search.to_filter().without_outcome
+    assert parse_qs(search.query_string(page="x"))["no_outcome"] == ["1"]
+    assert not Search.from_query({"tenant": "acme"}).to_filter().without_outcome
+    with pytest.raises(SearchError, match="no_outcome is 1"):
+        Search.from_query({"no_outcome": "yes"})
+
+
 def test_times_with_minutes_and_bad_values() -> None:
     flt = Search.from_query({"from": "2026-12-01T10:30"}).to_filter()
     assert flt.time_from_us == 1_796_083_200_000_000 + (10 * 3600 + 1800) * 1_000_000

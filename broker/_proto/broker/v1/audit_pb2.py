@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/audit.proto\x12\tbroker.v1\"\xde\x01\n\x0b\x41uditFilter\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06vendor\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x14\n\x0ctime_from_us\x18\n \x01(\x03\x12\x12\n\ntime_to_us\x18\x0b \x01(\x03\x12\x17\n\x0fpolicy_revision\x18\x0c \x01(\t\"\x9f\x01\n\x13QueryEntriesRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bstart_index\x18\x04 \x01(\x03\x12$\n\x05order\x18\x05 \x01(\x0e\x32\x15.broker.v1.QueryOrder\"\xdc\x01\n\nAuditEntry\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x12\n\nentry_hash\x18\x03 \x01(\x0c\x12\x0f\n\x07time_us\x18\x04 \x01(\x03\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12\x0e\n\x06vendor\x18\n \x01(\t\x12\x0e\n\x06status\x18\x0b \x01(\t\x12\x17\n\x0fnext_page_token\x18\x0c \x01(\t\"%\n\x0fGetEntryRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\"M\n\x18GetInclusionProofRequest\x12\x14\n\nleaf_index\x18\x01 \x01(\x03H\x00\x12\x11\n\x07\x63\x61ll_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"Y\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\"m\n\x19GetInclusionProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12)\n\x06proofs\x18\x03 \x03(\x0b\x32\x19.broker.v1.InclusionProof\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\"_\n\x1bGetConsistencyProofResponse\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"\x16\n\x14GetCheckpointRequest\"L\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x0c\n\x04vkey\x18\x03 \x01(\t\"G\n\rExportRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"2\n\x0b\x45xportChunk\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\":\n\x10\x41ggregateRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\"-\n\x0e\x41ggregateGroup\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xfc\x02\n\x11\x41ggregateResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x37\n\x14\x63\x61lls_by_day_outcome\x18\x02 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x38\n\x15\x63\x61lls_by_tenant_model\x18\x03 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x35\n\x12\x66\x61ilures_by_reason\x18\x04 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x39\n\x16\x66ields_by_label_action\x18\x05 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x38\n\x15\x64\x65letions_done_by_day\x18\x06 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x37\n\x14\x64\x65letions_due_by_day\x18\x07 \x03(\x0b\x32\x19.broker.v1.AggregateGroup*\xa6\x01\n\nQueryOrder\x12\x1b\n\x17QUERY_ORDER_UNSPECIFIED\x10\x00\x12\x1c\n\x18QUERY_ORDER_OLDEST_FIRST\x10\x01\x12\x1c\n\x18QUERY_ORDER_NEWEST_FIRST\x10\x02\x12\x1e\n\x1aQUERY_ORDER_TIME_ASCENDING\x10\x03\x12\x1f\n\x1bQUERY_ORDER_TIME_DESCENDING\x10\x04\x32\xaf\x04\n\x05\x41udit\x12G\n\x0cQueryEntries\x12\x1e.broker.v1.QueryEntriesRequest\x1a\x15.broker.v1.AuditEntry0\x01\x12=\n\x08GetEntry\x12\x1a.broker.v1.GetEntryRequest\x1a\x15.broker.v1.AuditEntry\x12^\n\x11GetInclusionProof\x12#.broker.v1.GetInclusionProofRequest\x1a$.broker.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.broker.v1.GetConsistencyProofRequest\x1a&.broker.v1.GetConsistencyProofResponse\x12R\n\rGetCheckpoint\x12\x1f.broker.v1.GetCheckpointRequest\x1a .broker.v1.GetCheckpointResponse\x12<\n\x06\x45xport\x12\x18.broker.v1.ExportRequest\x1a\x16.broker.v1.ExportChunk0\x01\x12\x46\n\tAggregate\x12\x1b.broker.v1.AggregateRequest\x1a\x1c.broker.v1.AggregateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/audit.proto\x12\tbroker.v1\"\xf7\x01\n\x0b\x41uditFilter\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06vendor\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x14\n\x0ctime_from_us\x18\n \x01(\x03\x12\x12\n\ntime_to_us\x18\x0b \x01(\x03\x12\x17\n\x0fpolicy_revision\x18\x0c \x01(\t\x12\x17\n\x0fwithout_outcome\x18\r \x01(\x08\"\x9f\x01\n\x13QueryEntriesRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bstart_index\x18\x04 \x01(\x03\x12$\n\x05order\x18\x05 \x01(\x0e\x32\x15.broker.v1.QueryOrder\"\xdc\x01\n\nAuditEntry\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x12\n\nentry_hash\x18\x03 \x01(\x0c\x12\x0f\n\x07time_us\x18\x04 \x01(\x03\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12\x0e\n\x06vendor\x18\n \x01(\t\x12\x0e\n\x06status\x18\x0b \x01(\t\x12\x17\n\x0fnext_page_token\x18\x0c \x01(\t\"%\n\x0fGetEntryRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\"M\n\x18GetInclusionProofRequest\x12\x14\n\nleaf_index\x18\x01 \x01(\x03H\x00\x12\x11\n\x07\x63\x61ll_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"Y\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\"m\n\x19GetInclusionProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12)\n\x06proofs\x18\x03 \x03(\x0b\x32\x19.broker.v1.InclusionProof\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\"_\n\x1bGetConsistencyProofResponse\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"\x16\n\x14GetCheckpointRequest\"L\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x0c\n\x04vkey\x18\x03 \x01(\t\"G\n\rExportRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"2\n\x0b\x45xportChunk\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\":\n\x10\x41ggregateRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.broker.v1.AuditFilter\"-\n\x0e\x41ggregateGroup\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xfc\x02\n\x11\x41ggregateResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x37\n\x14\x63\x61lls_by_day_outcome\x18\x02 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x38\n\x15\x63\x61lls_by_tenant_model\x18\x03 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x35\n\x12\x66\x61ilures_by_reason\x18\x04 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x39\n\x16\x66ields_by_label_action\x18\x05 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x38\n\x15\x64\x65letions_done_by_day\x18\x06 \x03(\x0b\x32\x19.broker.v1.AggregateGroup\x12\x37\n\x14\x64\x65letions_due_by_day\x18\x07 \x03(\x0b\x32\x19.broker.v1.AggregateGroup*\xa6\x01\n\nQueryOrder\x12\x1b\n\x17QUERY_ORDER_UNSPECIFIED\x10\x00\x12\x1c\n\x18QUERY_ORDER_OLDEST_FIRST\x10\x01\x12\x1c\n\x18QUERY_ORDER_NEWEST_FIRST\x10\x02\x12\x1e\n\x1aQUERY_ORDER_TIME_ASCENDING\x10\x03\x12\x1f\n\x1bQUERY_ORDER_TIME_DESCENDING\x10\x04\x32\xaf\x04\n\x05\x41udit\x12G\n\x0cQueryEntries\x12\x1e.broker.v1.QueryEntriesRequest\x1a\x15.broker.v1.AuditEntry0\x01\x12=\n\x08GetEntry\x12\x1a.broker.v1.GetEntryRequest\x1a\x15.broker.v1.AuditEntry\x12^\n\x11GetInclusionProof\x12#.broker.v1.GetInclusionProofRequest\x1a$.broker.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.broker.v1.GetConsistencyProofRequest\x1a&.broker.v1.GetConsistencyProofResponse\x12R\n\rGetCheckpoint\x12\x1f.broker.v1.GetCheckpointRequest\x1a .broker.v1.GetCheckpointResponse\x12<\n\x06\x45xport\x12\x18.broker.v1.ExportRequest\x1a\x16.broker.v1.ExportChunk0\x01\x12\x46\n\tAggregate\x12\x1b.broker.v1.AggregateRequest\x1a\x1c.broker.v1.AggregateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYORDER']._serialized_start=1841
-  _globals['_QUERYORDER']._serialized_end=2007
+  _globals['_QUERYORDER']._serialized_start=1866
+  _globals['_QUERYORDER']._serialized_end=2032
   _globals['_AUDITFILTER']._serialized_start=37
-  _globals['_AUDITFILTER']._serialized_end=259
-  _globals['_QUERYENTRIESREQUEST']._serialized_start=262
-  _globals['_QUERYENTRIESREQUEST']._serialized_end=421
-  _globals['_AUDITENTRY']._serialized_start=424
-  _globals['_AUDITENTRY']._serialized_end=644
-  _globals['_GETENTRYREQUEST']._serialized_start=646
-  _globals['_GETENTRYREQUEST']._serialized_end=683
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=685
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=762
-  _globals['_INCLUSIONPROOF']._serialized_start=764
-  _globals['_INCLUSIONPROOF']._serialized_end=853
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=855
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=964
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=966
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1024
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1026
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1121
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1123
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1145
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1147
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1223
-  _globals['_EXPORTREQUEST']._serialized_start=1225
-  _globals['_EXPORTREQUEST']._serialized_end=1296
-  _globals['_EXPORTCHUNK']._serialized_start=1298
-  _globals['_EXPORTCHUNK']._serialized_end=1348
-  _globals['_AGGREGATEREQUEST']._serialized_start=1350
-  _globals['_AGGREGATEREQUEST']._serialized_end=1408
-  _globals['_AGGREGATEGROUP']._serialized_start=1410
-  _globals['_AGGREGATEGROUP']._serialized_end=1455
-  _globals['_AGGREGATERESPONSE']._serialized_start=1458
-  _globals['_AGGREGATERESPONSE']._serialized_end=1838
-  _globals['_AUDIT']._serialized_start=2010
-  _globals['_AUDIT']._serialized_end=2569
+  _globals['_AUDITFILTER']._serialized_end=284
+  _globals['_QUERYENTRIESREQUEST']._serialized_start=287
+  _globals['_QUERYENTRIESREQUEST']._serialized_end=446
+  _globals['_AUDITENTRY']._serialized_start=449
+  _globals['_AUDITENTRY']._serialized_end=669
+  _globals['_GETENTRYREQUEST']._serialized_start=671
+  _globals['_GETENTRYREQUEST']._serialized_end=708
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=710
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=787
+  _globals['_INCLUSIONPROOF']._serialized_start=789
+  _globals['_INCLUSIONPROOF']._serialized_end=878
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=880
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=989
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=991
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1049
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1051
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1146
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1148
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1170
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1172
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1248
+  _globals['_EXPORTREQUEST']._serialized_start=1250
+  _globals['_EXPORTREQUEST']._serialized_end=1321
+  _globals['_EXPORTCHUNK']._serialized_start=1323
+  _globals['_EXPORTCHUNK']._serialized_end=1373
+  _globals['_AGGREGATEREQUEST']._serialized_start=1375
+  _globals['_AGGREGATEREQUEST']._serialized_end=1433
+  _globals['_AGGREGATEGROUP']._serialized_start=1435
+  _globals['_AGGREGATEGROUP']._serialized_end=1480
+  _globals['_AGGREGATERESPONSE']._serialized_start=1483
+  _globals['_AGGREGATERESPONSE']._serialized_end=1863
+  _globals['_AUDIT']._serialized_start=2035
+  _globals['_AUDIT']._serialized_end=2594
 # @@protoc_insertion_point(module_scope)

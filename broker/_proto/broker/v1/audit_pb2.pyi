@@ -69,6 +69,7 @@ class AuditFilter(google.protobuf.message.Message):
     TIME_FROM_US_FIELD_NUMBER: builtins.int
     TIME_TO_US_FIELD_NUMBER: builtins.int
     POLICY_REVISION_FIELD_NUMBER: builtins.int
+    WITHOUT_OUTCOME_FIELD_NUMBER: builtins.int
     tenant: builtins.str
     """Tenant whose entries to return. A `compliance` caller may leave it empty or name its own."""
     subject: builtins.str
@@ -93,6 +94,12 @@ class AuditFilter(google.protobuf.message.Message):
     """Exclusive upper bound on the entry time, microseconds since the Unix epoch; 0 = none."""
     policy_revision: builtins.str
     """Policy revision recorded in the entry (call.intent and call.preview entries)."""
+    without_outcome: builtins.bool
+    """Only call.intent entries whose call has no call.outcome entry: calls still in flight, or
+    calls whose serving process stopped or died before it could write the outcome (after a
+    crash, the calls whose result is unknown). With the other filters, which then apply to
+    the intents.
+    """
     def __init__(
         self,
         *,
@@ -108,8 +115,9 @@ class AuditFilter(google.protobuf.message.Message):
         time_from_us: builtins.int = ...,
         time_to_us: builtins.int = ...,
         policy_revision: builtins.str = ...,
+        without_outcome: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "policy_revision", b"policy_revision", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "call_id", b"call_id", "kind", b"kind", "label", b"label", "model", b"model", "policy_revision", b"policy_revision", "status", b"status", "subject", b"subject", "tenant", b"tenant", "time_from_us", b"time_from_us", "time_to_us", b"time_to_us", "vendor", b"vendor", "without_outcome", b"without_outcome"]) -> None: ...
 
 Global___AuditFilter: typing_extensions.TypeAlias = AuditFilter
 
