@@ -76,6 +76,14 @@ def why_not_written(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def _unwritten(exc: Exception) -> Unavailable:
+    """The error a caller gets for an entry whose commit failed (the cause goes to the log)."""
+    return Unavailable(f"audit log cannot be written: {why_not_written(exc)}", log_reason=str(exc))
+
+
+_NOT_RUNNING: Final = "audit log cannot be written: it is not running"
+
+
 class _Pending:
     """One caller's entry and, once its batch is done, its receipt or error.
 
@@ -200,7 +208,7 @@ class AuditLog:
         pending = _Pending(entry, companions)
         with self._cond:
             if not self._running or self._closing:
-                raise Unavailable("audit log cannot be written: it is not running")
+                raise Unavailable(_NOT_RUNNING)
             self._queue.append(pending)
             lead = not self._leading
             if lead:
@@ -466,15 +474,13 @@ class AuditLog:
         """
         with self._cond:
             if not self._running or self._closing:
-                raise Unavailable("audit log cannot be written: it is not running")
+                raise Unavailable(_NOT_RUNNING)
         entry = self._admin_entry(kind, tenant, actor, target, details)
         try:
             receipt = self.store.append_unless(entry, Unless(kind, target, latest))
         except Exception as exc:  # fail closed, as a failed batch does
             log.exception("audit_append_failed", error=type(exc).__name__, entries=1)
-            raise Unavailable(
-                f"audit log cannot be written: {why_not_written(exc)}", log_reason=str(exc)
-            ) from exc
+            raise _unwritten(exc) from exc
         if receipt is not None:
             self._grew.set()
         return receipt
@@ -502,9 +508,7 @@ class AuditLog:
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception) -> None:
         for pending in batch:
-            pending.error = Unavailable(
-                f"audit log cannot be written: {why_not_written(exc)}", log_reason=str(exc)
-            )
+            pending.error = _unwritten(exc)
             pending.done = True
 
     # -- checkpoints --------------------------------------------------------------------

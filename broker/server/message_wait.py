@@ -133,7 +133,9 @@ class MessageWaits:
         self._total = total
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._open: dict[int, _Wait] = {}  # reads in progress, by id()
+        # Reads in progress by id(), in the order they started: a sweep judges the oldest
+        # first, so the calls counted against a share are the ones that have waited longest.
+        self._open: dict[int, _Wait] = {}
         self._counted: dict[str, int] = {}  # reads counted as waiting, by client address
         self._counted_in_all = 0
         self._closed = threading.Event()
